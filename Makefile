@@ -1,0 +1,35 @@
+# The two commands of the README: `make bench` (the main job) and `make test`.
+# Each builds .venv from requirements.lock first, so a fresh machine with
+# Python 3.11 needs nothing else.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-from-lock
+
+.PHONY: install test bench lint lock
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --requirement requirements.lock
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest --benchmark-only bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Re-pin after changing pyproject.toml's dependencies: install them into a
+# scratch venv and freeze it. torch's local "+cpu" tag is dropped so that the
+# same pin takes the CUDA wheel on a GPU machine.
+lock:
+	rm -rf /tmp/unet-bench-lock && $(PYTHON) -m venv /tmp/unet-bench-lock
+	/tmp/unet-bench-lock/bin/pip install --quiet torch==2.13.0 jax==0.10.2 flax optax numpy safetensors \
+		ml_dtypes pandas scipy matplotlib pytest pytest-benchmark ruff
+	(echo '# Exact versions, made by `make lock`; every result records them.'; \
+		/tmp/unet-bench-lock/bin/pip freeze | sed 's/+cpu$$//') > requirements.lock

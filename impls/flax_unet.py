@@ -1,0 +1,180 @@
+"""The U-Net in Flax NNX (NHWC), built from a UNetSpec.
+
+Mirrors ``torch_unet.py`` block for block and name for name, so that the
+canonical weight ``down1.conv2.weight`` lives at ``model.down1.conv2.kernel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from impls.spec import KERNEL, UNetSpec
+
+# PyTorch's BatchNorm momentum 0.1 weighs the new batch; Flax's weighs the old value.
+BN_MOMENTUM = 0.9
+BN_EPS = 1e-5
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over NHWC with PyTorch's semantics.
+
+    Unlike ``nnx.BatchNorm`` it updates ``var`` with the unbiased batch
+    variance, as ``torch.nn.BatchNorm2d`` does, computes the variance in two
+    passes rather than as E[x^2] - E[x]^2, and keeps its statistics in the
+    parameters' dtype (``nnx.BatchNorm`` always uses float32).
+    """
+
+    def __init__(self, channels: int, *, dtype: jnp.dtype) -> None:
+        self.scale = nnx.Param(jnp.ones((channels,), dtype))
+        self.bias = nnx.Param(jnp.zeros((channels,), dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
+        self.var = nnx.BatchStat(jnp.ones((channels,), dtype))
+        self.use_running_average = False  # switched by Module.train() / .eval()
+        self.momentum = BN_MOMENTUM
+        self.epsilon = BN_EPS
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            n = x.size // x.shape[-1]
+            if n < 2:
+                raise ValueError(
+                    f"BatchNorm in train mode needs more than 1 value per channel, got input "
+                    f"shape {x.shape}; use a larger batch or image, or model.eval()"
+                )
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axes)
+            var = jnp.square(x - mean).mean(axes)
+            m = self.momentum
+            self.mean[...] = m * self.mean[...] + (1 - m) * mean
+            self.var[...] = m * self.var[...] + (1 - m) * var * (n / (n - 1))
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+
+
+def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Conv:
+    padding = 1 if spec.padding == "same" else 0
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        (KERNEL, KERNEL),
+        padding=padding,
+        use_bias=spec.conv_bias,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def norm(spec: UNetSpec, channels: int, *, dtype: jnp.dtype) -> nnx.Module | Callable:
+    return nnx.identity if spec.norm == "none" else BatchNorm(channels, dtype=dtype)
+
+
+def center_crop(x: jax.Array, h: int, w: int) -> jax.Array:
+    top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
+    return x[:, top : top + h, left : left + w, :]
+
+
+class DoubleConv(nnx.Module):
+    """(3x3 conv -> norm -> ReLU) twice: ``down{i}``."""
+
+    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+        self.conv1 = conv3x3(spec, in_ch, out_ch, dtype=dtype, rngs=rngs)
+        self.norm1 = norm(spec, out_ch, dtype=dtype)
+        self.conv2 = conv3x3(spec, out_ch, out_ch, dtype=dtype, rngs=rngs)  # out_ch in, not in_ch
+        self.norm2 = norm(spec, out_ch, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.norm1(self.conv1(x)))
+        return jax.nn.relu(self.norm2(self.conv2(x)))
+
+
+class BilinearUpconv(nnx.Conv):
+    """Bilinear x2 (half-pixel centres), then this 1x1 conv: the ``"bilinear"`` up-conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+        super().__init__(in_ch, out_ch, (1, 1), dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        return super().__call__(jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear"))
+
+
+class Up(DoubleConv):
+    """Up-convolution, concat([skip, upsampled]), then a DoubleConv: ``up{i}``."""
+
+    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+        if spec.upsample == "transpose":
+            # transpose_kernel=False: the kernel is that of the equivalent
+            # dilated conv, i.e. PyTorch's weight flipped spatially (convert.py).
+            self.upconv = nnx.ConvTranspose(
+                in_ch,
+                out_ch,
+                (2, 2),
+                strides=(2, 2),
+                padding="VALID",
+                transpose_kernel=False,
+                dtype=dtype,
+                param_dtype=dtype,
+                rngs=rngs,
+            )
+        else:
+            self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, rngs=rngs)
+        super().__init__(spec, in_ch, out_ch, dtype=dtype, rngs=rngs)  # skip + upsampled = in_ch
+
+    def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
+        x = self.upconv(x)
+        skip = center_crop(skip, x.shape[1], x.shape[2])
+        return super().__call__(jnp.concatenate([skip, x], axis=-1))
+
+
+class UNet(nnx.Module):
+    def __init__(self, spec: UNetSpec, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+        self.spec = spec
+        for i in range(spec.depth + 1):
+            in_ch = spec.channels(i - 1) if i else spec.in_channels
+            setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i), dtype=dtype, rngs=rngs))
+        for i in reversed(range(spec.depth)):
+            setattr(self, f"up{i}", Up(spec, spec.channels(i + 1), spec.channels(i), dtype=dtype, rngs=rngs))
+        self.head = nnx.Conv(spec.width, spec.num_classes, (1, 1), dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+    def train(self, **attributes) -> UNet:
+        """BatchNorm on batch statistics; returns self, as torch's Module.train() does."""
+        super().train(**attributes)
+        return self
+
+    def eval(self, **attributes) -> UNet:
+        """BatchNorm on running statistics; returns self, as torch's Module.eval() does."""
+        super().eval(**attributes)
+        return self
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.spec.check_input(x.shape, layout="NHWC")
+        skips = []
+        for i in range(self.spec.depth):
+            x = getattr(self, f"down{i}")(x)
+            skips.append(x)
+            x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = getattr(self, f"down{self.spec.depth}")(x)
+        for i in reversed(range(self.spec.depth)):
+            x = getattr(self, f"up{i}")(x, skips[i])
+        return self.head(x)
+
+
+def build(spec: UNetSpec, seed: int = 0, dtype: jnp.dtype = jnp.float32) -> UNet:
+    """A new U-Net with Flax's default initialisation, in train mode."""
+    return UNet(spec, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def abstract(spec: UNetSpec, dtype: jnp.dtype = jnp.float32) -> UNet:
+    """The U-Net's structure, shapes and dtypes with no values, to load weights into.
+
+    ``convert.to_flax(weights, abstract(spec))`` gives the same model as loading
+    into ``build(spec)`` but skips the random init, whose per-shape compilation
+    takes seconds on a CPU.
+    """
+    return nnx.eval_shape(lambda: build(spec, dtype=dtype))

@@ -1,0 +1,202 @@
+"""UNetSpec: the one description every implementation is built from.
+
+The spec fixes the architecture, validates inputs (so that every framework
+refuses a bad input with the same message) and defines the canonical weight
+table, whose names and layouts are PyTorch's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+PADDINGS = ("same", "valid")
+NORMS = ("batch", "none")
+UPSAMPLES = ("transpose", "bilinear")
+
+# Conv kernel side and the pixels an unpadded one removes from a side.
+KERNEL = 3
+VALID_CONV_SHRINK = KERNEL - 1
+# Sizes are searched this far on either side of a rejected one for the nearest
+# valid sizes; valid sizes recur every 2**depth pixels, far inside this.
+_SEARCH_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """A U-Net (Ronneberger et al. 2015) and its common modern variant.
+
+    Level k of the encoder has ``width * 2**k`` channels, k = 0..depth; level
+    ``depth`` is the bottleneck. ``padding="valid"`` is the paper's network
+    (unpadded convs, skips centre-cropped); ``"same"`` keeps the size.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    width: int = 64
+    depth: int = 4
+    padding: Literal["same", "valid"] = "same"
+    norm: Literal["batch", "none"] = "batch"
+    upsample: Literal["transpose", "bilinear"] = "transpose"
+    conv_bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_classes", "width", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"UNetSpec.{name}={value!r}: expected an integer >= 1")
+        for name, allowed in (("padding", PADDINGS), ("norm", NORMS), ("upsample", UPSAMPLES)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(
+                    f"UNetSpec.{name}={value!r}: expected one of {', '.join(map(repr, allowed))}"
+                )
+        if not isinstance(self.conv_bias, bool):
+            raise ValueError(f"UNetSpec.conv_bias={self.conv_bias!r}: expected True or False")
+
+    # -- channels ----------------------------------------------------------
+
+    def channels(self, level: int) -> int:
+        """Channels of encoder level ``level`` (0..depth)."""
+        return self.width * 2**level
+
+    # -- shapes ------------------------------------------------------------
+
+    def _double_conv_shrink(self) -> int:
+        return 2 * VALID_CONV_SHRINK if self.padding == "valid" else 0
+
+    def _side_out(self, side: int) -> int | None:
+        """Output side for an input side, or None if the network cannot take it.
+
+        Walks one side through every conv, pool and up-convolution; a pool must
+        halve exactly and no feature map may vanish.
+        """
+        shrink = self._double_conv_shrink()
+        for _ in range(self.depth):
+            side -= shrink
+            if side < 2 or side % 2:
+                return None
+            side //= 2
+        side -= shrink  # bottleneck
+        if side < 1:
+            return None
+        for _ in range(self.depth):
+            side = 2 * side - shrink
+            if side < 1:
+                return None
+        return side
+
+    def _nearest_valid(self, side: int) -> tuple[int | None, int | None]:
+        below = next((s for s in range(side - 1, 0, -1) if self._side_out(s)), None)
+        above = next((s for s in range(side + 1, side + _SEARCH_LIMIT) if self._side_out(s)), None)
+        return below, above
+
+    def _side_error(self, axis: str, side: int) -> str:
+        below, above = self._nearest_valid(side)
+        nearest = " and ".join(str(s) for s in (below, above) if s is not None)
+        if self.padding == "same":
+            rule = f"padding='same' needs a multiple of 2**depth = {2**self.depth}"
+        else:
+            rule = (
+                "padding='valid' needs an even size at every 2x2 max-pool and a positive one "
+                "after every unpadded conv"
+            )
+        return f"{axis} {side} is not a valid input size ({rule}); nearest valid: {nearest}"
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output (height, width) for an input of (h, w); ValueError if invalid."""
+        out = (self._side_out(h), self._side_out(w))
+        errors = [
+            self._side_error(axis, side)
+            for axis, side, o in (("height", h, out[0]), ("width", w, out[1]))
+            if o is None
+        ]
+        if errors:
+            raise ValueError(f"UNetSpec(depth={self.depth}, padding={self.padding!r}): " + "; ".join(errors))
+        return out  # type: ignore[return-value]
+
+    def check_input(self, shape: tuple[int, ...], *, layout: str = "NCHW") -> tuple[int, int]:
+        """Validate an input shape given in ``layout``; return the output (h, w).
+
+        ``layout`` only changes where the channel axis is read and how the
+        message names it, so that every framework reports the same problem.
+        """
+        shape = tuple(int(s) for s in shape)
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
+        if len(shape) != 4:
+            raise ValueError(
+                f"input shape {shape}: expected a 4-D {layout} batch, got {len(shape)} dimensions"
+                + ("; add a batch axis, e.g. x[None]" if len(shape) == 3 else "")
+            )
+        c_axis = layout.index("C")
+        channels = shape[c_axis]
+        if channels != self.in_channels:
+            raise ValueError(
+                f"input shape {shape} ({layout}): expected {self.in_channels} channel(s) "
+                f"on axis {c_axis}, got {channels}"
+            )
+        h, w = shape[layout.index("H")], shape[layout.index("W")]
+        return self.output_size(h, w)
+
+    # -- canonical weight table -------------------------------------------
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical weight names and shapes, in the PyTorch state_dict's order.
+
+        The order follows the data: ``down0..down{depth}``, then
+        ``up{depth-1}..up0``, then ``head``.
+        """
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def double_conv(prefix: str, in_ch: int, out_ch: int) -> None:
+            for j, cin in ((1, in_ch), (2, out_ch)):
+                shapes[f"{prefix}.conv{j}.weight"] = (out_ch, cin, KERNEL, KERNEL)
+                if self.conv_bias:
+                    shapes[f"{prefix}.conv{j}.bias"] = (out_ch,)
+                if self.norm == "batch":
+                    for leaf in ("weight", "bias", "running_mean", "running_var"):
+                        shapes[f"{prefix}.norm{j}.{leaf}"] = (out_ch,)
+
+        for i in range(self.depth + 1):
+            double_conv(f"down{i}", self.channels(i - 1) if i else self.in_channels, self.channels(i))
+        for i in reversed(range(self.depth)):
+            cin, cout = self.channels(i + 1), self.channels(i)
+            upconv = (cin, cout, 2, 2) if self.upsample == "transpose" else (cout, cin, 1, 1)
+            shapes[f"up{i}.upconv.weight"] = upconv
+            shapes[f"up{i}.upconv.bias"] = (cout,)
+            double_conv(f"up{i}", cin, cout)  # skip (cout) + upsampled (cout) channels in
+        shapes["head.weight"] = (self.num_classes, self.width, 1, 1)
+        shapes["head.bias"] = (self.num_classes,)
+        return shapes
+
+    def zero_gradient_biases(self) -> set[str]:
+        """Canonical biases whose effect BatchNorm removes (true gradient exactly 0).
+
+        Every conv bias right before BatchNorm, and with unpadded convs the
+        up-conv bias too: the conv that follows turns it into a per-channel
+        constant that the next BatchNorm subtracts. (With padding the border
+        pixels see zeros instead, so that constant is not uniform.)
+        """
+        if self.norm != "batch":
+            return set()
+        names = {n for n in self.param_shapes() if ".conv" in n and n.endswith(".bias")}
+        if self.padding == "valid":
+            names |= {f"up{i}.upconv.bias" for i in range(self.depth)}
+        return names
+
+    # -- serialisation ----------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> UNetSpec:
+        fields = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown UNetSpec field(s) {unknown}; known: {sorted(known)}")
+        return cls(**fields)

@@ -1,0 +1,109 @@
+"""The U-Net in PyTorch (NCHW), built from a UNetSpec.
+
+Mirrors ``flax_unet.py`` block for block and name for name; the module names
+are the canonical weight names of ``UNetSpec.param_shapes``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from impls.spec import KERNEL, UNetSpec
+
+# PyTorch's BatchNorm defaults, written out because they are part of the contract.
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
+
+
+def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int) -> nn.Conv2d:
+    padding = 1 if spec.padding == "same" else 0
+    return nn.Conv2d(in_ch, out_ch, KERNEL, padding=padding, bias=spec.conv_bias)
+
+
+def norm(spec: UNetSpec, channels: int) -> nn.Module:
+    if spec.norm == "none":
+        return nn.Identity()
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv -> norm -> ReLU) twice: ``down{i}``."""
+
+    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self._add_convs(spec, in_ch, out_ch)
+
+    def _add_convs(self, spec: UNetSpec, in_ch: int, out_ch: int) -> None:
+        self.conv1 = conv3x3(spec, in_ch, out_ch)
+        self.norm1 = norm(spec, out_ch)
+        self.conv2 = conv3x3(spec, out_ch, out_ch)  # out_ch in, not in_ch: a common bug
+        self.norm2 = norm(spec, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(x)))
+
+
+class BilinearUpconv(nn.Conv2d):
+    """Bilinear x2 (half-pixel centres), then this 1x1 conv: the ``"bilinear"`` up-conv."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return super().forward(x)
+
+
+class Up(DoubleConv):
+    """Up-convolution, concat([skip, upsampled]), then a DoubleConv: ``up{i}``."""
+
+    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int) -> None:
+        nn.Module.__init__(self)
+        # Registered before the convs so that the state_dict follows the data.
+        if spec.upsample == "transpose":
+            self.upconv = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)
+        else:
+            self.upconv = BilinearUpconv(in_ch, out_ch)
+        self._add_convs(spec, in_ch, out_ch)  # skip (out_ch) + upsampled (out_ch) = in_ch
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.upconv(x)
+        skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        return super().forward(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    def __init__(self, spec: UNetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        for i in range(spec.depth + 1):
+            in_ch = spec.channels(i - 1) if i else spec.in_channels
+            setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i)))
+        for i in reversed(range(spec.depth)):
+            setattr(self, f"up{i}", Up(spec, spec.channels(i + 1), spec.channels(i)))
+        self.head = nn.Conv2d(spec.width, spec.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.spec.check_input(tuple(x.shape), layout="NCHW")
+        skips = []
+        for i in range(self.spec.depth):
+            x = getattr(self, f"down{i}")(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = getattr(self, f"down{self.spec.depth}")(x)
+        for i in reversed(range(self.spec.depth)):
+            x = getattr(self, f"up{i}")(x, skips[i])
+        return self.head(x)
+
+
+def build(spec: UNetSpec, dtype: torch.dtype = torch.float32) -> UNet:
+    """A new U-Net with PyTorch's default initialisation, in train mode."""
+    return UNet(spec).to(dtype)

@@ -1,0 +1,210 @@
+"""Shared by the tests: random canonical weights, the error measure, train steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+from flax import nnx
+
+from impls.convert import from_flax_state, to_flax, to_torch
+from impls.flax_unet import abstract as abstract_flax
+from impls.spec import UNetSpec
+from impls.torch_unet import build as build_torch
+
+
+def random_weights(spec: UNetSpec, seed: int = 0, dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """Non-zero weights at a scale that keeps activations O(1), random BatchNorm statistics."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in spec.param_shapes().items():
+        if name.endswith("running_var"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif ".norm" in name and name.endswith(".weight"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif len(shape) == 4:
+            transposed = name.endswith("upconv.weight") and spec.upsample == "transpose"
+            fan_in = shape[0] if transposed else np.prod(shape[1:])  # one tap per output pixel
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        else:  # biases and running means
+            value = rng.normal(0.0, 0.2, shape)
+        weights[name] = value.astype(dtype)
+    return weights
+
+
+def input_sides(spec: UNetSpec, count: int = 2) -> list[int]:
+    """The ``count`` smallest valid input sides that leave a bottleneck of at least 4 pixels.
+
+    A tinier bottleneck makes BatchNorm normalise over a handful of values, and
+    float32 training then amplifies rounding differences chaotically.
+    """
+    sides = []
+    side = 4 * 2**spec.depth
+    while len(sides) < count:
+        try:
+            spec.output_size(side, side)
+            sides.append(side)
+        except ValueError:
+            pass
+        side += 1
+    return sides
+
+
+def batch(spec: UNetSpec, n: int, seed: int = 0, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """A random NCHW input whose height and width differ, and integer labels for its output."""
+    h, w = input_sides(spec)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, (n, spec.in_channels, h, w)).astype(dtype)
+    out_h, out_w = spec.output_size(h, w)
+    labels = rng.integers(0, spec.num_classes, (n, out_h, out_w))
+    return x, labels
+
+
+def _pool_choice(x: np.ndarray) -> np.ndarray:
+    """Per 2x2 window of an NCHW map: the index of its max, or -1 where the max is 0."""
+    n, c, h, w = x.shape
+    windows = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+    windows = windows.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    return np.where(windows.max(-1) > 0, windows.argmax(-1), -1)
+
+
+def _kink_sides(spec: UNetSpec, weights: dict[str, np.ndarray], x: np.ndarray) -> tuple[dict, dict]:
+    """Which side of every kink each framework takes in a float32 train-mode forward.
+
+    ReLU: the sign of its input (a norm's output, or the conv's with no norm);
+    max-pool: the position of each window's max.
+    """
+    torch_model = to_torch(weights, build_torch(spec))
+    sides: tuple[dict, dict] = ({}, {})
+    for name, module in torch_model.named_modules():
+        block, _, layer = name.partition(".")
+        if layer in ("norm1", "norm2"):
+            module.register_forward_hook(
+                lambda m, a, out, n=name: sides[0].update({n: out.detach().numpy() > 0})
+            )
+        elif not layer and block.startswith("down") and block != f"down{spec.depth}":
+            module.register_forward_hook(
+                lambda m, a, out, n=name: sides[0].update({n: _pool_choice(out.detach().numpy())})
+            )
+    torch_model.train()
+    torch_model(torch.from_numpy(x))
+
+    flax_model = to_flax(weights, abstract_flax(spec))
+    _, captured = nnx.capture(flax_model, nnx.Intermediate, method_outputs=nnx.Intermediate)(
+        jnp.asarray(nchw_to_nhwc(x))
+    )
+    outputs = {path[:-1]: nhwc_to_nchw(v.get_value()[0]) for path, v in nnx.to_flat_state(captured)}
+    for name in sides[0]:
+        block, _, layer = name.partition(".")
+        if layer:
+            pre_relu = (block, layer) if spec.norm == "batch" else (block, layer.replace("norm", "conv"))
+            sides[1][name] = outputs[pre_relu] > 0
+        else:
+            sides[1][name] = _pool_choice(outputs[(block,)])
+    return sides
+
+
+def conditioned_batch(
+    spec: UNetSpec, weights: dict[str, np.ndarray], n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 batch on which both frameworks take the same side of every kink.
+
+    A network of many ReLUs in float32 usually has some input within rounding
+    of zero; where the frameworks round it to different sides, one pixel's
+    gradient is switched on in one and off in the other, and a gradient
+    comparison measures that coin toss, not the implementations. Such batches
+    are drawn again; an implementation that really differs fails the forward
+    comparison anyway.
+    """
+    for attempt in range(20):
+        x, labels = batch(spec, n, seed=seed + 1000 * attempt)
+        torch_sides, flax_sides = _kink_sides(spec, weights, x)
+        if all(np.array_equal(torch_sides[k], flax_sides[k]) for k in torch_sides):
+            return x, labels
+    raise AssertionError("no batch in 20 on which the frameworks agree at every kink")
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+
+
+def err(a: np.ndarray, ref: np.ndarray, scale: float | None = None) -> float:
+    """max|a - ref| / max|ref| (or / scale)."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(a - ref)) / (np.max(np.abs(ref)) if scale is None else scale))
+
+
+def _block_relative(spec: UNetSpec) -> set[str]:
+    """Zero-gradient biases and the running means that track them (see the core issue)."""
+    biases = spec.zero_gradient_biases()
+    means = set()
+    for name in biases:
+        block, layer, _ = name.split(".")
+        norm = "norm1" if layer == "upconv" else layer.replace("conv", "norm")
+        means.add(f"{block}.{norm}.running_mean")
+    return biases | means
+
+
+def assert_close(
+    got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol: float, spec: UNetSpec, what: str
+) -> None:
+    """Per-tensor err <= tol; zero-gradient biases are measured against their block."""
+    assert sorted(got) == sorted(ref), f"{what}: different keys"
+    block_relative = _block_relative(spec)
+
+    def kind(name: str) -> tuple[str, bool]:
+        return name.split(".")[0], "running_" in name
+
+    block_scale: dict[tuple[str, bool], float] = {}
+    for name, value in ref.items():
+        block_scale[kind(name)] = max(block_scale.get(kind(name), 0.0), float(np.max(np.abs(value))))
+    errors = {
+        name: err(got[name], ref[name], block_scale[kind(name)] if name in block_relative else None)
+        for name in ref
+    }
+    bad = sorted(((e, n) for n, e in errors.items() if not e <= tol), reverse=True)
+    assert not bad, f"{what}: {len(bad)} of {len(errors)} tensors exceed {tol:g}: " + ", ".join(
+        f"{n}={e:.3g}" for e, n in bad[:8]
+    )
+
+
+# -- one training step in each framework: forward, softmax cross-entropy, backward, Adam
+
+
+def torch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: np.ndarray, y: np.ndarray):
+    """One train step; returns (loss, logits, canonical gradients) from before the update."""
+    model.train()
+    optimizer.zero_grad()
+    logits = model(torch.from_numpy(x))
+    loss = F.cross_entropy(logits, torch.from_numpy(y))
+    loss.backward()
+    grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()}
+    optimizer.step()
+    return loss.item(), logits.detach().numpy(), grads
+
+
+def _flax_loss(model: nnx.Module, x: jnp.ndarray, y: jnp.ndarray):
+    logits = model(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+
+@nnx.jit
+def _flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jnp.ndarray, y: jnp.ndarray):
+    (loss, logits), grads = nnx.value_and_grad(_flax_loss, has_aux=True)(model, x, y)
+    optimizer.update(model, grads)
+    return loss, logits, grads
+
+
+def flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.ndarray):
+    """As torch_step, for Flax; x is NCHW and logits come back NCHW."""
+    model.train()
+    loss, logits, grads = _flax_step(model, optimizer, jnp.asarray(nchw_to_nhwc(x)), jnp.asarray(y))
+    return float(loss), nhwc_to_nchw(logits), from_flax_state(grads, model.spec)

@@ -1,0 +1,170 @@
+"""UNetSpec: validation, shape rules and the canonical table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from impls import convert, flax_unet, torch_unet
+from impls.spec import UNetSpec
+
+
+def test_defaults() -> None:
+    assert dataclasses.asdict(UNetSpec()) == dict(
+        in_channels=1,
+        num_classes=2,
+        width=64,
+        depth=4,
+        padding="same",
+        norm="batch",
+        upsample="transpose",
+        conv_bias=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("in_channels", 0, "integer >= 1"),
+        ("num_classes", 1.5, "integer >= 1"),
+        ("width", -64, "integer >= 1"),
+        ("depth", True, "integer >= 1"),
+        ("padding", "reflect", "'same', 'valid'"),
+        ("norm", "group", "'batch', 'none'"),
+        ("upsample", "nearest", "'transpose', 'bilinear'"),
+        ("conv_bias", 1, "True or False"),
+    ],
+)
+def test_bad_field_names_field_value_and_allowed(field: str, value: object, allowed: str) -> None:
+    with pytest.raises(ValueError) as info:
+        UNetSpec(**{field: value})
+    assert f"UNetSpec.{field}={value!r}" in str(info.value)
+    assert allowed in str(info.value)
+
+
+def test_paper_case() -> None:
+    assert UNetSpec(padding="valid").output_size(572, 572) == (388, 388)
+
+
+@pytest.mark.parametrize(
+    ("padding", "side", "below", "above"),
+    [("valid", 570, 556, 572), ("same", 100, 96, 112), ("same", 8, None, 16), ("valid", 573, 572, 588)],
+)
+def test_wrong_size_names_nearest_valid_sizes(padding: str, side: int, below: int | None, above: int) -> None:
+    spec = UNetSpec(padding=padding)
+    with pytest.raises(ValueError) as info:
+        spec.output_size(side, 572 if padding == "valid" else 64)
+    message = str(info.value)
+    assert f"height {side} is not a valid input size" in message
+    expected = f"{below} and {above}" if below else f"nearest valid: {above}"
+    assert expected in message
+    for size in (below, above):
+        if size:
+            spec.output_size(size, size)  # the named sizes really are valid
+
+
+def test_both_sides_reported() -> None:
+    with pytest.raises(ValueError, match=r"height 570.*width 571"):
+        UNetSpec(padding="valid").output_size(570, 571)
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "match"),
+    [
+        ((1, 3, 64, 64), "NCHW", r"expected 1 channel\(s\) on axis 1, got 3"),
+        ((1, 64, 64, 3), "NHWC", r"expected 1 channel\(s\) on axis 3, got 3"),
+        ((1, 64, 64), "NCHW", "expected a 4-D NCHW batch, got 3 dimensions; add a batch axis"),
+        ((2, 1, 60, 64), "NCHW", "height 60 .* nearest valid: 48 and 64"),
+    ],
+)
+def test_check_input_errors(shape: tuple, layout: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        UNetSpec().check_input(shape, layout=layout)
+
+
+def test_both_frameworks_raise_the_spec_error() -> None:
+    spec = UNetSpec(width=2, depth=2, padding="valid")
+    with pytest.raises(ValueError, match=r"height 50 .* nearest valid: 48 and 52"):
+        torch_unet.build(spec)(torch.zeros(1, 1, 50, 52))
+    with pytest.raises(ValueError, match=r"height 50 .* nearest valid: 48 and 52"):
+        flax_unet.build(spec)(jnp.zeros((1, 50, 52, 1)))
+    with pytest.raises(ValueError, match="axis 3, got 2"):
+        flax_unet.build(spec)(jnp.zeros((1, 52, 52, 2)))
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_output_size_matches_the_models(padding: str, depth: int) -> None:
+    spec = UNetSpec(width=2, depth=depth, padding=padding, num_classes=3)
+    h, w = (2**depth * 3, 2**depth * 5) if padding == "same" else _valid_pair(spec)
+    out = spec.output_size(h, w)
+    model = torch_unet.build(spec).eval()
+    assert model(torch.zeros(1, 1, h, w)).shape == (1, 3, *out)
+    assert flax_unet.build(spec).eval()(jnp.zeros((1, h, w, 1))).shape == (1, *out, 3)
+
+
+def _valid_pair(spec: UNetSpec) -> tuple[int, int]:
+    sides = []
+    for side in range(1, 400):
+        try:
+            spec.output_size(side, side)
+            sides.append(side)
+        except ValueError:
+            continue
+    return sides[0], sides[2]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        UNetSpec(width=4, depth=2),
+        UNetSpec(width=4, depth=3, norm="none", conv_bias=False, upsample="bilinear", in_channels=3),
+        UNetSpec(width=2, depth=1, padding="valid", conv_bias=False),
+    ],
+)
+def test_param_shapes_is_the_torch_state_dict_and_the_flax_state(spec: UNetSpec) -> None:
+    state = torch_unet.build(spec).state_dict()
+    torch_table = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert list(spec.param_shapes().items()) == list(torch_table.items())
+    flax_table = {k: v.shape for k, v in convert.from_flax(flax_unet.build(spec)).items()}
+    assert list(flax_table.items()) == list(spec.param_shapes().items())
+
+
+def test_param_table_of_the_default_spec() -> None:
+    table = UNetSpec().param_shapes()
+    assert list(table)[:6] == [
+        "down0.conv1.weight",
+        "down0.conv1.bias",
+        "down0.norm1.weight",
+        "down0.norm1.bias",
+        "down0.norm1.running_mean",
+        "down0.norm1.running_var",
+    ]
+    assert table["down4.conv2.weight"] == (1024, 1024, 3, 3)
+    assert table["up3.upconv.weight"] == (1024, 512, 2, 2)
+    assert table["up3.conv1.weight"] == (512, 1024, 3, 3)
+    assert table["up0.conv2.weight"] == (64, 64, 3, 3)
+    assert table["head.weight"] == (2, 64, 1, 1)
+    assert list(table)[-2:] == ["head.weight", "head.bias"]
+
+
+def test_parameter_count_of_the_popular_pytorch_unet() -> None:
+    """milesial/Pytorch-UNet's UNet(3, 2) (bias-free convs before BatchNorm): 31,037,698."""
+    table = UNetSpec(in_channels=3, conv_bias=False).param_shapes()
+    assert sum(int(np.prod(s)) for k, s in table.items() if "running" not in k) == 31_037_698
+
+
+def test_bilinear_upconv_shape() -> None:
+    table = UNetSpec(upsample="bilinear").param_shapes()
+    assert table["up3.upconv.weight"] == (512, 1024, 1, 1)
+
+
+def test_spec_json_round_trip_and_unknown_field() -> None:
+    spec = UNetSpec(width=8, padding="valid", conv_bias=False)
+    assert UNetSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="unknown UNetSpec field"):
+        UNetSpec.from_json('{"widht": 8}')
