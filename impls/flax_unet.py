@@ -25,19 +25,24 @@ class BatchNorm(nnx.Module):
     Unlike ``nnx.BatchNorm`` it updates ``var`` with the unbiased batch
     variance, as ``torch.nn.BatchNorm2d`` does, computes the variance in two
     passes rather than as E[x^2] - E[x]^2, and keeps its statistics in the
-    parameters' dtype (``nnx.BatchNorm`` always uses float32).
+    parameters' dtype (``nnx.BatchNorm`` always uses float32). With a lower
+    precision input (bfloat16) it normalises in the parameters' precision and
+    returns the input's dtype, as cuDNN and PyTorch's mixed-precision
+    BatchNorm do.
     """
 
-    def __init__(self, channels: int, *, dtype: jnp.dtype) -> None:
-        self.scale = nnx.Param(jnp.ones((channels,), dtype))
-        self.bias = nnx.Param(jnp.zeros((channels,), dtype))
-        self.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
-        self.var = nnx.BatchStat(jnp.ones((channels,), dtype))
+    def __init__(self, channels: int, *, param_dtype: jnp.dtype) -> None:
+        self.scale = nnx.Param(jnp.ones((channels,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((channels,), param_dtype))
+        self.var = nnx.BatchStat(jnp.ones((channels,), param_dtype))
         self.use_running_average = False  # switched by Module.train() / .eval()
         self.momentum = BN_MOMENTUM
         self.epsilon = BN_EPS
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        out_dtype = x.dtype
+        x = x.astype(jnp.promote_types(x.dtype, self.mean.dtype))
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
@@ -53,25 +58,20 @@ class BatchNorm(nnx.Module):
             m = self.momentum
             self.mean[...] = m * self.mean[...] + (1 - m) * mean
             self.var[...] = m * self.var[...] + (1 - m) * var * (n / (n - 1))
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        return y.astype(out_dtype)
 
 
-def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Conv:
+def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Conv:
     padding = 1 if spec.padding == "same" else 0
     return nnx.Conv(
-        in_ch,
-        out_ch,
-        (KERNEL, KERNEL),
-        padding=padding,
-        use_bias=spec.conv_bias,
-        dtype=dtype,
-        param_dtype=dtype,
-        rngs=rngs,
-    )
+        in_ch, out_ch, (KERNEL, KERNEL), padding=padding, use_bias=spec.conv_bias,
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+    )  # fmt: skip
 
 
-def norm(spec: UNetSpec, channels: int, *, dtype: jnp.dtype) -> nnx.Module | Callable:
-    return nnx.identity if spec.norm == "none" else BatchNorm(channels, dtype=dtype)
+def norm(spec: UNetSpec, channels: int, *, param_dtype) -> nnx.Module | Callable:
+    return nnx.identity if spec.norm == "none" else BatchNorm(channels, param_dtype=param_dtype)
 
 
 def center_crop(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -82,11 +82,14 @@ def center_crop(x: jax.Array, h: int, w: int) -> jax.Array:
 class DoubleConv(nnx.Module):
     """(3x3 conv -> norm -> ReLU) twice: ``down{i}``."""
 
-    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
-        self.conv1 = conv3x3(spec, in_ch, out_ch, dtype=dtype, rngs=rngs)
-        self.norm1 = norm(spec, out_ch, dtype=dtype)
-        self.conv2 = conv3x3(spec, out_ch, out_ch, dtype=dtype, rngs=rngs)  # out_ch in, not in_ch
-        self.norm2 = norm(spec, out_ch, dtype=dtype)
+    def __init__(
+        self, spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs
+    ) -> None:
+        self.conv1 = conv3x3(spec, in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = norm(spec, out_ch, param_dtype=param_dtype)
+        # out_ch in, not in_ch: a common bug
+        self.conv2 = conv3x3(spec, out_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm2 = norm(spec, out_ch, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.norm1(self.conv1(x)))
@@ -96,35 +99,56 @@ class DoubleConv(nnx.Module):
 class BilinearUpconv(nnx.Conv):
     """Bilinear x2 (half-pixel centres), then this 1x1 conv: the ``"bilinear"`` up-conv."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
-        super().__init__(in_ch, out_ch, (1, 1), dtype=dtype, param_dtype=dtype, rngs=rngs)
+    def __init__(self, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> None:
+        super().__init__(in_ch, out_ch, (1, 1), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
         return super().__call__(jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear"))
 
 
+class MatmulConvTranspose(nnx.ConvTranspose):
+    """The 2x2 stride-2 transposed conv as a per-pixel matrix product and a depth-to-space.
+
+    Exact: the output's 2x2 blocks do not overlap, so output pixel (2i+a, 2j+b)
+    is input pixel (i, j) times kernel tap (a, b). Same parameters as
+    ``nnx.ConvTranspose`` (whose kernel is stored flipped, see convert.py).
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, _ = x.shape
+        kernel = self.kernel[...][::-1, ::-1].astype(self.dtype or x.dtype)
+        y = jnp.einsum("nhwc,abco->nhawbo", x.astype(kernel.dtype), kernel)
+        y = y.reshape(n, 2 * h, 2 * w, kernel.shape[-1])
+        return y + self.bias[...].astype(y.dtype)
+
+
 class Up(DoubleConv):
     """Up-convolution, concat([skip, upsampled]), then a DoubleConv: ``up{i}``."""
 
-    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        spec: UNetSpec,
+        in_ch: int,
+        out_ch: int,
+        *,
+        upconv_matmul: bool,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ) -> None:
         if spec.upsample == "transpose":
             # transpose_kernel=False: the kernel is that of the equivalent
             # dilated conv, i.e. PyTorch's weight flipped spatially (convert.py).
-            self.upconv = nnx.ConvTranspose(
-                in_ch,
-                out_ch,
-                (2, 2),
-                strides=(2, 2),
-                padding="VALID",
-                transpose_kernel=False,
-                dtype=dtype,
-                param_dtype=dtype,
-                rngs=rngs,
-            )
+            layer = MatmulConvTranspose if upconv_matmul else nnx.ConvTranspose
+            self.upconv = layer(
+                in_ch, out_ch, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=False,
+                dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            )  # fmt: skip
         else:
-            self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, rngs=rngs)
-        super().__init__(spec, in_ch, out_ch, dtype=dtype, rngs=rngs)  # skip + upsampled = in_ch
+            self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # skip (out_ch) + upsampled (out_ch) = in_ch
+        super().__init__(spec, in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         x = self.upconv(x)
@@ -133,14 +157,16 @@ class Up(DoubleConv):
 
 
 class UNet(nnx.Module):
-    def __init__(self, spec: UNetSpec, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> None:
+    def __init__(self, spec: UNetSpec, *, upconv_matmul: bool, dtype, param_dtype, rngs: nnx.Rngs) -> None:
         self.spec = spec
+        layer = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for i in range(spec.depth + 1):
             in_ch = spec.channels(i - 1) if i else spec.in_channels
-            setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i), dtype=dtype, rngs=rngs))
+            setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i), **layer))
         for i in reversed(range(spec.depth)):
-            setattr(self, f"up{i}", Up(spec, spec.channels(i + 1), spec.channels(i), dtype=dtype, rngs=rngs))
-        self.head = nnx.Conv(spec.width, spec.num_classes, (1, 1), dtype=dtype, param_dtype=dtype, rngs=rngs)
+            up = Up(spec, spec.channels(i + 1), spec.channels(i), upconv_matmul=upconv_matmul, **layer)
+            setattr(self, f"up{i}", up)
+        self.head = nnx.Conv(spec.width, spec.num_classes, (1, 1), **layer)
 
     def train(self, **attributes) -> UNet:
         """BatchNorm on batch statistics; returns self, as torch's Module.train() does."""
@@ -165,16 +191,34 @@ class UNet(nnx.Module):
         return self.head(x)
 
 
-def build(spec: UNetSpec, seed: int = 0, dtype: jnp.dtype = jnp.float32) -> UNet:
-    """A new U-Net with Flax's default initialisation, in train mode."""
-    return UNet(spec, dtype=dtype, rngs=nnx.Rngs(seed))
+def build(
+    spec: UNetSpec,
+    seed: int = 0,
+    dtype: jnp.dtype = jnp.float32,
+    *,
+    compute_dtype: jnp.dtype | None = None,
+    upconv_matmul: bool = False,
+) -> UNet:
+    """A new U-Net with Flax's default initialisation, in train mode.
+
+    ``dtype`` is the parameters' dtype; ``compute_dtype`` (default: the same)
+    is what convs compute in, e.g. bfloat16 over float32 parameters.
+    ``upconv_matmul`` computes the transposed convs as MatmulConvTranspose.
+    """
+    return UNet(
+        spec,
+        upconv_matmul=upconv_matmul,
+        dtype=compute_dtype or dtype,
+        param_dtype=dtype,
+        rngs=nnx.Rngs(seed),
+    )
 
 
-def abstract(spec: UNetSpec, dtype: jnp.dtype = jnp.float32) -> UNet:
+def abstract(spec: UNetSpec, dtype: jnp.dtype = jnp.float32, **options) -> UNet:
     """The U-Net's structure, shapes and dtypes with no values, to load weights into.
 
     ``convert.to_flax(weights, abstract(spec))`` gives the same model as loading
     into ``build(spec)`` but skips the random init, whose per-shape compilation
-    takes seconds on a CPU.
+    takes seconds on a CPU. ``options`` are those of ``build``.
     """
-    return nnx.eval_shape(lambda: build(spec, dtype=dtype))
+    return nnx.eval_shape(lambda: build(spec, dtype=dtype, **options))

@@ -62,14 +62,30 @@ class BilinearUpconv(nn.Conv2d):
         return super().forward(x)
 
 
+class MatmulConvTranspose2d(nn.ConvTranspose2d):
+    """The 2x2 stride-2 transposed conv as a per-pixel matrix product and a depth-to-space.
+
+    Exact: the output's 2x2 blocks do not overlap, so output pixel (2i+a, 2j+b)
+    is input pixel (i, j) times kernel tap (a, b): a 1x1 conv to 4x the
+    channels, then ``pixel_shuffle``. Same parameters as ``nn.ConvTranspose2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_ch, out_ch = self.weight.shape[:2]
+        # (in, out, a, b) -> (out * 4, in, 1, 1), channels ordered (out, a, b) as pixel_shuffle wants
+        weight = self.weight.permute(1, 2, 3, 0).reshape(out_ch * 4, in_ch, 1, 1)
+        return F.pixel_shuffle(F.conv2d(x, weight, self.bias.repeat_interleave(4)), 2)
+
+
 class Up(DoubleConv):
     """Up-convolution, concat([skip, upsampled]), then a DoubleConv: ``up{i}``."""
 
-    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int) -> None:
+    def __init__(self, spec: UNetSpec, in_ch: int, out_ch: int, *, upconv_matmul: bool) -> None:
         nn.Module.__init__(self)
         # Registered before the convs so that the state_dict follows the data.
         if spec.upsample == "transpose":
-            self.upconv = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)
+            layer = MatmulConvTranspose2d if upconv_matmul else nn.ConvTranspose2d
+            self.upconv = layer(in_ch, out_ch, 2, stride=2)
         else:
             self.upconv = BilinearUpconv(in_ch, out_ch)
         self._add_convs(spec, in_ch, out_ch)  # skip (out_ch) + upsampled (out_ch) = in_ch
@@ -81,14 +97,15 @@ class Up(DoubleConv):
 
 
 class UNet(nn.Module):
-    def __init__(self, spec: UNetSpec) -> None:
+    def __init__(self, spec: UNetSpec, *, upconv_matmul: bool = False) -> None:
         super().__init__()
         self.spec = spec
         for i in range(spec.depth + 1):
             in_ch = spec.channels(i - 1) if i else spec.in_channels
             setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i)))
         for i in reversed(range(spec.depth)):
-            setattr(self, f"up{i}", Up(spec, spec.channels(i + 1), spec.channels(i)))
+            up = Up(spec, spec.channels(i + 1), spec.channels(i), upconv_matmul=upconv_matmul)
+            setattr(self, f"up{i}", up)
         self.head = nn.Conv2d(spec.width, spec.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +121,9 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def build(spec: UNetSpec, dtype: torch.dtype = torch.float32) -> UNet:
-    """A new U-Net with PyTorch's default initialisation, in train mode."""
-    return UNet(spec).to(dtype)
+def build(spec: UNetSpec, dtype: torch.dtype = torch.float32, *, upconv_matmul: bool = False) -> UNet:
+    """A new U-Net with PyTorch's default initialisation, in train mode.
+
+    ``upconv_matmul`` computes the transposed convs as MatmulConvTranspose2d.
+    """
+    return UNet(spec, upconv_matmul=upconv_matmul).to(dtype)

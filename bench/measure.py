@@ -1,0 +1,214 @@
+"""One benchmark case, measured the same way for every framework path.
+
+For a case (path, task, size, batch, precision, device) a fresh runner is
+built, then:
+
+1. its first call is timed: compilation from cold in-memory and on-disk caches
+   (the session starts with empty ones), plus one call;
+2. its in-memory compiled code is dropped and the first call timed again:
+   compilation from the on-disk caches the first one wrote, as a second run
+   would find them;
+3. the parity gate compares its outputs from the initial weights with torch
+   eager fp32 (TF32 off); a path that fails it gets no number;
+4. one more call, timed, sets the number of rounds (pytest-benchmark's
+   ``--benchmark-min-rounds``, or more to fill ``--benchmark-max-time``);
+   peak memory is reset and pytest-benchmark times rounds of exactly one
+   ``infer()`` or ``train_step()`` each (``benchmark.pedantic``, no
+   calibration calls: the function is far slower than the timer's resolution).
+
+Compile seconds are the first call's time less the median call's. Everything
+a case measured, or why it failed, is appended to ``progress.jsonl`` at once,
+so an interrupted sweep keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import environment, flops, gate
+from bench.runners import make_runner
+from impls.spec import UNetSpec
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    task: str
+    size: int
+    batch: int
+    precision: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.task} {self.size}px b{self.batch} {self.precision} {self.device}"
+
+
+class CaseFailure(Exception):
+    """A case that produced no number; ``status`` says why."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _status_of(error: BaseException) -> str:
+    text = f"{type(error).__name__} {error}".lower()
+    if (
+        "out of memory" in text
+        or "outofmemory" in text
+        or "resource_exhausted" in text
+        or "memoryerror" in text
+    ):
+        return "out-of-memory"
+    return "error"
+
+
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Session:
+    """What the cases of one pytest session share: spec, options, references, records."""
+
+    spec: UNetSpec
+    tf32: bool = False
+    upconv: str = "auto"
+    progress: Path | None = None
+    min_rounds: int = 5
+    max_time: float = 1.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    _references: dict[tuple, tuple] = field(default_factory=dict)
+    _warm: set[tuple] = field(default_factory=set)
+
+    def _warm_up_runtime(self, case: Case) -> None:
+        """Once per path and precision: a tiny U-Net's forward, so that the framework's
+        one-time start (thread pools, compiler start-up) is billed to no case."""
+        key = (case.path, case.precision, case.device)
+        if key in self._warm:
+            return
+        runner = make_runner(
+            case.path, UNetSpec(width=2, depth=1), batch=2, size=8, precision=case.precision,
+            device=case.device, tf32=self.tf32, upconv="native",
+        )  # fmt: skip
+        runner.infer()
+        self._warm.add(key)
+
+    def _reference(self, case: Case) -> tuple[dict, dict | None]:
+        """torch eager fp32 (TF32 off) outputs, and torch eager's in the case's lower precision."""
+        low_precision = case.precision == "bf16" or (self.tf32 and case.device != "cpu")
+        key = (case.task, case.size, case.batch, case.device, case.precision if low_precision else "fp32")
+        if key not in self._references:
+
+            def outputs(precision: str, tf32: bool) -> dict:
+                runner = make_runner(
+                    "torch-eager", self.spec, batch=case.batch, size=case.size, precision=precision,
+                    device=case.device, tf32=tf32, upconv="native",
+                )  # fmt: skip
+                return runner.outputs(case.task)
+
+            reference = outputs("fp32", False)
+            baseline = outputs(case.precision, self.tf32) if low_precision else None
+            self._references[key] = (reference, baseline)
+            gc.collect()
+        return self._references[key]
+
+    def run(self, case: Case, benchmark) -> dict[str, Any]:
+        """Measure one case into ``benchmark``; raise CaseFailure if it produced no number."""
+        record: dict[str, Any] = {"case": asdict(case), "id": case.id}
+        started = time.perf_counter()
+        try:
+            reference, baseline = self._reference(case)
+            self._warm_up_runtime(case)
+            runner = make_runner(
+                case.path, self.spec, batch=case.batch, size=case.size, precision=case.precision,
+                device=case.device, tf32=self.tf32, upconv=self.upconv,
+            )  # fmt: skip
+            call = runner.train_step if case.task == "train" else runner.infer
+            first_cold = _timed(call)
+            runner.reset_compilation()
+            first_cached = _timed(call)
+            result = gate.check(runner.outputs(case.task), reference, baseline)
+            record["parity"] = {"errors": result.errors, "allowed": result.allowed}
+            if not result.passed:
+                raise CaseFailure(
+                    "parity-failed",
+                    f"parity gate: {case.path} differs from torch eager fp32: {result.describe()}; "
+                    "no number is reported for it",
+                )
+            self.time_rounds(call, benchmark, before=runner.reset_peak_memory)
+            record.update(self._extra_info(case, runner, benchmark, first_cold, first_cached))
+            benchmark.extra_info.update(record)
+            record["status"] = "ok"
+        except CaseFailure as failure:
+            record.update(status=failure.status, message=str(failure))
+            raise
+        except Exception as error:
+            record.update(status=_status_of(error), message=f"{type(error).__name__}: {error}")
+            record["traceback"] = traceback.format_exc(limit=8)
+            raise CaseFailure(record["status"], record["message"]) from error
+        finally:
+            record["case_wall_seconds"] = time.perf_counter() - started
+            self.records.append(record)
+            if self.progress is not None:
+                with self.progress.open("a") as f:
+                    f.write(json.dumps(record, default=str) + "\n")
+            gc.collect()
+        return record
+
+    def time_rounds(self, call, benchmark, before=lambda: None) -> None:
+        """Rounds of exactly one ``call`` each, timed by pytest-benchmark.
+
+        One timed call first sets how many: ``min_rounds``, or more to fill ``max_time``.
+        """
+        rounds = max(self.min_rounds, min(1000, math.ceil(self.max_time / _timed(call))))
+        before()
+        benchmark.pedantic(call, rounds=rounds, iterations=1)
+
+    def _extra_info(self, case: Case, runner, benchmark, first_cold: float, first_cached: float) -> dict:
+        info: dict[str, Any] = {
+            "path": case.path,
+            "task": case.task,
+            "size": case.size,
+            "batch": case.batch,
+            "precision": case.precision,
+            "device": case.device,
+            "device_name": environment.device_name(case.device),
+            "first_call_seconds_cold": first_cold,
+            "first_call_seconds_cached": first_cached,
+            "peak_memory_bytes": runner.peak_memory_bytes(),
+            "settings": runner.settings,
+            "spec": asdict(self.spec),
+        }
+        gflop = flops.gflop_per_image(self.spec, case.size, case.task)
+        info["gflop_per_image"] = gflop
+        stats = getattr(benchmark, "stats", None)
+        if stats is None:  # --benchmark-disable: ran once, untimed
+            return info
+        median = stats.stats.median
+        images_per_second = case.batch / median
+        tflops = gflop * images_per_second / 1e3
+        peak = environment.peak_tflops(case.device, case.precision, self.tf32 and case.device != "cpu")
+        info.update(
+            images_per_second=images_per_second,
+            tflops=tflops,
+            device_peak_tflops=peak,
+            utilization=tflops / peak,
+            compile_seconds_cold=max(first_cold - median, 0.0),
+            compile_seconds_cached=max(first_cached - median, 0.0),
+        )
+        return info

@@ -1,0 +1,278 @@
+"""Comparison tables and plots, built with pandas from pytest-benchmark's JSON.
+
+``python -m bench.report RUN_DIR`` rebuilds one run's tables; with several run
+directories (other machines, other GPUs) it merges them into one cross-device
+table. A run directory holds ``benchmark.json``: pytest-benchmark's own data,
+with this suite's ``extra_info`` per benchmark and a ``unet_bench`` section
+(spec, environment, options, failed cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+BASELINE = "torch-eager"
+CASE = ["size", "batch", "precision"]
+
+
+def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(measured cases, failed cases, the run's unet_bench section)."""
+    data = json.loads((Path(run_dir) / "benchmark.json").read_text())
+    rows = []
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "images_per_second" not in info:  # the timer check, or an untimed run
+            continue
+        stats = bench["stats"]
+        rows.append(
+            {
+                **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
+                "img_per_s": info["images_per_second"],
+                "median_ms": stats["median"] * 1e3,
+                "iqr_ms": stats["iqr"] * 1e3,
+                "min_ms": stats["min"] * 1e3,
+                "max_ms": stats["max"] * 1e3,
+                "rounds": stats["rounds"],
+                "tflops": info["tflops"],
+                "utilization": info["utilization"],
+                "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
+                "compile_cold_s": info["compile_seconds_cold"],
+                "compile_cached_s": info["compile_seconds_cached"],
+            }
+        )
+    measured = pd.DataFrame(rows)
+    section = data.get("unet_bench", {})
+    failures = pd.DataFrame(
+        [
+            {**f["case"], "status": f["status"], "message": f.get("message", "")}
+            for f in section.get("failures", [])
+        ]
+    )
+    return measured, failures, section
+
+
+def _md(table: pd.DataFrame) -> str:
+    """Markdown with the case as plain columns (size, batch, precision)."""
+    return table.reset_index().to_markdown(index=False)
+
+
+def _pivot(measured: pd.DataFrame, task: str, value: str) -> pd.DataFrame:
+    table = measured[measured.task == task].pivot_table(
+        index=CASE, columns="path", values=value, aggfunc="first"
+    )
+    return table[[p for p in _path_order(table.columns)]]
+
+
+def _path_order(paths) -> list[str]:
+    return sorted(paths, key=lambda p: (p != BASELINE, p != "torch-compile", p))
+
+
+def speedups(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    throughput = _pivot(measured, task, "img_per_s")
+    return throughput.div(throughput[BASELINE], axis=0) if BASELINE in throughput else throughput * math.nan
+
+
+def break_even_steps(
+    measured: pd.DataFrame, task: str, compile_column: str = "compile_cold_s"
+) -> pd.DataFrame:
+    """Calls after which a path's extra compile time has paid for itself against eager.
+
+    (compile_path - compile_eager) / (seconds per call of eager - of the path);
+    infinite where the path is not faster per call.
+    """
+    per_call = 1 / _pivot(measured, task, "img_per_s")  # seconds per image; x batch per call
+    compile_s = _pivot(measured, task, compile_column)
+    if BASELINE not in per_call:
+        return per_call * math.nan
+    batch = per_call.index.get_level_values("batch").to_numpy()[:, None]
+    gain = (per_call[[BASELINE]].to_numpy() - per_call.to_numpy()) * batch
+    extra = compile_s.to_numpy() - compile_s[[BASELINE]].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.where(gain > 0, np.ceil(np.clip(extra, 0, None) / gain), np.inf)
+    return pd.DataFrame(steps, index=per_call.index, columns=per_call.columns).drop(columns=BASELINE)
+
+
+def _cells(first: pd.DataFrame, second: pd.DataFrame, template: str) -> pd.DataFrame:
+    """Two tables of the same shape as one of text cells, e.g. template "{0:.3g} ({1:.2f}x)"."""
+    return pd.DataFrame(
+        {c: [template.format(a, b) for a, b in zip(first[c], second[c], strict=True)] for c in first},
+        index=first.index,
+    )
+
+
+def verdicts(measured: pd.DataFrame) -> list[str]:
+    """A 'which to pick' line per task and precision."""
+    lines = []
+    for (task, precision), group in measured.groupby(["task", "precision"], sort=False):
+        throughput = _pivot(group, task, "img_per_s")
+        winners = throughput.idxmax(axis=1)
+        best = winners.value_counts().idxmax()
+        ratio = speedups(group, task)[best]
+        second = throughput.drop(columns=best).max(axis=1)
+        margin = (throughput[best] / second).to_numpy()
+        unit = "steps" if task == "train" else "calls"
+        line = (
+            f"**{task}, {precision}**: {best} is fastest in "
+            f"{int((winners == best).sum())} of {len(winners)} cases, "
+            f"{_geomean(ratio):.2f}x {BASELINE} (geometric mean; {ratio.min():.2f}x to {ratio.max():.2f}x), "
+            f"{_geomean(margin):.2f}x the runner-up."
+        )
+        if best != BASELINE:
+            steps = break_even_steps(group, task)[best]
+            if np.isfinite(steps).all():
+                line += (
+                    f" Its compile time pays for itself after {int(steps.median())} {unit} (median; "
+                    f"{int(steps.min())} to {int(steps.max())}): for shorter runs {BASELINE} finishes first."
+                )
+        lost = winners[winners != best]
+        if len(lost):
+            where = ", ".join(f"{s}px b{b}" for s, b, _ in lost.index)
+            line += f" It loses its lead at {where} (to {', '.join(sorted(set(lost)))})."
+        lines.append(line)
+    return lines
+
+
+def _geomean(values) -> float:
+    values = np.asarray(values, float)
+    return float(np.exp(np.log(values).mean()))
+
+
+def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict) -> str:
+    env = section.get("environment", {})
+    parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
+    spec = section.get("spec")
+    if spec:
+        parts += [f"Spec: `{json.dumps(spec)}`. Versions: `{json.dumps(env.get('versions', {}))}`.", ""]
+    if not measured.empty:
+        parts += ["## Which to pick", "", *[f"- {line}" for line in verdicts(measured)], ""]
+    for task in ("train", "infer"):
+        if measured.empty or task not in set(measured.task):
+            continue
+        unit = "train steps" if task == "train" else "forward passes"
+        parts += [
+            f"## {task}: images per second (speed-up against {BASELINE})", "",
+            _cells(_pivot(measured, task, "img_per_s"), speedups(measured, task), "{0:.3g} ({1:.2f}x)")
+            .pipe(_md), "",
+            f"## {task}: milliseconds per call (median ± IQR)", "",
+            _cells(_pivot(measured, task, "median_ms"), _pivot(measured, task, "iqr_ms"), "{0:.4g} ±{1:.2g}")
+            .pipe(_md), "",
+            f"## {task}: peak memory, MiB", "",
+            _pivot(measured, task, "peak_memory_mib").round(0).pipe(_md), "",
+            f"## {task}: compile seconds, cold / from the caches", "",
+            _cells(_pivot(measured, task, "compile_cold_s"), _pivot(measured, task, "compile_cached_s"),
+                   "{0:.1f} / {1:.1f}").pipe(_md), "",
+            f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)", "",
+            break_even_steps(measured, task).pipe(_md), "",
+            f"## {task}: achieved TFLOP/s (utilization of the device's measured peak)", "",
+            _cells(_pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"),
+                   "{0:.3g} ({1:.0%})").pipe(_md), "",
+        ]  # fmt: skip
+    if not failures.empty:
+        parts += ["## Cases without a number", "", failures.to_markdown(index=False), ""]
+    return "\n".join(parts)
+
+
+def plot(measured: pd.DataFrame, path: Path, task: str) -> None:
+    """Throughput against image size, a line per path, a panel per precision and batch."""
+    data = measured[measured.task == task]
+    panels = sorted(set(zip(data.precision, data.batch, strict=True)), key=lambda p: (p[0] != "fp32", p))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (precision, batch) in zip(axes[0], panels, strict=True):
+        panel = data[(data.precision == precision) & (data.batch == batch)]
+        for name in _path_order(set(panel.path)):
+            line = panel[panel.path == name].sort_values("size")
+            ax.plot(line["size"], line["img_per_s"], marker="o", label=name)
+        ax.set(title=f"{task}, {precision}, batch {batch}", xlabel="image side (px)", ylabel="images / s")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(set(panel["size"])), [str(s) for s in sorted(set(panel["size"]))])
+        ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(measured.device_name.iloc[0])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_run(run_dir: Path) -> str:
+    """Write a run's tables (Markdown, CSV) and plots next to its benchmark.json; return the Markdown."""
+    run_dir = Path(run_dir)
+    measured, failures, section = load(run_dir)
+    text = markdown(measured, failures, section)
+    (run_dir / "report.md").write_text(text)
+    measured.to_csv(run_dir / "cases.csv", index=False)
+    if not failures.empty:
+        failures.to_csv(run_dir / "failures.csv", index=False)
+    for task in sorted(set(measured.task)) if not measured.empty else []:
+        plot(measured, run_dir / f"throughput-{task}.png", task)
+    write_index(run_dir.parent)
+    return text
+
+
+def write_index(results: Path) -> None:
+    """results/README.md: one line per run folder in ``results``, made from their JSON."""
+    lines = [
+        "# Measured runs",
+        "",
+        "Generated by `bench/report.py` from each folder's benchmark.json; never edited by hand.",
+        "",
+        "| run | device | cases measured | cases without a number | versions |",
+        "|---|---|---|---|---|",
+    ]
+    for run_dir in sorted(p.parent for p in Path(results).glob("*/benchmark.json")):
+        measured, failures, section = load(run_dir)
+        env = section.get("environment", {})
+        versions = ", ".join(
+            f"{k} {v}" for k, v in env.get("versions", {}).items() if k in ("torch", "jax", "flax")
+        )
+        lines.append(
+            f"| [{run_dir.name}]({run_dir.name}/report.md) | {env.get('device_name', '?')} | {len(measured)} "
+            f"| {len(failures)} | {versions} |"
+        )
+    (Path(results) / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def merge(run_dirs: list[Path]) -> pd.DataFrame:
+    """One table across runs: img/s per path, rows device x task x size x batch x precision."""
+    measured = pd.concat([load(d)[0] for d in run_dirs], ignore_index=True)
+    table = measured.pivot_table(
+        index=["device_name", "task", *CASE], columns="path", values="img_per_s", aggfunc="first"
+    )
+    return table[_path_order(table.columns)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="results/<date>-<device>/ folders")
+    parser.add_argument("--out", type=Path, help="with several runs: write cross-device.md and .csv here")
+    args = parser.parse_args(argv)
+    missing = [str(d) for d in args.run_dirs if not (d / "benchmark.json").exists()]
+    if missing:
+        parser.error(f"no benchmark.json in: {', '.join(missing)}")
+    if len(args.run_dirs) == 1:
+        print(write_run(args.run_dirs[0]))
+        return 0
+    table = merge(args.run_dirs)
+    text = "# Images per second across devices\n\n" + table.round(3).to_markdown() + "\n"
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cross-device.md").write_text(text)
+        table.to_csv(args.out / "cross-device.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The JAX path: Flax NNX split into pure functions, each step one jax.jit with donated buffers."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from bench import memory
+from bench.runners.workload import LEARNING_RATE, workload
+from impls import convert, flax_unet
+from impls.spec import UNetSpec
+
+
+def make(path: str, spec: UNetSpec, **case: Any) -> JaxRunner:
+    return JaxRunner(spec, **case)
+
+
+def _device(device: str) -> jax.Device:
+    if device == "cpu":
+        return jax.devices("cpu")[0]
+    index = int(device.partition(":")[2] or 0)
+    return jax.devices("gpu")[index]
+
+
+class JaxRunner:
+    path = "jax"
+
+    def __init__(
+        self, spec: UNetSpec, *, batch: int, size: int, precision: str, device: str, tf32: bool, upconv: str
+    ) -> None:
+        self._rss_baseline = memory.settle()
+        self.device = _device(device)
+        self.cuda = self.device.platform == "gpu"
+        self.device_name = self.device.device_kind if self.cuda else "cpu"
+        # fp32 convs in full precision unless TF32 is asked for, as in the torch runner.
+        self.matmul_precision = "tensorfloat32" if tf32 and self.cuda else "highest"
+        compute_dtype = jnp.bfloat16 if precision == "bf16" else None
+        upconv_seconds = None
+        if upconv == "auto":
+            upconv_seconds = time_upconv_forms(
+                spec, batch, size, self.device, compute_dtype, self.matmul_precision
+            )
+            upconv = min(upconv_seconds, key=upconv_seconds.get)
+        self.work = workload(spec, batch, size)
+
+        abstract = flax_unet.abstract(spec, compute_dtype=compute_dtype, upconv_matmul=upconv == "matmul")
+        model = convert.to_flax(self.work.weights, abstract)
+        self._train_def, params, stats = nnx.split(model.train(), nnx.Param, nnx.BatchStat)
+        self._eval_def = nnx.split(model.eval(), nnx.Param, nnx.BatchStat)[0]
+        self._initial = jax.device_put((params, stats), self.device)  # never donated
+        self._optimizer = optax.adam(LEARNING_RATE)
+        self.images = jax.device_put(self.work.images.transpose(0, 2, 3, 1), self.device)
+        self.labels = jax.device_put(self.work.labels, self.device)
+        self._last_task = "train"
+        self.reset_compilation()
+        self._reset_state()
+        self.settings = {
+            "framework": "jax",
+            "compile": "jax.jit of the whole step (forward, loss, grad, optax.adam), params, "
+            "statistics and optimizer state donated",
+            "compute_dtype": "bfloat16" if compute_dtype else "float32",
+            "param_dtype": "float32",
+            "tf32": self.matmul_precision == "tensorfloat32",
+            "matmul_precision": self.matmul_precision,
+            "optimizer": f"optax.adam({LEARNING_RATE})",
+            "upconv": upconv,
+            "upconv_seconds": upconv_seconds,
+            "memory": "XLA memory_analysis of the compiled step" if self.cuda else memory.METHOD,
+        }
+
+    # -- the pure step functions ------------------------------------------------
+
+    def _train_fn(self, params, stats, opt_state, images, labels):
+        model = nnx.merge(self._train_def, params, stats)
+
+        def loss_fn(model):
+            logits = model(images)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+            return loss, logits
+
+        # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates back into model.
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = self._optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, nnx.state(model, nnx.BatchStat), opt_state, loss, logits
+
+    def _infer_fn(self, params, stats, images):
+        return nnx.merge(self._eval_def, params, stats)(images)
+
+    def reset_compilation(self) -> None:
+        jax.clear_caches()  # the persistent compilation cache on disk stays
+        self._train = jax.jit(self._train_fn, donate_argnums=(0, 1, 2))
+        self._infer = jax.jit(self._infer_fn)
+
+    def _reset_state(self) -> None:
+        # Committed to the device like the step's outputs, so every call has the same cache key.
+        params, stats = jax.tree.map(jnp.copy, self._initial)
+        self.params, self.stats, self.opt_state = jax.device_put(
+            (params, stats, self._optimizer.init(params)), self.device
+        )
+
+    # -- the interface --------------------------------------------------------
+
+    def _run_train(self):
+        with jax.default_matmul_precision(self.matmul_precision):
+            out = self._train(self.params, self.stats, self.opt_state, self.images, self.labels)
+        self.params, self.stats, self.opt_state = out[:3]
+        return out
+
+    def _run_infer(self):
+        with jax.default_matmul_precision(self.matmul_precision):
+            return self._infer(self.params, self.stats, self.images)
+
+    def infer(self) -> None:
+        self._last_task = "infer"
+        jax.block_until_ready(self._run_infer())
+
+    def train_step(self) -> None:
+        self._last_task = "train"
+        jax.block_until_ready(self._run_train())
+
+    def outputs(self, task: str) -> dict[str, np.ndarray]:
+        self._reset_state()
+
+        def nchw(logits: jax.Array) -> np.ndarray:
+            return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
+
+        if task == "infer":
+            return {"logits": nchw(self._run_infer())}
+        first = self._run_train()
+        second = self._run_train()
+        return {"logits": nchw(first[4]), "loss": np.array([float(first[3]), float(second[3])])}
+
+    def reset_peak_memory(self) -> None:
+        if not self.cuda:
+            memory.settle()  # compiler memory freed since the baseline is not the steps'
+            memory.reset_peak()
+
+    def peak_memory_bytes(self) -> int | None:
+        if not self.cuda:
+            peak = memory.peak()
+            return None if peak is None or self._rss_baseline is None else peak - self._rss_baseline
+        # JAX's peak_bytes_in_use cannot be reset between cases; XLA's buffer assignment
+        # for the compiled step says what it needs: arguments, outputs not aliased to them, temporaries.
+        if self._last_task == "train":
+            lowered = self._train.lower(self.params, self.stats, self.opt_state, self.images, self.labels)
+        else:
+            lowered = self._infer.lower(self.params, self.stats, self.images)
+        with jax.default_matmul_precision(self.matmul_precision):
+            analysis = lowered.compile().memory_analysis()
+        return int(
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            - analysis.alias_size_in_bytes
+            + analysis.temp_size_in_bytes
+        )
+
+
+@functools.cache
+def time_upconv_forms(
+    spec: UNetSpec, batch: int, size: int, device: jax.Device, compute_dtype, matmul_precision: str
+) -> dict[str, float]:
+    """Seconds for forward and backward of the largest up-conv in each exact form."""
+    if spec.upsample != "transpose":
+        return {"native": 0.0}
+    cin, cout = spec.channels(1), spec.channels(0)
+    side = spec.output_size(size, size)[0] // 2 + 1  # up0's input, about
+    x = jax.device_put(jnp.ones((batch, side, side, cin), jnp.float32), device)
+    times = {}
+    for form, layer in (("native", nnx.ConvTranspose), ("matmul", flax_unet.MatmulConvTranspose)):
+        module = layer(
+            cin, cout, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=False,
+            dtype=compute_dtype, rngs=nnx.Rngs(0),
+        )  # fmt: skip
+        graphdef, params = nnx.split(module)
+
+        def loss(params, x, graphdef=graphdef):
+            return nnx.merge(graphdef, params)(x).astype(jnp.float32).sum()
+
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        params = jax.device_put(params, device)
+        samples = []
+        with jax.default_matmul_precision(matmul_precision):
+            for _ in range(4):  # the first compiles
+                start = time.perf_counter()
+                jax.block_until_ready(step(params, x))
+                samples.append(time.perf_counter() - start)
+        times[form] = min(samples[1:])
+    return times

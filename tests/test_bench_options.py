@@ -1,0 +1,62 @@
+"""The benchmark suite's command line, as a user meets it (each in a fresh pytest process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def _pytest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_help_lists_every_axis() -> None:
+    out = _pytest("--help").stdout
+    for option in ("--paths", "--tasks", "--sizes", "--batches", "--precisions", "--device", "--width",
+                   "--depth", "--padding", "--tf32", "--upconv", "--results-dir"):  # fmt: skip
+        assert option in out, option
+
+
+def test_options_override_the_matrix() -> None:
+    result = _pytest(
+        "--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--paths", "jax,torch-eager",
+        "--tasks", "infer", "--sizes", "32,64", "--batches", "3", "--precisions", "bf16", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
+    assert len(ids) == 4
+    assert "test_unet[infer-jax-64px-b3-bf16]" in result.stdout
+
+
+def test_default_cpu_matrix() -> None:
+    result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
+    ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
+    assert len(ids) == 3 * 2 * 2 * 2 * 2  # paths x tasks x sizes x batches x precisions
+    assert "test_unet[train-torch-compile-128px-b4-fp32]" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--sizes", "100"),
+            "--sizes 100: UNetSpec(depth=4, padding='same'): height 100 is not a valid input size",
+        ),
+        (("--padding", "valid", "--sizes", "570"), "nearest valid: 556 and 572"),
+        (("--paths", "jax,pytorch"), "--paths pytorch: expected some of"),
+        (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
+        (("--width", "0"), "UNetSpec.width=0"),
+    ],
+)
+def test_bad_options_are_refused_with_the_fix(args: tuple, message: str) -> None:
+    result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", *args)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
