@@ -113,7 +113,7 @@ def test_batchnorm_momentum_and_unbiased_running_var() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(2.0, 3.0, size=(2, 3, 3, 4)).astype(np.float32)  # 18 values a channel
     mean0, var0 = rng.normal(size=4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
-    ours = BatchNorm(4, dtype=jnp.float32)
+    ours = BatchNorm(4, param_dtype=jnp.float32)
     reference = torch.nn.BatchNorm2d(4)  # momentum 0.1, eps 1e-5
     flax_own = nnx.BatchNorm(4, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
     for bn in (ours, flax_own):
