@@ -18,7 +18,8 @@ $(STAMP): requirements.lock
 # The benchmarks run here once each, untimed, on a tiny U-Net: the whole
 # pipeline (runners, parity gate, compile) is exercised in CI's time.
 test: $(STAMP)
-	$(BIN)/python -m pytest --benchmark-disable --width 4 --depth 2 --sizes 32 --batches 2 --precisions fp32
+	$(BIN)/python -m pytest --benchmark-disable --width 4 --depth 2 --sizes 32 --batches 2 --precisions fp32 \
+		--image-size 96
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest --benchmark-only

@@ -23,6 +23,7 @@ so an interrupted sweep keeps what it measured.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -32,9 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import environment, flops, gate
+import numpy as np
+
+from bench import cells, environment, flops, gate
 from bench.runners import make_runner
 from impls.spec import UNetSpec
+from impls.tiling import predict_tiled, tile_positions
+
+# "tiled": one whole image predicted in tiles (impls/tiling.py) through the
+# runner's predict; the case's size is the tile side, its batch the tiles per call.
+TASKS = ("train", "infer", "tiled")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class Session:
     progress: Path | None = None
     min_rounds: int = 5
     max_time: float = 1.0
+    loss: str = "ce"
+    image_size: int = 512  # the whole image of the "tiled" task
     records: list[dict[str, Any]] = field(default_factory=list)
     _references: dict[tuple, tuple] = field(default_factory=dict)
     _warm: set[tuple] = field(default_factory=set)
@@ -111,15 +121,16 @@ class Session:
     def _reference(self, case: Case) -> tuple[dict, dict | None]:
         """torch eager fp32 (TF32 off) outputs, and torch eager's in the case's lower precision."""
         low_precision = case.precision == "bf16" or (self.tf32 and case.device != "cpu")
-        key = (case.task, case.size, case.batch, case.device, case.precision if low_precision else "fp32")
+        task = "infer" if case.task == "tiled" else case.task  # tiles go through the same forward
+        key = (task, case.size, case.batch, case.device, case.precision if low_precision else "fp32")
         if key not in self._references:
 
             def outputs(precision: str, tf32: bool) -> dict:
                 runner = make_runner(
                     "torch-eager", self.spec, batch=case.batch, size=case.size, precision=precision,
-                    device=case.device, tf32=tf32, upconv="native",
+                    device=case.device, tf32=tf32, upconv="native", loss=self.loss,
                 )  # fmt: skip
-                return runner.outputs(case.task)
+                return runner.outputs(task)
 
             reference = outputs("fp32", False)
             baseline = outputs(case.precision, self.tf32) if low_precision else None
@@ -136,13 +147,15 @@ class Session:
             self._warm_up_runtime(case)
             runner = make_runner(
                 case.path, self.spec, batch=case.batch, size=case.size, precision=case.precision,
-                device=case.device, tf32=self.tf32, upconv=self.upconv,
+                device=case.device, tf32=self.tf32, upconv=self.upconv, loss=self.loss,
             )  # fmt: skip
-            call = runner.train_step if case.task == "train" else runner.infer
+            call = self._call(case, runner)
             first_cold = _timed(call)
             runner.reset_compilation()
             first_cached = _timed(call)
-            result = gate.check(runner.outputs(case.task), reference, baseline)
+            result = gate.check(
+                runner.outputs("infer" if case.task == "tiled" else case.task), reference, baseline
+            )
             record["parity"] = {"errors": result.errors, "allowed": result.allowed}
             if not result.passed:
                 raise CaseFailure(
@@ -170,6 +183,21 @@ class Session:
             gc.collect()
         return record
 
+    def _call(self, case: Case, runner):
+        """The function a round times: one train step, one forward, or one whole tiled image."""
+        if case.task == "train":
+            return runner.train_step
+        if case.task == "infer":
+            return runner.infer
+        image = self.whole_image
+        return lambda: predict_tiled(runner.predict, image, self.spec, tile=case.size, batch=case.batch)
+
+    @functools.cached_property
+    def whole_image(self) -> np.ndarray:
+        """The "tiled" task's (C, H, W) image: synthetic cells, ``image_size`` on a side."""
+        image = cells.generate(1, self.image_size, seed=0).images[0]
+        return np.repeat(image, self.spec.in_channels, axis=0)
+
     def time_rounds(self, call, benchmark, before=lambda: None) -> None:
         """Rounds of exactly one ``call`` each, timed by pytest-benchmark.
 
@@ -194,13 +222,21 @@ class Session:
             "settings": runner.settings,
             "spec": asdict(self.spec),
         }
-        gflop = flops.gflop_per_image(self.spec, case.size, case.task)
+        if case.task == "tiled":
+            positions = tile_positions(self.whole_image.shape[1:], self.spec, case.size)
+            tiles = math.ceil(len(positions) / case.batch) * case.batch  # zero tiles fill the last batch
+            gflop = tiles * flops.gflop_per_image(self.spec, case.size, "infer")
+            info.update(image_size=self.image_size, tiles_per_image=tiles)
+        else:
+            gflop = flops.gflop_per_image(self.spec, case.size, case.task)
         info["gflop_per_image"] = gflop
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # --benchmark-disable: ran once, untimed
             return info
         median = stats.stats.median
-        images_per_second = case.batch / median
+        images_per_second = (1 if case.task == "tiled" else case.batch) / median
+        if case.task == "tiled":
+            info["megapixels_per_second"] = self.image_size**2 / 1e6 / median
         tflops = gflop * images_per_second / 1e3
         peak = environment.peak_tflops(case.device, case.precision, self.tf32 and case.device != "cpu")
         info.update(

@@ -16,15 +16,23 @@ from pathlib import Path
 import pytest
 
 from bench import environment, report
-from bench.measure import Case, Session
-from bench.runners import CUDA_ONLY_PATHS, PATHS, PRECISIONS, TASKS
+from bench.measure import TASKS, Case, Session
+from bench.runners import CUDA_ONLY_PATHS, LOSSES, PATHS, PRECISIONS
 from impls.spec import PADDINGS, UNetSpec
 
 # The default matrix fits the machine: small images on a CPU, large ones on a GPU.
+# On a 2-core CPU the default run takes about 12 minutes; bf16 there (slow under
+# XLA's CPU backend, rare in practice) would add about 8: ask for it with --precisions.
 DEFAULTS = {
-    "cpu": {"sizes": [64, 128], "batches": [1, 4], "paths": ["torch-eager", "torch-compile", "jax"]},
-    "cuda": {"sizes": [256, 512, 1024], "batches": [1, 8, 32], "paths": list(PATHS)},
-}
+    "cpu": {
+        "sizes": [64, 128], "batches": [1, 4], "precisions": ["fp32"], "image_size": 512,
+        "paths": ["torch-eager", "torch-compile", "jax"],
+    },
+    "cuda": {
+        "sizes": [256, 512, 1024], "batches": [1, 8, 32], "precisions": list(PRECISIONS), "image_size": 4096,
+        "paths": list(PATHS),
+    },
+}  # fmt: skip
 RUN_DIR_KEY = pytest.StashKey[Path]()
 CASES_KEY = pytest.StashKey[list]()
 SESSION_KEY = pytest.StashKey[Session]()
@@ -42,12 +50,15 @@ def _csv(kind=str):
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("unet-bench", "unet-bench benchmark axes (comma-separated lists)")
     group.addoption("--paths", type=_csv(), help=f"framework paths, of: {', '.join(PATHS)}")
-    group.addoption("--tasks", type=_csv(), help="train, infer (default: both)")
+    group.addoption(
+        "--tasks", type=_csv(),
+        help="train, infer, tiled (a whole image in tiles of the largest size and batch); default: all",
+    )  # fmt: skip
     group.addoption(
         "--sizes", type=_csv(int), help="input sides in pixels (default: 64,128 on CPU; 256,512,1024 on GPU)"
     )
     group.addoption("--batches", type=_csv(int), help="batch sizes (default: 1,4 on CPU; 1,8,32 on GPU)")
-    group.addoption("--precisions", type=_csv(), help="fp32, bf16 (default: both)")
+    group.addoption("--precisions", type=_csv(), help="fp32, bf16 (default: fp32 on CPU, both on GPU)")
     group.addoption("--device", help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
     group.addoption("--width", type=int, default=64, help="channels of the first level (default 64)")
     group.addoption("--depth", type=int, default=4, help="number of poolings (default 4)")
@@ -57,6 +68,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--upconv", default="auto", choices=("auto", "native", "matmul"),
         help="form of the transposed convs (default auto: the faster, measured per device)",
     )  # fmt: skip
+    group.addoption(
+        "--loss", default="ce", choices=LOSSES,
+        help="ce: softmax cross-entropy; weighted: the paper's pixel-weighted one (default ce)",
+    )  # fmt: skip
+    group.addoption(
+        "--image-size",
+        type=int,
+        help="side of the tiled task's whole image (default 512 on CPU, 4096 on GPU)",
+    )
     group.addoption(
         "--results-dir", default="results", help="where timed runs are written (default results/)"
     )
@@ -74,7 +94,7 @@ def _matrix(config: pytest.Config) -> tuple[UNetSpec, list[Case]]:
     defaults = DEFAULTS["cpu" if device == "cpu" else "cuda"]
     paths = option("paths") or defaults["paths"]
     tasks = option("tasks") or list(TASKS)
-    precisions = option("precisions") or list(PRECISIONS)
+    precisions = option("precisions") or defaults["precisions"]
     sizes = option("sizes") or defaults["sizes"]
     batches = option("batches") or defaults["batches"]
     for name, values, allowed in (
@@ -95,8 +115,9 @@ def _matrix(config: pytest.Config) -> tuple[UNetSpec, list[Case]]:
     cases = [
         Case(path, task, size, batch, precision, device)
         for task, precision, size, batch, path in itertools.product(tasks, precisions, sizes, batches, paths)
+        if task != "tiled" or (size, batch) == (max(sizes), max(batches))
     ]
-    return spec, cases
+    return spec, cases, option("image_size") or defaults["image_size"]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -112,19 +133,21 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
-    spec, cases = _matrix(config)
+    spec, cases, image_size = _matrix(config)
     config.stash[CASES_KEY] = cases
     # A run is saved by the main command, `pytest --benchmark-only`.
     run_dir = None
     if config.getoption("benchmark_only") and cases:
         run_dir = _new_run_dir(Path(config.getoption("results_dir")), cases[0].device)
+        run_dir.mkdir(parents=True)
         config.stash[RUN_DIR_KEY] = run_dir
         if not config.getoption("benchmark_json"):
             config.option.benchmark_json = run_dir / "benchmark.json"
         # Read now, so that the run records the code it started with.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
     config.stash[SESSION_KEY] = Session(
-        spec, tf32=config.getoption("tf32"), upconv=config.getoption("upconv"),
+        spec, tf32=config.getoption("tf32"), upconv=config.getoption("upconv"), loss=config.getoption("loss"),
+        image_size=image_size,
         progress=run_dir / "progress.jsonl" if run_dir else None,
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         max_time=float(config.getoption("benchmark_max_time")),
@@ -148,11 +171,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def bench_session(request: pytest.FixtureRequest) -> Session:
-    session = request.config.stash[SESSION_KEY]
-    run_dir = request.config.stash.get(RUN_DIR_KEY, None)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return session
+    return request.config.stash[SESSION_KEY]
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +185,12 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "spec": session.spec.__dict__,
         "environment": config.stash.get(ENVIRONMENT_KEY, None)
         or environment.describe(config.stash[CASES_KEY][0].device),
-        "options": {"tf32": session.tf32, "upconv": session.upconv},
+        "options": {
+            "tf32": session.tf32,
+            "upconv": session.upconv,
+            "loss": session.loss,
+            "image_size": session.image_size,
+        },
         "failures": [r for r in session.records if r.get("status") != "ok"],
     }
 
@@ -174,7 +198,12 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     run_dir = config.stash.get(RUN_DIR_KEY, None)
-    if run_dir is None or not (run_dir / "benchmark.json").exists():
+    if run_dir is None:
+        return
+    if not any(run_dir.iterdir()):  # nothing was measured
+        run_dir.rmdir()
+        return
+    if not (run_dir / "benchmark.json").exists():
         return
     config.stash[REPORT_KEY] = report.write_run(run_dir)
 

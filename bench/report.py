@@ -24,21 +24,50 @@ import pandas as pd
 
 BASELINE = "torch-eager"
 CASE = ["size", "batch", "precision"]
+# What a task's throughput is counted in: images, or for a tiled whole image its pixels.
+THROUGHPUT = {
+    "train": ("img_per_s", "images per second"),
+    "infer": ("img_per_s", "images per second"),
+    "tiled": ("megapixels_per_s", "megapixels per second"),
+}
+UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole images"}
+
+
+def _read(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "benchmark.json").read_text())
+
+
+def others(run_dir: Path) -> pd.DataFrame:
+    """The run's benchmarks that are not U-Net cases (the timer check, the weight map)."""
+    return pd.DataFrame(
+        [
+            {
+                "benchmark": bench["name"],
+                "median_ms": bench["stats"]["median"] * 1e3,
+                "iqr_ms": bench["stats"]["iqr"] * 1e3,
+                "rounds": bench["stats"]["rounds"],
+                "details": json.dumps(bench["extra_info"]),
+            }
+            for bench in _read(run_dir)["benchmarks"]
+            if "images_per_second" not in bench["extra_info"]
+        ]
+    )
 
 
 def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(measured cases, failed cases, the run's unet_bench section)."""
-    data = json.loads((Path(run_dir) / "benchmark.json").read_text())
+    data = _read(run_dir)
     rows = []
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
-        if "images_per_second" not in info:  # the timer check, or an untimed run
+        if "images_per_second" not in info:  # see others()
             continue
         stats = bench["stats"]
         rows.append(
             {
                 **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
                 "img_per_s": info["images_per_second"],
+                "megapixels_per_s": info.get("megapixels_per_second", math.nan),
                 "median_ms": stats["median"] * 1e3,
                 "iqr_ms": stats["iqr"] * 1e3,
                 "min_ms": stats["min"] * 1e3,
@@ -91,12 +120,11 @@ def break_even_steps(
     (compile_path - compile_eager) / (seconds per call of eager - of the path);
     infinite where the path is not faster per call.
     """
-    per_call = 1 / _pivot(measured, task, "img_per_s")  # seconds per image; x batch per call
+    per_call = _pivot(measured, task, "median_ms") / 1e3
     compile_s = _pivot(measured, task, compile_column)
     if BASELINE not in per_call:
         return per_call * math.nan
-    batch = per_call.index.get_level_values("batch").to_numpy()[:, None]
-    gain = (per_call[[BASELINE]].to_numpy() - per_call.to_numpy()) * batch
+    gain = per_call[[BASELINE]].to_numpy() - per_call.to_numpy()
     extra = compile_s.to_numpy() - compile_s[[BASELINE]].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         steps = np.where(gain > 0, np.ceil(np.clip(extra, 0, None) / gain), np.inf)
@@ -121,7 +149,7 @@ def verdicts(measured: pd.DataFrame) -> list[str]:
         ratio = speedups(group, task)[best]
         second = throughput.drop(columns=best).max(axis=1)
         margin = (throughput[best] / second).to_numpy()
-        unit = "steps" if task == "train" else "calls"
+        unit = UNITS[task]
         line = (
             f"**{task}, {precision}**: {best} is fastest in "
             f"{int((winners == best).sum())} of {len(winners)} cases, "
@@ -148,7 +176,7 @@ def _geomean(values) -> float:
     return float(np.exp(np.log(values).mean()))
 
 
-def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict) -> str:
+def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, other: pd.DataFrame) -> str:
     env = section.get("environment", {})
     parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
     spec = section.get("spec")
@@ -156,13 +184,13 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict) -> s
         parts += [f"Spec: `{json.dumps(spec)}`. Versions: `{json.dumps(env.get('versions', {}))}`.", ""]
     if not measured.empty:
         parts += ["## Which to pick", "", *[f"- {line}" for line in verdicts(measured)], ""]
-    for task in ("train", "infer"):
+    for task, (column, label) in THROUGHPUT.items():
         if measured.empty or task not in set(measured.task):
             continue
-        unit = "train steps" if task == "train" else "forward passes"
+        unit = UNITS[task]
         parts += [
-            f"## {task}: images per second (speed-up against {BASELINE})", "",
-            _cells(_pivot(measured, task, "img_per_s"), speedups(measured, task), "{0:.3g} ({1:.2f}x)")
+            f"## {task}: {label} (speed-up against {BASELINE})", "",
+            _cells(_pivot(measured, task, column), speedups(measured, task), "{0:.3g} ({1:.2f}x)")
             .pipe(_md), "",
             f"## {task}: milliseconds per call (median ± IQR)", "",
             _cells(_pivot(measured, task, "median_ms"), _pivot(measured, task, "iqr_ms"), "{0:.4g} ±{1:.2g}")
@@ -180,6 +208,8 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict) -> s
         ]  # fmt: skip
     if not failures.empty:
         parts += ["## Cases without a number", "", failures.to_markdown(index=False), ""]
+    if not other.empty:
+        parts += ["## Other benchmarks", "", other.round(3).to_markdown(index=False), ""]
     return "\n".join(parts)
 
 
@@ -210,12 +240,12 @@ def write_run(run_dir: Path) -> str:
     """Write a run's tables (Markdown, CSV) and plots next to its benchmark.json; return the Markdown."""
     run_dir = Path(run_dir)
     measured, failures, section = load(run_dir)
-    text = markdown(measured, failures, section)
+    text = markdown(measured, failures, section, others(run_dir))
     (run_dir / "report.md").write_text(text)
     measured.to_csv(run_dir / "cases.csv", index=False)
     if not failures.empty:
         failures.to_csv(run_dir / "failures.csv", index=False)
-    for task in sorted(set(measured.task)) if not measured.empty else []:
+    for task in sorted(set(measured.task) - {"tiled"}) if not measured.empty else []:
         plot(measured, run_dir / f"throughput-{task}.png", task)
     write_index(run_dir.parent)
     return text

@@ -14,6 +14,9 @@ each handled here and nowhere else:
 
 from __future__ import annotations
 
+import argparse
+import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -196,3 +199,96 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], UNetSpec]:
         raise ValueError(f"{path}: the spec in the file's metadata is invalid: {err}") from err
     check_weights(weights, spec.param_shapes(), f"the spec stored in {path}, {spec}")
     return {name: weights[name] for name in spec.param_shapes()}, spec
+
+
+# -- foreign checkpoints: milesial/Pytorch-UNet -------------------------------------
+
+# Its DoubleConv is Sequential(conv, BatchNorm, ReLU, conv, BatchNorm, ReLU).
+_MILESIAL_LAYERS = {"0": "conv1", "1": "norm1", "3": "conv2", "4": "norm2"}
+_MILESIAL_BLOCK = re.compile(
+    r"^(?:(?P<inc>inc)|down(?P<down>\d+)\.maxpool_conv\.1|up(?P<up>\d+)\.conv)"
+    r"\.double_conv\.(?P<layer>\d+)\.(?P<leaf>weight|bias|running_mean|running_var)$"
+)
+_MILESIAL_OTHER = re.compile(r"^(?:up(?P<up>\d+)\.up|outc\.conv)\.(?P<leaf>weight|bias)$")
+
+
+def _milesial_name(key: str, depth: int) -> str | None:
+    """The canonical name of a milesial key, or None if it has none."""
+    if match := _MILESIAL_BLOCK.match(key):
+        layer = _MILESIAL_LAYERS.get(match["layer"])
+        if layer is None:
+            return None
+        if match["inc"]:
+            block = "down0"
+        elif match["down"]:
+            block = f"down{match['down']}"
+        else:
+            block = f"up{depth - int(match['up'])}"  # its up1 is the deepest
+        return f"{block}.{layer}.{match['leaf']}"
+    if match := _MILESIAL_OTHER.match(key):
+        return (
+            f"up{depth - int(match['up'])}.upconv.{match['leaf']}" if match["up"] else f"head.{match['leaf']}"
+        )
+    return None
+
+
+def from_milesial(state_dict_or_path: Mapping[str, torch.Tensor] | str | Path) -> tuple[dict, UNetSpec]:
+    """Import a milesial/Pytorch-UNet ``UNet(n_channels, n_classes, bilinear=False)`` state_dict.
+
+    Accepts the dict or a ``.pth`` file (with or without its ``mask_values``
+    entry). Returns canonical weights and the spec that computes exactly what
+    the original computes, at every input size it accepts (``pad_to_skip``).
+    """
+    if isinstance(state_dict_or_path, (str, Path)):
+        state = torch.load(state_dict_or_path, map_location="cpu", weights_only=True)
+    else:
+        state = dict(state_dict_or_path)
+    state = {k: v for k, v in state.items() if k != "mask_values" and not k.endswith("num_batches_tracked")}
+    if "inc.double_conv.0.weight" not in state or "outc.conv.weight" not in state:
+        raise ValueError(
+            "not a milesial/Pytorch-UNet state_dict: no inc.double_conv.0.weight or outc.conv.weight"
+        )
+    depth = sum(1 for k in state if re.fullmatch(r"down\d+\.maxpool_conv\.1\.double_conv\.0\.weight", k))
+    if "up1.up.weight" not in state:
+        raise ValueError(
+            "this is a milesial UNet(bilinear=True) checkpoint, which UNetSpec cannot express exactly: it "
+            "upsamples by bilinear interpolation with align_corners=True and no learned up-convolution, "
+            "and halves the channels of its bottleneck and decoder (DoubleConvs with mid-channels), "
+            "while UNetSpec's bilinear up-conv uses half-pixel centres followed by a learned 1x1 conv; "
+            "refusing rather than approximating"
+        )
+    names = {key: _milesial_name(key, depth) for key in state}
+    unknown = sorted(key for key, name in names.items() if name is None)
+    if unknown:
+        raise ValueError(f"milesial keys that map to no canonical weight: {', '.join(unknown)}")
+    first = state["inc.double_conv.0.weight"]
+    spec = UNetSpec(
+        in_channels=first.shape[1],
+        num_classes=state["outc.conv.weight"].shape[0],
+        width=first.shape[0],
+        depth=depth,
+        conv_bias="inc.double_conv.0.bias" in state,
+        pad_to_skip=True,
+    )
+    weights = {names[key]: _to_numpy(tensor) for key, tensor in state.items()}
+    check_weights(weights, spec.param_shapes(), f"the spec read off the milesial checkpoint, {spec}")
+    return {name: weights[name] for name in spec.param_shapes()}, spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m impls.convert", description="Convert U-Net checkpoints.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    milesial = commands.add_parser(
+        "from-milesial", help="a milesial/Pytorch-UNet .pth state_dict to a canonical .safetensors file"
+    )
+    milesial.add_argument("source", type=Path, help="IN.pth")
+    milesial.add_argument("target", type=Path, help="OUT.safetensors")
+    args = parser.parse_args(argv)
+    weights, spec = from_milesial(args.source)
+    save(args.target, weights, spec)
+    print(f"wrote {args.target}: {len(weights)} tensors, {spec}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from impls.spec import KERNEL, UNetSpec
@@ -77,6 +78,12 @@ def norm(spec: UNetSpec, channels: int, *, param_dtype) -> nnx.Module | Callable
 def center_crop(x: jax.Array, h: int, w: int) -> jax.Array:
     top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
     return x[:, top : top + h, left : left + w, :]
+
+
+def pad_to(x: jax.Array, h: int, w: int) -> jax.Array:
+    """Zero-pad to (h, w): half the difference on the top and left, the rest after."""
+    dy, dx = h - x.shape[1], w - x.shape[2]
+    return jnp.pad(x, ((0, 0), (dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2), (0, 0)))
 
 
 class DoubleConv(nnx.Module):
@@ -149,10 +156,14 @@ class Up(DoubleConv):
             self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # skip (out_ch) + upsampled (out_ch) = in_ch
         super().__init__(spec, in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.pad_to_skip = spec.pad_to_skip
 
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         x = self.upconv(x)
-        skip = center_crop(skip, x.shape[1], x.shape[2])
+        if self.pad_to_skip:
+            x = pad_to(x, skip.shape[1], skip.shape[2])
+        else:
+            skip = center_crop(skip, x.shape[1], x.shape[2])
         return super().__call__(jnp.concatenate([skip, x], axis=-1))
 
 
@@ -222,3 +233,19 @@ def abstract(spec: UNetSpec, dtype: jnp.dtype = jnp.float32, **options) -> UNet:
     takes seconds on a CPU. ``options`` are those of ``build``.
     """
     return nnx.eval_shape(lambda: build(spec, dtype=dtype, **options))
+
+
+def predictor(model: UNet) -> Callable[[np.ndarray], np.ndarray]:
+    """For impls.tiling: a float32 NCHW numpy batch to NCHW logits, in eval mode.
+
+    The Flax model is NHWC; this thin adapter transposes on the way in and out
+    and jits the forward. It predicts with the weights the model has now.
+    """
+    graphdef, state = nnx.split(model.eval())
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        logits = forward(state, jnp.asarray(batch.transpose(0, 2, 3, 1)))
+        return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
+
+    return predict

@@ -31,6 +31,10 @@ class UNetSpec:
     Level k of the encoder has ``width * 2**k`` channels, k = 0..depth; level
     ``depth`` is the bottleneck. ``padding="valid"`` is the paper's network
     (unpadded convs, skips centre-cropped); ``"same"`` keeps the size.
+    ``pad_to_skip`` (with ``"same"``) takes any size, as milesial/Pytorch-UNet
+    does: pools drop an odd last row or column, and an up-sampled map smaller
+    than its skip is zero-padded to it (half the difference on the top and
+    left, the rest on the bottom and right).
     """
 
     in_channels: int = 1
@@ -41,6 +45,7 @@ class UNetSpec:
     norm: Literal["batch", "none"] = "batch"
     upsample: Literal["transpose", "bilinear"] = "transpose"
     conv_bias: bool = True
+    pad_to_skip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width", "depth"):
@@ -53,8 +58,11 @@ class UNetSpec:
                 raise ValueError(
                     f"UNetSpec.{name}={value!r}: expected one of {', '.join(map(repr, allowed))}"
                 )
-        if not isinstance(self.conv_bias, bool):
-            raise ValueError(f"UNetSpec.conv_bias={self.conv_bias!r}: expected True or False")
+        for name in ("conv_bias", "pad_to_skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"UNetSpec.{name}={getattr(self, name)!r}: expected True or False")
+        if self.pad_to_skip and self.padding != "same":
+            raise ValueError("UNetSpec.pad_to_skip=True: expected padding='same' (unpadded convs crop skips)")
 
     # -- channels ----------------------------------------------------------
 
@@ -71,8 +79,10 @@ class UNetSpec:
         """Output side for an input side, or None if the network cannot take it.
 
         Walks one side through every conv, pool and up-convolution; a pool must
-        halve exactly and no feature map may vanish.
+        halve exactly (unless ``pad_to_skip``) and no feature map may vanish.
         """
+        if self.pad_to_skip:
+            return side if side >= 2**self.depth else None
         shrink = self._double_conv_shrink()
         for _ in range(self.depth):
             side -= shrink
@@ -96,7 +106,9 @@ class UNetSpec:
     def _side_error(self, axis: str, side: int) -> str:
         below, above = self._nearest_valid(side)
         nearest = " and ".join(str(s) for s in (below, above) if s is not None)
-        if self.padding == "same":
+        if self.pad_to_skip:
+            rule = f"every pool needs at least one row: at least 2**depth = {2**self.depth}"
+        elif self.padding == "same":
             rule = f"padding='same' needs a multiple of 2**depth = {2**self.depth}"
         else:
             rule = (

@@ -6,6 +6,9 @@ are the canonical weight names of ``UNetSpec.param_shapes``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +34,12 @@ def norm(spec: UNetSpec, channels: int) -> nn.Module:
 def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
     return x[..., top : top + h, left : left + w]
+
+
+def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Zero-pad to (h, w): half the difference on the top and left, the rest after."""
+    dy, dx = h - x.shape[-2], w - x.shape[-1]
+    return F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
 
 
 class DoubleConv(nn.Module):
@@ -89,10 +98,14 @@ class Up(DoubleConv):
         else:
             self.upconv = BilinearUpconv(in_ch, out_ch)
         self._add_convs(spec, in_ch, out_ch)  # skip (out_ch) + upsampled (out_ch) = in_ch
+        self.pad_to_skip = spec.pad_to_skip
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.upconv(x)
-        skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        if self.pad_to_skip:
+            x = pad_to(x, skip.shape[-2], skip.shape[-1])
+        else:
+            skip = center_crop(skip, x.shape[-2], x.shape[-1])
         return super().forward(torch.cat([skip, x], dim=1))
 
 
@@ -127,3 +140,16 @@ def build(spec: UNetSpec, dtype: torch.dtype = torch.float32, *, upconv_matmul: 
     ``upconv_matmul`` computes the transposed convs as MatmulConvTranspose2d.
     """
     return UNet(spec, upconv_matmul=upconv_matmul).to(dtype)
+
+
+def predictor(model: UNet) -> Callable[[np.ndarray], np.ndarray]:
+    """For impls.tiling: a float32 NCHW numpy batch to NCHW logits, in eval mode, on the model's device."""
+    parameter = next(model.parameters())
+
+    @torch.no_grad()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        model.eval()
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(parameter.device, parameter.dtype)
+        return model(x).float().cpu().numpy()
+
+    return predict

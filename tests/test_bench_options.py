@@ -39,8 +39,17 @@ def test_options_override_the_matrix() -> None:
 def test_default_cpu_matrix() -> None:
     result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
-    assert len(ids) == 3 * 2 * 2 * 2 * 2  # paths x tasks x sizes x batches x precisions
+    # paths x (train and infer x sizes x batches, plus one tiled image) x fp32
+    assert len(ids) == 3 * (2 * 2 * 2 + 1)
     assert "test_unet[train-torch-compile-128px-b4-fp32]" in result.stdout
+    assert "test_unet[tiled-jax-128px-b4-fp32]" in result.stdout
+
+
+def test_the_plugin_imports_no_framework() -> None:
+    """Compile-cache settings must reach torch and jax before they are imported."""
+    code = "import sys, bench.plugin; print(sorted({'torch', 'jax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize(

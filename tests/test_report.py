@@ -54,7 +54,7 @@ def test_break_even_steps() -> None:
             "size": 64,
             "batch": 2,
             "precision": "fp32",
-            "img_per_s": [10.0, 20.0, 5.0],  # seconds per step: 0.2, 0.1, 0.4
+            "median_ms": [200.0, 100.0, 400.0],
             "compile_cold_s": [0.0, 30.0, 1.0],
         }
     )

@@ -18,6 +18,8 @@ TORCH_PATHS = ("torch-eager", "torch-compile", "torch-compile-max-autotune", "to
 PATHS = (*TORCH_PATHS, "jax")
 CUDA_ONLY_PATHS = ("torch-compile-max-autotune", "torch-compile-reduce-overhead")
 TASKS = ("train", "infer")
+LOSSES = ("ce", "weighted")  # softmax cross-entropy; the same weighted pixel by pixel
+LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -37,6 +39,12 @@ class Runner(Protocol):
 
     def train_step(self) -> None:
         """Train-mode forward, softmax cross-entropy, backward, Adam update, BatchNorm statistics."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Eval-mode logits (NCHW, on the host) for a host batch (NCHW) of the runner's shape."""
+
+    def fit(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
+        """One train step on a host batch (weighted cross-entropy if ``pixel_weights``); its loss."""
 
     def outputs(self, task: str) -> dict[str, np.ndarray]:
         """From the initial weights: what the parity gate compares, on the host.
@@ -66,6 +74,8 @@ def make_runner(
     device: str,
     tf32: bool = False,
     upconv: str = "auto",
+    loss: str = "ce",
+    learning_rate: float = LEARNING_RATE,
 ) -> Runner:
     """A runner for one framework path.
 
@@ -74,11 +84,16 @@ def make_runner(
     CUDA (both frameworks alike; ignored on CPU). ``upconv`` picks the form of
     the transposed convs: "native", "matmul" (exact, see torch_unet), or
     "auto": whichever a quick measurement on this device finds faster.
+    ``loss`` "weighted" trains ``train_step`` on the paper's pixel-weighted
+    cross-entropy (impls/losses.py) rather than the plain one. Adam's
+    ``learning_rate`` is the same in every framework.
     """
     if path not in PATHS:
         raise ValueError(f"path {path!r}: expected one of {', '.join(PATHS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r}: expected one of {', '.join(LOSSES)}")
     if upconv not in ("auto", "native", "matmul"):
         raise ValueError(f"upconv {upconv!r}: expected 'auto', 'native' or 'matmul'")
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
@@ -90,5 +105,6 @@ def make_runner(
         "bench.runners.jax_runner" if path == "jax" else "bench.runners.torch_runner"
     )
     return module.make(
-        path, spec, batch=batch, size=size, precision=precision, device=device, tf32=tf32, upconv=upconv
-    )
+        path, spec, batch=batch, size=size, precision=precision, device=device, tf32=tf32, upconv=upconv,
+        loss=loss, learning_rate=learning_rate,
+    )  # fmt: skip

@@ -13,8 +13,9 @@ import optax
 from flax import nnx
 
 from bench import memory
-from bench.runners.workload import LEARNING_RATE, workload
+from bench.runners.workload import workload
 from impls import convert, flax_unet
+from impls.losses import jax_weighted_cross_entropy
 from impls.spec import UNetSpec
 
 
@@ -33,7 +34,17 @@ class JaxRunner:
     path = "jax"
 
     def __init__(
-        self, spec: UNetSpec, *, batch: int, size: int, precision: str, device: str, tf32: bool, upconv: str
+        self,
+        spec: UNetSpec,
+        *,
+        batch: int,
+        size: int,
+        precision: str,
+        device: str,
+        tf32: bool,
+        upconv: str,
+        loss: str,
+        learning_rate: float,
     ) -> None:
         self._rss_baseline = memory.settle()
         self.device = _device(device)
@@ -55,9 +66,10 @@ class JaxRunner:
         self._train_def, params, stats = nnx.split(model.train(), nnx.Param, nnx.BatchStat)
         self._eval_def = nnx.split(model.eval(), nnx.Param, nnx.BatchStat)[0]
         self._initial = jax.device_put((params, stats), self.device)  # never donated
-        self._optimizer = optax.adam(LEARNING_RATE)
-        self.images = jax.device_put(self.work.images.transpose(0, 2, 3, 1), self.device)
-        self.labels = jax.device_put(self.work.labels, self.device)
+        self._optimizer = optax.adam(learning_rate)
+        self.images = self._to_device(self.work.images)
+        self.labels = self._to_device(self.work.labels)
+        self.pixel_weights = self._to_device(self.work.pixel_weights) if loss == "weighted" else None
         self._last_task = "train"
         self.reset_compilation()
         self._reset_state()
@@ -69,7 +81,8 @@ class JaxRunner:
             "param_dtype": "float32",
             "tf32": self.matmul_precision == "tensorfloat32",
             "matmul_precision": self.matmul_precision,
-            "optimizer": f"optax.adam({LEARNING_RATE})",
+            "optimizer": f"optax.adam({learning_rate})",
+            "loss": loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
             "memory": "XLA memory_analysis of the compiled step" if self.cuda else memory.METHOD,
@@ -77,13 +90,12 @@ class JaxRunner:
 
     # -- the pure step functions ------------------------------------------------
 
-    def _train_fn(self, params, stats, opt_state, images, labels):
+    def _train_fn(self, params, stats, opt_state, images, labels, pixel_weights):
         model = nnx.merge(self._train_def, params, stats)
 
         def loss_fn(model):
             logits = model(images)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-            return loss, logits
+            return jax_weighted_cross_entropy(logits, labels, pixel_weights), logits
 
         # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates back into model.
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -108,35 +120,42 @@ class JaxRunner:
 
     # -- the interface --------------------------------------------------------
 
-    def _run_train(self):
+    def _to_device(self, array: np.ndarray) -> jax.Array:
+        """Host array to the device; an NCHW batch becomes NHWC."""
+        return jax.device_put(array.transpose(0, 2, 3, 1) if array.ndim == 4 else array, self.device)
+
+    def _run_train(self, images, labels, pixel_weights):
         with jax.default_matmul_precision(self.matmul_precision):
-            out = self._train(self.params, self.stats, self.opt_state, self.images, self.labels)
+            out = self._train(self.params, self.stats, self.opt_state, images, labels, pixel_weights)
         self.params, self.stats, self.opt_state = out[:3]
         return out
 
-    def _run_infer(self):
+    def _run_infer(self, images):
         with jax.default_matmul_precision(self.matmul_precision):
-            return self._infer(self.params, self.stats, self.images)
+            return self._infer(self.params, self.stats, images)
 
     def infer(self) -> None:
         self._last_task = "infer"
-        jax.block_until_ready(self._run_infer())
+        jax.block_until_ready(self._run_infer(self.images))
 
     def train_step(self) -> None:
         self._last_task = "train"
-        jax.block_until_ready(self._run_train())
+        jax.block_until_ready(self._run_train(self.images, self.labels, self.pixel_weights))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return _nchw(self._run_infer(self._to_device(images)))
+
+    def fit(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
+        weights = None if pixel_weights is None else self._to_device(pixel_weights)
+        return float(self._run_train(self._to_device(images), self._to_device(labels), weights)[3])
 
     def outputs(self, task: str) -> dict[str, np.ndarray]:
         self._reset_state()
-
-        def nchw(logits: jax.Array) -> np.ndarray:
-            return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
-
         if task == "infer":
-            return {"logits": nchw(self._run_infer())}
-        first = self._run_train()
-        second = self._run_train()
-        return {"logits": nchw(first[4]), "loss": np.array([float(first[3]), float(second[3])])}
+            return {"logits": self.predict(self.work.images)}
+        first = self._run_train(self.images, self.labels, self.pixel_weights)
+        second = self._run_train(self.images, self.labels, self.pixel_weights)
+        return {"logits": _nchw(first[4]), "loss": np.array([float(first[3]), float(second[3])])}
 
     def reset_peak_memory(self) -> None:
         if not self.cuda:
@@ -150,7 +169,9 @@ class JaxRunner:
         # JAX's peak_bytes_in_use cannot be reset between cases; XLA's buffer assignment
         # for the compiled step says what it needs: arguments, outputs not aliased to them, temporaries.
         if self._last_task == "train":
-            lowered = self._train.lower(self.params, self.stats, self.opt_state, self.images, self.labels)
+            lowered = self._train.lower(
+                self.params, self.stats, self.opt_state, self.images, self.labels, self.pixel_weights
+            )
         else:
             lowered = self._infer.lower(self.params, self.stats, self.images)
         with jax.default_matmul_precision(self.matmul_precision):
@@ -161,6 +182,10 @@ class JaxRunner:
             - analysis.alias_size_in_bytes
             + analysis.temp_size_in_bytes
         )
+
+
+def _nchw(logits: jax.Array) -> np.ndarray:
+    return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
 
 
 @functools.cache

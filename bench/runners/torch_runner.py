@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench import memory
-from bench.runners.workload import LEARNING_RATE, workload
+from bench.runners.workload import workload
 from impls import convert, torch_unet
+from impls.losses import torch_weighted_cross_entropy
 from impls.spec import UNetSpec
 
 COMPILE_MODES = {
@@ -39,6 +39,8 @@ class TorchRunner:
         device: str,
         tf32: bool,
         upconv: str,
+        loss: str,
+        learning_rate: float,
     ) -> None:
         self._rss_baseline = memory.settle()
         self.path = path
@@ -59,9 +61,10 @@ class TorchRunner:
         # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
         self.compile_mode = COMPILE_MODES.get(path)
         fused = self.compile_mode is None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, fused=fused)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, fused=fused)
         self.images = torch.from_numpy(self.work.images).to(self.device, memory_format=torch.channels_last)
         self.labels = torch.from_numpy(self.work.labels).long().to(self.device)
+        self.pixel_weights = self._to_device(self.work.pixel_weights) if loss == "weighted" else None
         self._train = self._train_fn
         self._infer = self._infer_fn
         self.reset_compilation()
@@ -75,7 +78,8 @@ class TorchRunner:
             "tf32": self.tf32,
             "cudnn.benchmark": self.cuda,
             "channels_last": True,
-            "optimizer": f"torch.optim.Adam(lr={LEARNING_RATE}, fused={fused})",
+            "optimizer": f"torch.optim.Adam(lr={learning_rate}, fused={fused})",
+            "loss": loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
             "threads": torch.get_num_threads(),
@@ -95,19 +99,19 @@ class TorchRunner:
             stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
         return stack
 
-    def _train_fn(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_fn(self, images, labels, pixel_weights) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         with self._context():
-            logits = self.model(self.images)
-        loss = F.cross_entropy(logits.float(), self.labels)
+            logits = self.model(images)
+        loss = torch_weighted_cross_entropy(logits, labels, pixel_weights)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), logits.detach()
 
     @torch.no_grad()
-    def _infer_fn(self) -> torch.Tensor:
+    def _infer_fn(self, images: torch.Tensor) -> torch.Tensor:
         with self._context():
-            return self.model(self.images)
+            return self.model(images)
 
     def reset_compilation(self) -> None:
         if self.compile_mode is None:
@@ -122,27 +126,42 @@ class TorchRunner:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return tensor.to(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
+
+    def _mode(self, training: bool) -> None:
+        if self.model.training != training:  # a walk over every module: not on every call
+            self.model.train(training)
+
     def infer(self) -> None:
-        if self.model.training:
-            self.model.eval()
-        self._infer()
+        self._mode(False)
+        self._infer(self.images)
         self._sync()
 
     def train_step(self) -> None:
-        if not self.model.training:
-            self.model.train()
-        self._train()
+        self._mode(True)
+        self._train(self.images, self.labels, self.pixel_weights)
         self._sync()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        self._mode(False)
+        return self._infer(self._to_device(images)).float().cpu().numpy()
+
+    def fit(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
+        self._mode(True)
+        weights = None if pixel_weights is None else self._to_device(pixel_weights)
+        loss, _ = self._train(self._to_device(images), self._to_device(labels.astype(np.int64)), weights)
+        return loss.item()
 
     def outputs(self, task: str) -> dict[str, np.ndarray]:
         self._reset_state()
         if task == "infer":
-            self.model.eval()
-            return {"logits": self._infer().float().cpu().numpy()}
-        self.model.train()
+            return {"logits": self.predict(self.work.images)}
+        self._mode(True)
         steps = []
         for _ in range(2):
-            loss, logits = self._train()
+            loss, logits = self._train(self.images, self.labels, self.pixel_weights)
             # copied at once: CUDA graphs reuse output buffers
             steps.append((loss.item(), logits.float().cpu().numpy()))
         return {"logits": steps[0][1], "loss": np.array([loss for loss, _ in steps])}

@@ -1,0 +1,96 @@
+"""Overlap-tile prediction (impls/tiling.py): exact for the paper's network, in both frameworks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from impls import convert, flax_unet, tiling, torch_unet
+from impls.spec import UNetSpec
+from tests.helpers import err, random_weights
+
+VALID = UNetSpec(width=4, depth=2, padding="valid")  # border 20: a 60 px tile gives 20 px out
+SAME = UNetSpec(width=4, depth=2)
+
+
+@pytest.fixture(scope="module")
+def predictors() -> dict:
+    out = {}
+    for spec in (VALID, SAME):
+        weights = random_weights(spec, seed=3)
+        out[spec.padding] = (
+            torch_unet.predictor(convert.to_torch(weights, torch_unet.build(spec))),
+            flax_unet.predictor(convert.to_flax(weights, flax_unet.abstract(spec))),
+        )
+    return out
+
+
+def _one_pass_over_the_mirrored_image(predict, image: np.ndarray, spec: UNetSpec, tile: int) -> np.ndarray:
+    """What predict_tiled must equal: one pass over the image mirrored as it mirrors it."""
+    positions = tiling.tile_positions(image.shape[1:], spec, tile)
+    out = spec.output_size(tile, tile)[0]
+    border = (tile - out) // 2
+    extra_h = positions[-1][0] + out - image.shape[1]
+    extra_w = positions[-1][1] + out - image.shape[2]
+    mirrored = np.pad(image, ((0, 0), (border, border + extra_h), (border, border + extra_w)), mode="reflect")
+    return predict(mirrored[None])[0][:, : image.shape[1], : image.shape[2]]
+
+
+@pytest.mark.parametrize("framework", [0, 1], ids=["torch", "flax"])
+@pytest.mark.parametrize(("height", "width", "tile"), [(100, 130, 60), (61, 47, 52), (15, 9, 44)])
+def test_valid_tiling_equals_one_pass(predictors, framework: int, height: int, width: int, tile: int) -> None:
+    predict = predictors["valid"][framework]
+    image = np.random.default_rng(height).normal(size=(1, height, width)).astype(np.float32)
+    tiled = tiling.predict_tiled(predict, image, VALID, tile=tile, batch=3)
+    assert tiled.shape == (VALID.num_classes, height, width)
+    assert err(tiled, _one_pass_over_the_mirrored_image(predict, image, VALID, tile)) <= 1e-5
+
+
+def test_paper_geometry() -> None:
+    """572 px tiles give 388 px out; tiles step by 384 (a multiple of 16) and overlap by 4."""
+    paper = UNetSpec(padding="valid")
+    positions = tiling.tile_positions((1000, 1000), paper, 572)
+    assert sorted({r for r, _ in positions}) == [0, 384, 768]
+    assert (572 - paper.output_size(572, 572)[0]) // 2 == 92
+
+
+def test_stitching_and_mirroring_reproduce_the_image() -> None:
+    """With a 'network' that returns its input (cropped by the border), any tiling gives back the image."""
+    image = np.random.default_rng(0).normal(size=(2, 77, 101)).astype(np.float32)
+    valid = UNetSpec(in_channels=2, num_classes=2, width=4, depth=2, padding="valid")
+    border = (60 - valid.output_size(60, 60)[0]) // 2
+    cropped = tiling.predict_tiled(lambda x: x[:, :, border:-border, border:-border], image, valid, tile=60)
+    np.testing.assert_array_equal(cropped, image)
+    same = UNetSpec(in_channels=2, num_classes=2, width=4, depth=2)
+    for blend in ("gaussian", "constant"):
+        blended = tiling.predict_tiled(lambda x: x, image, same, tile=32, blend=blend)
+        np.testing.assert_allclose(blended, image, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_same_padding_tiles_agree_across_frameworks(predictors, blend: str) -> None:
+    image = np.random.default_rng(1).normal(size=(1, 70, 45)).astype(np.float32)
+    torch_result, flax_result = (
+        tiling.predict_tiled(p, image, SAME, tile=32, overlap=0.5, blend=blend) for p in predictors["same"]
+    )
+    assert torch_result.shape == (2, 70, 45)
+    assert err(flax_result, torch_result) <= 1e-5
+
+
+def test_gaussian_blend_weighs_tile_centres() -> None:
+    window = tiling._window((32, 32), "gaussian")
+    assert window[16, 16] > 50 * window[0, 0]
+    assert window.shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(tile=50), "height 50 is not a valid input size .* nearest valid: 48 and 52"),
+        (dict(tile=60, blend="cosine"), "blend='cosine'"),
+        (dict(tile=60, overlap=1.0), "overlap=1.0"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiling.predict_tiled(lambda x: x, np.zeros((1, 40, 40), np.float32), VALID, **kwargs)
