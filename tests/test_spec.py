@@ -23,6 +23,7 @@ def test_defaults() -> None:
         norm="batch",
         upsample="transpose",
         conv_bias=True,
+        pad_to_skip=False,
     )
 
 
