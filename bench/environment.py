@@ -18,13 +18,27 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = (
-    "torch", "jax", "jaxlib", "flax", "optax", "numpy", "pandas", "pytest-benchmark", "safetensors",
-    "jax-cuda12-plugin", "jax-cuda13-plugin",
-)  # fmt: skip
+    "torch",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "numpy",
+    "pandas",
+    "pytest-benchmark",
+    "safetensors",
+    "jax-cuda12-plugin",
+    "jax-cuda13-plugin",
+)
 ENV_FLAGS = (
-    "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-    "CUDA_VISIBLE_DEVICES", "TORCHINDUCTOR_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR",
-)  # fmt: skip
+    "XLA_FLAGS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "JAX_COMPILATION_CACHE_DIR",
+)
 
 
 def default_device() -> str:

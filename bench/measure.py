@@ -50,17 +50,21 @@ class Case:
     path: str
     task: str
     size: int
-    batch: int
+    batch: int  # global batch when data-parallel
     precision: str
     device: str
+    devices: int | None = None  # data-parallel over this many devices (bench/runners/distributed.py)
+    scaling: str | None = None  # "weak" (batch per device fixed) or "strong" (global batch fixed)
 
     @property
     def id(self) -> str:
-        return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}"
+        parallel = f"-{self.scaling}-{self.devices}dev" if self.devices else ""
+        return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}{parallel}"
 
     @property
     def group(self) -> str:
-        return f"{self.task} {self.size}px b{self.batch} {self.precision} {self.device}"
+        parallel = f" {self.scaling} scaling" if self.devices else ""
+        return f"{self.task} {self.size}px b{self.batch} {self.precision} {self.device}{parallel}"
 
 
 class CaseFailure(Exception):
@@ -83,6 +87,12 @@ def _status_of(error: BaseException) -> str:
     return "error"
 
 
+def _gate_task(case: Case) -> str:
+    """What the parity gate compares: tiles go through the forward, and a data-parallel
+    run's training is checked by the equivalence tests, its forward here."""
+    return "infer" if case.task == "tiled" or case.devices else case.task
+
+
 def _timed(call) -> float:
     start = time.perf_counter()
     call()
@@ -101,6 +111,7 @@ class Session:
     max_time: float = 1.0
     loss: str = "ce"
     image_size: int = 512  # the whole image of the "tiled" task
+    sync_bn: bool = False  # data-parallel cases: BatchNorm statistics over the global batch
     records: list[dict[str, Any]] = field(default_factory=list)
     _references: dict[tuple, tuple] = field(default_factory=dict)
     _warm: set[tuple] = field(default_factory=set)
@@ -112,24 +123,37 @@ class Session:
         if key in self._warm:
             return
         runner = make_runner(
-            case.path, UNetSpec(width=2, depth=1), batch=2, size=8, precision=case.precision,
-            device=case.device, tf32=self.tf32, upconv="native",
-        )  # fmt: skip
+            case.path,
+            UNetSpec(width=2, depth=1),
+            batch=2,
+            size=8,
+            precision=case.precision,
+            device=case.device,
+            tf32=self.tf32,
+            upconv="native",
+        )
         runner.infer()
         self._warm.add(key)
 
     def _reference(self, case: Case) -> tuple[dict, dict | None]:
         """torch eager fp32 (TF32 off) outputs, and torch eager's in the case's lower precision."""
         low_precision = case.precision == "bf16" or (self.tf32 and case.device != "cpu")
-        task = "infer" if case.task == "tiled" else case.task  # tiles go through the same forward
+        task = _gate_task(case)
         key = (task, case.size, case.batch, case.device, case.precision if low_precision else "fp32")
         if key not in self._references:
 
             def outputs(precision: str, tf32: bool) -> dict:
                 runner = make_runner(
-                    "torch-eager", self.spec, batch=case.batch, size=case.size, precision=precision,
-                    device=case.device, tf32=tf32, upconv="native", loss=self.loss,
-                )  # fmt: skip
+                    "torch-eager",
+                    self.spec,
+                    batch=case.batch,
+                    size=case.size,
+                    precision=precision,
+                    device=case.device,
+                    tf32=tf32,
+                    upconv="native",
+                    loss=self.loss,
+                )
                 return runner.outputs(task)
 
             reference = outputs("fp32", False)
@@ -142,20 +166,30 @@ class Session:
         """Measure one case into ``benchmark``; raise CaseFailure if it produced no number."""
         record: dict[str, Any] = {"case": asdict(case), "id": case.id}
         started = time.perf_counter()
+        runner = None
         try:
             reference, baseline = self._reference(case)
             self._warm_up_runtime(case)
             runner = make_runner(
-                case.path, self.spec, batch=case.batch, size=case.size, precision=case.precision,
-                device=case.device, tf32=self.tf32, upconv=self.upconv, loss=self.loss,
-            )  # fmt: skip
+                case.path,
+                self.spec,
+                batch=case.batch,
+                size=case.size,
+                precision=case.precision,
+                device=case.device,
+                tf32=self.tf32,
+                upconv=self.upconv,
+                loss=self.loss,
+                devices=case.devices,
+                sync_bn=self.sync_bn,
+            )
+            if case.devices:
+                record["messaging_seconds"] = runner.messaging_seconds()
             call = self._call(case, runner)
             first_cold = _timed(call)
             runner.reset_compilation()
             first_cached = _timed(call)
-            result = gate.check(
-                runner.outputs("infer" if case.task == "tiled" else case.task), reference, baseline
-            )
+            result = gate.check(runner.outputs(_gate_task(case)), reference, baseline)
             record["parity"] = {"errors": result.errors, "allowed": result.allowed}
             if not result.passed:
                 raise CaseFailure(
@@ -175,6 +209,8 @@ class Session:
             record["traceback"] = traceback.format_exc(limit=8)
             raise CaseFailure(record["status"], record["message"]) from error
         finally:
+            if case.devices and runner is not None:
+                runner.close()  # its worker processes, before the next case starts its own
             record["case_wall_seconds"] = time.perf_counter() - started
             self.records.append(record)
             if self.progress is not None:
@@ -216,6 +252,8 @@ class Session:
             "precision": case.precision,
             "device": case.device,
             "device_name": environment.device_name(case.device),
+            "devices": case.devices,
+            "scaling": case.scaling,
             "first_call_seconds_cold": first_cold,
             "first_call_seconds_cached": first_cached,
             "peak_memory_bytes": runner.peak_memory_bytes(),

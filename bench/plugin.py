@@ -25,16 +25,24 @@ from impls.spec import PADDINGS, UNetSpec
 # XLA's CPU backend, rare in practice) would add about 8: ask for it with --precisions.
 DEFAULTS = {
     "cpu": {
-        "sizes": [64, 128], "batches": [1, 4], "precisions": ["fp32"], "image_size": 512,
+        "sizes": [64, 128],
+        "batches": [1, 4],
+        "precisions": ["fp32"],
+        "image_size": 512,
         "paths": ["torch-eager", "torch-compile", "jax"],
     },
     "cuda": {
-        "sizes": [256, 512, 1024], "batches": [1, 8, 32], "precisions": list(PRECISIONS), "image_size": 4096,
+        "sizes": [256, 512, 1024],
+        "batches": [1, 8, 32],
+        "precisions": list(PRECISIONS),
+        "image_size": 4096,
         "paths": list(PATHS),
     },
-}  # fmt: skip
+}
 RUN_DIR_KEY = pytest.StashKey[Path]()
 CASES_KEY = pytest.StashKey[list]()
+SCALING_KEY = pytest.StashKey[list]()
+SCALING_PATHS = ("torch-eager", "torch-compile", "jax")
 SESSION_KEY = pytest.StashKey[Session]()
 REPORT_KEY = pytest.StashKey[str]()
 ENVIRONMENT_KEY = pytest.StashKey[dict]()
@@ -51,9 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("unet-bench", "unet-bench benchmark axes (comma-separated lists)")
     group.addoption("--paths", type=_csv(), help=f"framework paths, of: {', '.join(PATHS)}")
     group.addoption(
-        "--tasks", type=_csv(),
+        "--tasks",
+        type=_csv(),
         help="train, infer, tiled (a whole image in tiles of the largest size and batch); default: all",
-    )  # fmt: skip
+    )
     group.addoption(
         "--sizes", type=_csv(int), help="input sides in pixels (default: 64,128 on CPU; 256,512,1024 on GPU)"
     )
@@ -65,18 +74,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--padding", default="same", help=f"one of {', '.join(PADDINGS)} (default same)")
     group.addoption("--tf32", action="store_true", help="let fp32 convs use TF32 on CUDA, in every framework")
     group.addoption(
-        "--upconv", default="auto", choices=("auto", "native", "matmul"),
+        "--upconv",
+        default="auto",
+        choices=("auto", "native", "matmul"),
         help="form of the transposed convs (default auto: the faster, measured per device)",
-    )  # fmt: skip
+    )
     group.addoption(
-        "--loss", default="ce", choices=LOSSES,
+        "--loss",
+        default="ce",
+        choices=LOSSES,
         help="ce: softmax cross-entropy; weighted: the paper's pixel-weighted one (default ce)",
-    )  # fmt: skip
+    )
     group.addoption(
         "--image-size",
         type=int,
         help="side of the tiled task's whole image (default 512 on CPU, 4096 on GPU)",
     )
+    group.addoption(
+        "--devices",
+        type=_csv(int),
+        help="data-parallel device counts for bench/test_scaling.py, e.g. 1,2,4,8 (default: 1 to every GPU; "
+        "on a CPU none: pass them to simulate devices)",
+    )
+    group.addoption("--scaling", type=_csv(), help="weak, strong (default both)")
+    group.addoption("--sync-bn", action="store_true", help="data-parallel BatchNorm over the global batch")
     group.addoption(
         "--results-dir", default="results", help="where timed runs are written (default results/)"
     )
@@ -120,6 +141,40 @@ def _matrix(config: pytest.Config) -> tuple[UNetSpec, list[Case]]:
     return spec, cases, option("image_size") or defaults["image_size"]
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _scaling_matrix(config: pytest.Config, cases: list[Case]) -> list[Case]:
+    """Data-parallel training cases: weak scaling keeps the batch per device, strong the global batch."""
+    option = config.getoption
+    device = cases[0].device if cases else "cpu"
+    counts = option("devices")
+    if counts is None:
+        gpus = _gpu_count() if device != "cpu" else 0
+        counts = [2**k for k in range(gpus.bit_length()) if 2**k <= gpus] if gpus > 1 else []
+    modes = option("scaling") or ["weak", "strong"]
+    unknown = [m for m in modes if m not in ("weak", "strong")]
+    if unknown:
+        raise pytest.UsageError(f"--scaling {','.join(unknown)}: expected weak and/or strong")
+    paths = [p for p in (option("paths") or SCALING_PATHS) if p in SCALING_PATHS]
+    sizes = sorted({c.size for c in cases})
+    batches = sorted({c.batch for c in cases if c.task == "train"})
+    precisions = sorted({c.precision for c in cases})
+    scaling = []
+    for mode, precision, size, per_device, path, n in itertools.product(
+        modes, precisions, sizes, batches, paths, counts
+    ):
+        global_batch = per_device * (n if mode == "weak" else max(counts))
+        if global_batch % n == 0:
+            scaling.append(
+                Case(path, "train", size, global_batch, precision, device, devices=n, scaling=mode)
+            )
+    return scaling
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     # Fair memory figures on a GPU: XLA must not grab most of it up front.
@@ -135,10 +190,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
     spec, cases, image_size = _matrix(config)
     config.stash[CASES_KEY] = cases
+    config.stash[SCALING_KEY] = _scaling_matrix(config, cases)
     # A run is saved by the main command, `pytest --benchmark-only`.
     run_dir = None
     if config.getoption("benchmark_only") and cases:
-        run_dir = _new_run_dir(Path(config.getoption("results_dir")), cases[0].device)
+        simulated = cases[0].device == "cpu" and any((c.devices or 1) > 1 for c in config.stash[SCALING_KEY])
+        run_dir = _new_run_dir(
+            Path(config.getoption("results_dir")), cases[0].device, "-simulated-devices" if simulated else ""
+        )
         run_dir.mkdir(parents=True)
         config.stash[RUN_DIR_KEY] = run_dir
         if not config.getoption("benchmark_json"):
@@ -146,16 +205,20 @@ def pytest_configure(config: pytest.Config) -> None:
         # Read now, so that the run records the code it started with.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
     config.stash[SESSION_KEY] = Session(
-        spec, tf32=config.getoption("tf32"), upconv=config.getoption("upconv"), loss=config.getoption("loss"),
+        spec,
+        tf32=config.getoption("tf32"),
+        upconv=config.getoption("upconv"),
+        loss=config.getoption("loss"),
         image_size=image_size,
+        sync_bn=config.getoption("sync_bn"),
         progress=run_dir / "progress.jsonl" if run_dir else None,
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         max_time=float(config.getoption("benchmark_max_time")),
-    )  # fmt: skip
+    )
 
 
-def _new_run_dir(results: Path, device: str) -> Path:
-    base = f"{datetime.date.today().isoformat()}-{environment.device_slug(device)}"
+def _new_run_dir(results: Path, device: str, suffix: str = "") -> Path:
+    base = f"{datetime.date.today().isoformat()}-{environment.device_slug(device)}{suffix}"
     for n in itertools.count(1):
         run_dir = results / (base if n == 1 else f"{base}-{n}")
         if not run_dir.exists():
@@ -164,9 +227,10 @@ def _new_run_dir(results: Path, device: str) -> Path:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "case" in metafunc.fixturenames:
-        cases = metafunc.config.stash[CASES_KEY]
-        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+    for name, key in (("case", CASES_KEY), ("scaling_case", SCALING_KEY)):
+        if name in metafunc.fixturenames:
+            cases = metafunc.config.stash[key]
+            metafunc.parametrize(name, cases, ids=[c.id for c in cases])
 
 
 @pytest.fixture(scope="session")

@@ -78,9 +78,13 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                 "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
                 "compile_cold_s": info["compile_seconds_cold"],
                 "compile_cached_s": info["compile_seconds_cached"],
+                "devices": info.get("devices") or math.nan,
+                "scaling": info.get("scaling"),
             }
         )
     measured = pd.DataFrame(rows)
+    if not measured.empty:
+        measured["devices"] = measured["devices"].astype(float)
     section = data.get("unet_bench", {})
     failures = pd.DataFrame(
         [
@@ -139,23 +143,65 @@ def _cells(first: pd.DataFrame, second: pd.DataFrame, template: str) -> pd.DataF
     )
 
 
+def scaling_table(measured: pd.DataFrame) -> pd.DataFrame:
+    """Data-parallel cases: img/s, speed-up over one device and efficiency (speed-up / devices)."""
+    data = measured[measured.devices.notna()].copy()
+    if data.empty:
+        return data
+    data["per_device_batch"] = (data.batch / data.devices).astype(int)
+    base_batch = np.where(data.scaling == "weak", data.per_device_batch, data.batch)
+    data["base"] = list(zip(data.path, data.scaling, data["size"], base_batch, data.precision, strict=True))
+    one = data[data.devices == 1].set_index("base")["img_per_s"]
+    data["speedup"] = data.img_per_s / data.base.map(one)
+    data["efficiency"] = data.speedup / data.devices
+    columns = ["scaling", "path", "size", "precision", "devices", "batch", "per_device_batch", "img_per_s"]
+    return data[[*columns, "speedup", "efficiency"]].sort_values(["scaling", "path", "size", "devices"])
+
+
+def plot_scaling(table: pd.DataFrame, path: Path, title: str) -> None:
+    modes = sorted(set(table.scaling))
+    fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        part = table[table.scaling == mode]
+        for name in _path_order(set(part.path)):
+            line = part[part.path == name].sort_values("devices")
+            ax.plot(line.devices, line.img_per_s, marker="o", label=name)
+        ax.set(title=f"{mode} scaling", xlabel="devices", ylabel="images / s (global)")
+        ax.set_xticks(sorted(set(part.devices)))
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+TIE = 1.03  # closer than this (geometric mean over the cases) is within a run's spread
+
+
 def verdicts(measured: pd.DataFrame) -> list[str]:
-    """A 'which to pick' line per task and precision."""
+    """A 'which to pick' line per task and precision.
+
+    The pick is the path with the best geometric-mean speed-up over the cases;
+    its margin is against the runner-up, its lead is lost where another path
+    is faster, and a path that compiles pays back after the break-even count.
+    """
     lines = []
     for (task, precision), group in measured.groupby(["task", "precision"], sort=False):
-        throughput = _pivot(group, task, "img_per_s")
-        winners = throughput.idxmax(axis=1)
-        best = winners.value_counts().idxmax()
-        ratio = speedups(group, task)[best]
-        second = throughput.drop(columns=best).max(axis=1)
-        margin = (throughput[best] / second).to_numpy()
+        ratios = speedups(group, task)
+        score = ratios.apply(_geomean).sort_values(ascending=False)
+        best, runner_up = score.index[0], (score.index[1] if len(score) > 1 else None)
+        winners = _pivot(group, task, THROUGHPUT[task][0]).idxmax(axis=1)
         unit = UNITS[task]
         line = (
-            f"**{task}, {precision}**: {best} is fastest in "
-            f"{int((winners == best).sum())} of {len(winners)} cases, "
-            f"{_geomean(ratio):.2f}x {BASELINE} (geometric mean; {ratio.min():.2f}x to {ratio.max():.2f}x), "
-            f"{_geomean(margin):.2f}x the runner-up."
+            f"**{task}, {precision}**: {best}, {score[best]:.2f}x {BASELINE} (geometric mean over "
+            f"{len(winners)} cases; {ratios[best].min():.2f}x to {ratios[best].max():.2f}x), fastest in "
+            f"{int((winners == best).sum())} of them."
         )
+        if runner_up is not None:
+            margin = score[best] / score[runner_up]
+            line += f" Runner-up {runner_up}, {margin:.2f}x behind"
+            line += f": within {TIE - 1:.0%}, a tie at this spread." if margin < TIE else "."
         if best != BASELINE:
             steps = break_even_steps(group, task)[best]
             if np.isfinite(steps).all():
@@ -163,6 +209,8 @@ def verdicts(measured: pd.DataFrame) -> list[str]:
                     f" Its compile time pays for itself after {int(steps.median())} {unit} (median; "
                     f"{int(steps.min())} to {int(steps.max())}): for shorter runs {BASELINE} finishes first."
                 )
+            else:
+                line += f" In some cases it never pays back its compile time against {BASELINE}."
         lost = winners[winners != best]
         if len(lost):
             where = ", ".join(f"{s}px b{b}" for s, b, _ in lost.index)
@@ -178,6 +226,8 @@ def _geomean(values) -> float:
 
 def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, other: pd.DataFrame) -> str:
     env = section.get("environment", {})
+    scaling = scaling_table(measured) if not measured.empty else measured
+    measured = measured[measured.devices.isna()] if not measured.empty else measured
     parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
     spec = section.get("spec")
     if spec:
@@ -189,23 +239,59 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
             continue
         unit = UNITS[task]
         parts += [
-            f"## {task}: {label} (speed-up against {BASELINE})", "",
-            _cells(_pivot(measured, task, column), speedups(measured, task), "{0:.3g} ({1:.2f}x)")
-            .pipe(_md), "",
-            f"## {task}: milliseconds per call (median ± IQR)", "",
-            _cells(_pivot(measured, task, "median_ms"), _pivot(measured, task, "iqr_ms"), "{0:.4g} ±{1:.2g}")
-            .pipe(_md), "",
-            f"## {task}: peak memory, MiB", "",
-            _pivot(measured, task, "peak_memory_mib").round(0).pipe(_md), "",
-            f"## {task}: compile seconds, cold / from the caches", "",
-            _cells(_pivot(measured, task, "compile_cold_s"), _pivot(measured, task, "compile_cached_s"),
-                   "{0:.1f} / {1:.1f}").pipe(_md), "",
-            f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)", "",
-            break_even_steps(measured, task).pipe(_md), "",
-            f"## {task}: achieved TFLOP/s (utilization of the device's measured peak)", "",
-            _cells(_pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"),
-                   "{0:.3g} ({1:.0%})").pipe(_md), "",
-        ]  # fmt: skip
+            f"## {task}: {label} (speed-up against {BASELINE})",
+            "",
+            _cells(_pivot(measured, task, column), speedups(measured, task), "{0:.3g} ({1:.2f}x)").pipe(_md),
+            "",
+            f"## {task}: milliseconds per call (median ± IQR)",
+            "",
+            _cells(
+                _pivot(measured, task, "median_ms"), _pivot(measured, task, "iqr_ms"), "{0:.4g} ±{1:.2g}"
+            ).pipe(_md),
+            "",
+            f"## {task}: peak memory, MiB",
+            "",
+            _pivot(measured, task, "peak_memory_mib").round(0).pipe(_md),
+            "",
+            f"## {task}: compile seconds, cold / from the caches",
+            "",
+            _cells(
+                _pivot(measured, task, "compile_cold_s"),
+                _pivot(measured, task, "compile_cached_s"),
+                "{0:.1f} / {1:.1f}",
+            ).pipe(_md),
+            "",
+            f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)",
+            "",
+            break_even_steps(measured, task).pipe(_md),
+            "",
+            f"## {task}: achieved TFLOP/s (utilization of the device's measured peak)",
+            "",
+            _cells(
+                _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"), "{0:.3g} ({1:.0%})"
+            ).pipe(_md),
+            "",
+        ]
+    if not scaling.empty:
+        simulated = env.get("device") == "cpu"
+        parts += [
+            "## Data-parallel scaling" + (" (SIMULATED devices sharing one CPU)" if simulated else ""),
+            "",
+            *(
+                [
+                    "These devices share the same cores: the figures test the machinery and say nothing of "
+                    "real scaling.",
+                    "",
+                ]
+                if simulated
+                else []
+            ),
+            "BatchNorm statistics: "
+            + ("global batch." if section.get("options", {}).get("sync_bn") else "per device."),
+            "",
+            scaling.round(3).to_markdown(index=False),
+            "",
+        ]
     if not failures.empty:
         parts += ["## Cases without a number", "", failures.to_markdown(index=False), ""]
     if not other.empty:
@@ -243,6 +329,12 @@ def write_run(run_dir: Path) -> str:
     text = markdown(measured, failures, section, others(run_dir))
     (run_dir / "report.md").write_text(text)
     measured.to_csv(run_dir / "cases.csv", index=False)
+    scaling = scaling_table(measured) if not measured.empty else measured
+    if not scaling.empty:
+        scaling.to_csv(run_dir / "scaling.csv", index=False)
+        simulated = section.get("environment", {}).get("device") == "cpu"
+        plot_scaling(scaling, run_dir / "scaling.png", "SIMULATED devices on one CPU" if simulated else "")
+    measured = measured[measured.devices.isna()] if not measured.empty else measured
     if not failures.empty:
         failures.to_csv(run_dir / "failures.csv", index=False)
     for task in sorted(set(measured.task) - {"tiled"}) if not measured.empty else []:
@@ -277,6 +369,7 @@ def write_index(results: Path) -> None:
 def merge(run_dirs: list[Path]) -> pd.DataFrame:
     """One table across runs: img/s per path, rows device x task x size x batch x precision."""
     measured = pd.concat([load(d)[0] for d in run_dirs], ignore_index=True)
+    measured = measured[measured.devices.isna()]  # single-device cases; scaling has its own tables
     table = measured.pivot_table(
         index=["device_name", "task", *CASE], columns="path", values="img_per_s", aggfunc="first"
     )

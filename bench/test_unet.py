@@ -29,9 +29,15 @@ def test_timer_agrees_with_a_hand_loop(bench_cases: list[Case], bench_session: S
     if case is None:
         pytest.skip("no train case in the matrix")
     runner = make_runner(
-        case.path, bench_session.spec, batch=case.batch, size=case.size, precision=case.precision,
-        device=case.device, tf32=bench_session.tf32, upconv=bench_session.upconv,
-    )  # fmt: skip
+        case.path,
+        bench_session.spec,
+        batch=case.batch,
+        size=case.size,
+        precision=case.precision,
+        device=case.device,
+        tf32=bench_session.tf32,
+        upconv=bench_session.upconv,
+    )
 
     def hand_loop(rounds: int) -> list[float]:
         seconds = []

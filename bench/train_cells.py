@@ -83,9 +83,14 @@ def train(config: Config, path: str, weighting: str, data) -> Outcome:
     train_set, test_set, weights, order = data
     spec = UNetSpec(width=config.width, depth=config.depth)
     runner = make_runner(
-        path, spec, batch=config.batch, size=config.size, precision="fp32", device=config.device,
+        path,
+        spec,
+        batch=config.batch,
+        size=config.size,
+        precision="fp32",
+        device=config.device,
         learning_rate=config.learning_rate,
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     losses = [
         runner.fit(train_set.images[idx], train_set.foreground[idx], weights[weighting][idx]) for idx in order
@@ -194,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     config = Config(
-        paths=tuple(args.paths.split(",")), steps=args.steps, width=args.width, depth=args.depth,
-        size=args.size, batch=args.batch, device=args.device,
-    )  # fmt: skip
+        paths=tuple(args.paths.split(",")),
+        steps=args.steps,
+        width=args.width,
+        depth=args.depth,
+        size=args.size,
+        batch=args.batch,
+        device=args.device,
+    )
     data = _data(config)
     outcomes = []
     for weighting in WEIGHTINGS:

@@ -66,9 +66,15 @@ class BatchNorm(nnx.Module):
 def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Conv:
     padding = 1 if spec.padding == "same" else 0
     return nnx.Conv(
-        in_ch, out_ch, (KERNEL, KERNEL), padding=padding, use_bias=spec.conv_bias,
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-    )  # fmt: skip
+        in_ch,
+        out_ch,
+        (KERNEL, KERNEL),
+        padding=padding,
+        use_bias=spec.conv_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
 
 
 def norm(spec: UNetSpec, channels: int, *, param_dtype) -> nnx.Module | Callable:
@@ -149,9 +155,16 @@ class Up(DoubleConv):
             # dilated conv, i.e. PyTorch's weight flipped spatially (convert.py).
             layer = MatmulConvTranspose if upconv_matmul else nnx.ConvTranspose
             self.upconv = layer(
-                in_ch, out_ch, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=False,
-                dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            )  # fmt: skip
+                in_ch,
+                out_ch,
+                (2, 2),
+                strides=(2, 2),
+                padding="VALID",
+                transpose_kernel=False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
         else:
             self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # skip (out_ch) + upsampled (out_ch) = in_ch

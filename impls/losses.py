@@ -86,14 +86,24 @@ def weight_map(instances: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0) -
 def torch_weighted_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """mean over pixels of w(x) * CE(x); NCHW logits, (N, H, W) labels and weights."""
-    pixel = F.cross_entropy(logits.float(), labels, reduction="none")
+    """mean over pixels of w(x) * CE(x); NCHW logits, (N, H, W) labels and weights.
+
+    Computed in float32 at least (bfloat16 logits are promoted), as autocast does.
+    """
+    pixel = F.cross_entropy(
+        logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="none"
+    )
     return (pixel if weights is None else pixel * weights).mean()
 
 
 def jax_weighted_cross_entropy(
     logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
 ) -> jax.Array:
-    """mean over pixels of w(x) * CE(x); NHWC logits, (N, H, W) labels and weights."""
-    pixel = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    """mean over pixels of w(x) * CE(x); NHWC logits, (N, H, W) labels and weights.
+
+    Computed in float32 at least (bfloat16 logits are promoted).
+    """
+    pixel = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
+    )
     return (pixel if weights is None else pixel * weights).mean()

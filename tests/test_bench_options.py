@@ -14,22 +14,51 @@ ROOT = Path(__file__).parent.parent
 def _pytest(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_help_lists_every_axis() -> None:
     out = _pytest("--help").stdout
-    for option in ("--paths", "--tasks", "--sizes", "--batches", "--precisions", "--device", "--width",
-                   "--depth", "--padding", "--tf32", "--upconv", "--results-dir"):  # fmt: skip
+    for option in (
+        "--paths",
+        "--tasks",
+        "--sizes",
+        "--batches",
+        "--precisions",
+        "--device",
+        "--width",
+        "--depth",
+        "--padding",
+        "--tf32",
+        "--upconv",
+        "--results-dir",
+    ):
         assert option in out, option
 
 
 def test_options_override_the_matrix() -> None:
     result = _pytest(
-        "--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--paths", "jax,torch-eager",
-        "--tasks", "infer", "--sizes", "32,64", "--batches", "3", "--precisions", "bf16", "--device", "cpu",
-    )  # fmt: skip
+        "--benchmark-only",
+        "--collect-only",
+        "-q",
+        "bench/test_unet.py",
+        "--paths",
+        "jax,torch-eager",
+        "--tasks",
+        "infer",
+        "--sizes",
+        "32,64",
+        "--batches",
+        "3",
+        "--precisions",
+        "bf16",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
     assert len(ids) == 4
@@ -43,6 +72,33 @@ def test_default_cpu_matrix() -> None:
     assert len(ids) == 3 * (2 * 2 * 2 + 1)
     assert "test_unet[train-torch-compile-128px-b4-fp32]" in result.stdout
     assert "test_unet[tiled-jax-128px-b4-fp32]" in result.stdout
+
+
+def test_scaling_cases_on_simulated_devices() -> None:
+    result = _pytest(
+        "--benchmark-only",
+        "--collect-only",
+        "-q",
+        "bench/test_scaling.py",
+        "--device",
+        "cpu",
+        "--devices",
+        "1,2",
+        "--sizes",
+        "32",
+        "--batches",
+        "2",
+        "--paths",
+        "jax",
+    )
+    ids = [line for line in result.stdout.splitlines() if "test_scaling[" in line]
+    # weak: 2 per device (global 2, 4); strong: global 4 (per device 4, 2)
+    assert sorted(ids) == sorted(
+        f"bench/test_scaling.py::test_scaling[train-jax-32px-b{b}-fp32-{mode}-{n}dev]"
+        for mode, n, b in (("weak", 1, 2), ("weak", 2, 4), ("strong", 1, 4), ("strong", 2, 4))
+    )
+    none = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_scaling.py", "--device", "cpu")
+    assert "dev]" not in none.stdout  # on a CPU, only when asked for
 
 
 def test_the_plugin_imports_no_framework() -> None:

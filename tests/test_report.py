@@ -91,3 +91,33 @@ def test_merge_runs_across_devices(run_dir: Path, tmp_path: Path, capsys) -> Non
 def test_cli_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         report.main([str(tmp_path)])
+
+
+def test_scaling_table_speedup_and_efficiency() -> None:
+    rows = [
+        # weak: 2 images per device; strong: 4 images in all
+        ("weak", 1, 2, 10.0),
+        ("weak", 2, 4, 18.0),
+        ("strong", 1, 4, 12.0),
+        ("strong", 2, 4, 15.0),
+    ]
+    measured = pd.DataFrame(
+        [
+            {
+                "path": "jax",
+                "task": "train",
+                "size": 64,
+                "precision": "fp32",
+                "scaling": mode,
+                "devices": float(n),
+                "batch": batch,
+                "img_per_s": rate,
+            }
+            for mode, n, batch, rate in rows
+        ]
+    )
+    table = report.scaling_table(measured).set_index(["scaling", "devices"])
+    assert table.loc[("weak", 2.0), "speedup"] == pytest.approx(1.8)
+    assert table.loc[("weak", 2.0), "efficiency"] == pytest.approx(0.9)
+    assert table.loc[("strong", 2.0), "per_device_batch"] == 2
+    assert table.loc[("strong", 2.0), "efficiency"] == pytest.approx(15 / 12 / 2)

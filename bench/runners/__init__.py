@@ -76,6 +76,8 @@ def make_runner(
     upconv: str = "auto",
     loss: str = "ce",
     learning_rate: float = LEARNING_RATE,
+    devices: int | None = None,
+    sync_bn: bool = False,
 ) -> Runner:
     """A runner for one framework path.
 
@@ -87,10 +89,15 @@ def make_runner(
     ``loss`` "weighted" trains ``train_step`` on the paper's pixel-weighted
     cross-entropy (impls/losses.py) rather than the plain one. Adam's
     ``learning_rate`` is the same in every framework.
+
+    ``devices``: a data-parallel runner over that many devices of ``device``'s
+    kind (bench/runners/distributed.py; simulated ones for jax on a CPU), with
+    ``batch`` the global batch; ``sync_bn`` computes BatchNorm's statistics
+    over the global batch rather than per device.
     """
     if path not in PATHS:
         raise ValueError(f"path {path!r}: expected one of {', '.join(PATHS)}")
-    if precision not in PRECISIONS:
+    if precision not in (*PRECISIONS, "fp64"):  # fp64: for equivalence tests, not a benchmark axis
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r}: expected one of {', '.join(LOSSES)}")
@@ -101,10 +108,35 @@ def make_runner(
     if path in CUDA_ONLY_PATHS and device == "cpu":
         raise ValueError(f"path {path!r} needs a CUDA device (it relies on CUDA graphs or Triton autotuning)")
     spec.check_input((batch, spec.in_channels, size, size))
+    if devices is not None:
+        from bench.runners.distributed import DistributedRunner
+
+        return DistributedRunner(
+            path,
+            spec,
+            batch=batch,
+            size=size,
+            precision=precision,
+            device=device,
+            devices=devices,
+            sync_bn=sync_bn,
+            tf32=tf32,
+            upconv=upconv,
+            loss=loss,
+            learning_rate=learning_rate,
+        )
     module = importlib.import_module(
         "bench.runners.jax_runner" if path == "jax" else "bench.runners.torch_runner"
     )
     return module.make(
-        path, spec, batch=batch, size=size, precision=precision, device=device, tf32=tf32, upconv=upconv,
-        loss=loss, learning_rate=learning_rate,
-    )  # fmt: skip
+        path,
+        spec,
+        batch=batch,
+        size=size,
+        precision=precision,
+        device=device,
+        tf32=tf32,
+        upconv=upconv,
+        loss=loss,
+        learning_rate=learning_rate,
+    )

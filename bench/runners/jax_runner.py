@@ -47,12 +47,16 @@ class JaxRunner:
         learning_rate: float,
     ) -> None:
         self._rss_baseline = memory.settle()
+        self.spec = spec
         self.device = _device(device)
         self.cuda = self.device.platform == "gpu"
         self.device_name = self.device.device_kind if self.cuda else "cpu"
+        self._replicated = self._batched = jax.sharding.SingleDeviceSharding(self.device)
+        self._place_on_devices()
         # fp32 convs in full precision unless TF32 is asked for, as in the torch runner.
         self.matmul_precision = "tensorfloat32" if tf32 and self.cuda else "highest"
         compute_dtype = jnp.bfloat16 if precision == "bf16" else None
+        param_dtype = jnp.float64 if precision == "fp64" else jnp.float32
         upconv_seconds = None
         if upconv == "auto":
             upconv_seconds = time_upconv_forms(
@@ -61,11 +65,13 @@ class JaxRunner:
             upconv = min(upconv_seconds, key=upconv_seconds.get)
         self.work = workload(spec, batch, size)
 
-        abstract = flax_unet.abstract(spec, compute_dtype=compute_dtype, upconv_matmul=upconv == "matmul")
+        abstract = flax_unet.abstract(
+            spec, param_dtype, compute_dtype=compute_dtype, upconv_matmul=upconv == "matmul"
+        )
         model = convert.to_flax(self.work.weights, abstract)
         self._train_def, params, stats = nnx.split(model.train(), nnx.Param, nnx.BatchStat)
         self._eval_def = nnx.split(model.eval(), nnx.Param, nnx.BatchStat)[0]
-        self._initial = jax.device_put((params, stats), self.device)  # never donated
+        self._initial = jax.device_put((params, stats), self._replicated)  # never donated
         self._optimizer = optax.adam(learning_rate)
         self.images = self._to_device(self.work.images)
         self.labels = self._to_device(self.work.labels)
@@ -78,7 +84,7 @@ class JaxRunner:
             "compile": "jax.jit of the whole step (forward, loss, grad, optax.adam), params, "
             "statistics and optimizer state donated",
             "compute_dtype": "bfloat16" if compute_dtype else "float32",
-            "param_dtype": "float32",
+            "param_dtype": np.dtype(param_dtype).name,
             "tf32": self.matmul_precision == "tensorfloat32",
             "matmul_precision": self.matmul_precision,
             "optimizer": f"optax.adam({learning_rate})",
@@ -88,41 +94,37 @@ class JaxRunner:
             "memory": "XLA memory_analysis of the compiled step" if self.cuda else memory.METHOD,
         }
 
+    # -- what a data-parallel runner changes (bench/runners/jax_dp.py) ----------------
+
+    def _place_on_devices(self) -> None:
+        """Set the shardings of replicated state and of batches: one device here."""
+
+    def _step_function(self):
+        """The pure train step that jit compiles: the whole batch on one device here."""
+        return functools.partial(train_step, self._train_def, self._optimizer)
+
     # -- the pure step functions ------------------------------------------------
-
-    def _train_fn(self, params, stats, opt_state, images, labels, pixel_weights):
-        model = nnx.merge(self._train_def, params, stats)
-
-        def loss_fn(model):
-            logits = model(images)
-            return jax_weighted_cross_entropy(logits, labels, pixel_weights), logits
-
-        # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates back into model.
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        updates, opt_state = self._optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, nnx.state(model, nnx.BatchStat), opt_state, loss, logits
 
     def _infer_fn(self, params, stats, images):
         return nnx.merge(self._eval_def, params, stats)(images)
 
     def reset_compilation(self) -> None:
         jax.clear_caches()  # the persistent compilation cache on disk stays
-        self._train = jax.jit(self._train_fn, donate_argnums=(0, 1, 2))
+        self._train = jax.jit(self._step_function(), donate_argnums=(0, 1, 2))
         self._infer = jax.jit(self._infer_fn)
 
     def _reset_state(self) -> None:
         # Committed to the device like the step's outputs, so every call has the same cache key.
         params, stats = jax.tree.map(jnp.copy, self._initial)
         self.params, self.stats, self.opt_state = jax.device_put(
-            (params, stats, self._optimizer.init(params)), self.device
+            (params, stats, self._optimizer.init(params)), self._replicated
         )
 
     # -- the interface --------------------------------------------------------
 
     def _to_device(self, array: np.ndarray) -> jax.Array:
-        """Host array to the device; an NCHW batch becomes NHWC."""
-        return jax.device_put(array.transpose(0, 2, 3, 1) if array.ndim == 4 else array, self.device)
+        """A host batch to the device(s); NCHW becomes NHWC."""
+        return jax.device_put(array.transpose(0, 2, 3, 1) if array.ndim == 4 else array, self._batched)
 
     def _run_train(self, images, labels, pixel_weights):
         with jax.default_matmul_precision(self.matmul_precision):
@@ -184,6 +186,44 @@ class JaxRunner:
         )
 
 
+def gradients(train_def, params, stats, images, labels, pixel_weights, *, axis_name=None):
+    """Forward, (weighted) cross-entropy and its gradient: (loss, logits, grads, new stats).
+
+    With ``axis_name`` it runs per device under shard_map, as DDP does: each
+    device's BatchNorm uses its own batch statistics, gradients and loss are
+    averaged over the devices, and device 0's running statistics are kept
+    (DDP broadcasts rank 0's buffers).
+    """
+    model = nnx.merge(train_def, params, stats)
+
+    def loss_fn(model):
+        logits = model(images)
+        return jax_weighted_cross_entropy(logits, labels, pixel_weights), logits
+
+    # nnx.value_and_grad differentiates the Params and carries BatchNorm's updates back into model.
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    stats = nnx.state(model, nnx.BatchStat)
+    if axis_name is not None:
+        # The parameters are replicated (unvarying over the axis), so shard_map's autodiff
+        # already summed their gradients over the devices: divide for DDP's average.
+        grads = jax.tree.map(lambda g: g / jax.lax.axis_size(axis_name), grads)
+        loss = jax.lax.pmean(loss, axis_name)
+        first = jax.lax.axis_index(axis_name) == 0  # device 0's statistics, to every device:
+        stats = jax.tree.map(lambda s: jax.lax.psum(jnp.where(first, s, 0), axis_name), stats)
+    return loss, logits, grads, stats
+
+
+def train_step(
+    train_def, optimizer, params, stats, opt_state, images, labels, pixel_weights, *, axis_name=None
+):
+    """One Adam step: (params, stats, opt_state, loss, logits)."""
+    loss, logits, grads, stats = gradients(
+        train_def, params, stats, images, labels, pixel_weights, axis_name=axis_name
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss, logits
+
+
 def _nchw(logits: jax.Array) -> np.ndarray:
     return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
 
@@ -201,9 +241,15 @@ def time_upconv_forms(
     times = {}
     for form, layer in (("native", nnx.ConvTranspose), ("matmul", flax_unet.MatmulConvTranspose)):
         module = layer(
-            cin, cout, (2, 2), strides=(2, 2), padding="VALID", transpose_kernel=False,
-            dtype=compute_dtype, rngs=nnx.Rngs(0),
-        )  # fmt: skip
+            cin,
+            cout,
+            (2, 2),
+            strides=(2, 2),
+            padding="VALID",
+            transpose_kernel=False,
+            dtype=compute_dtype,
+            rngs=nnx.Rngs(0),
+        )
         graphdef, params = nnx.split(module)
 
         def loss(params, x, graphdef=graphdef):

@@ -49,22 +49,32 @@ class TorchRunner:
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         self.tf32 = tf32 and self.cuda
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        dtype = torch.float64 if precision == "fp64" else torch.float32
+        self.work = workload(spec, batch, size)
+        images = self._shard(self.work.images)
         upconv_seconds = None
         if upconv == "auto":
-            upconv_seconds = time_upconv_forms(spec, batch, size, self.device, self.autocast_dtype, self.tf32)
+            upconv_seconds = time_upconv_forms(
+                spec, len(images), size, self.device, self.autocast_dtype, self.tf32
+            )
             upconv = min(upconv_seconds, key=upconv_seconds.get)
-        self.work = workload(spec, batch, size)
 
-        self.model = torch_unet.build(spec, upconv_matmul=upconv == "matmul")
+        self.model = torch_unet.build(spec, dtype, upconv_matmul=upconv == "matmul")
         convert.to_torch(self.work.weights, self.model)
         self.model.to(self.device, memory_format=torch.channels_last)
+        self.net = self._wrap(self.model)
         # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
         self.compile_mode = COMPILE_MODES.get(path)
         fused = self.compile_mode is None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, fused=fused)
-        self.images = torch.from_numpy(self.work.images).to(self.device, memory_format=torch.channels_last)
-        self.labels = torch.from_numpy(self.work.labels).long().to(self.device)
-        self.pixel_weights = self._to_device(self.work.pixel_weights) if loss == "weighted" else None
+        self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.images = self._to_device(images.astype(self._input_dtype))
+        self.labels = self._to_device(self._shard(self.work.labels).astype(np.int64))
+        self.pixel_weights = None
+        if loss == "weighted":
+            self.pixel_weights = self._to_device(
+                self._shard(self.work.pixel_weights).astype(self._input_dtype)
+            )
         self._train = self._train_fn
         self._infer = self._infer_fn
         self.reset_compilation()
@@ -86,6 +96,16 @@ class TorchRunner:
             "memory": "torch.cuda.max_memory_allocated" if self.cuda else memory.METHOD,
         }
 
+    # -- what a data-parallel runner changes (bench/runners/torch_ddp.py) -------------
+
+    def _shard(self, array: np.ndarray) -> np.ndarray:
+        """This process's rows of a global batch: all of them on one device."""
+        return array
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the steps call: the model itself on one device."""
+        return model
+
     # -- the step functions; compiled whole when the path compiles --------------
 
     def _context(self) -> contextlib.ExitStack:
@@ -102,7 +122,7 @@ class TorchRunner:
     def _train_fn(self, images, labels, pixel_weights) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         with self._context():
-            logits = self.model(images)
+            logits = self.net(images)
         loss = torch_weighted_cross_entropy(logits, labels, pixel_weights)
         loss.backward()
         self.optimizer.step()
@@ -111,7 +131,7 @@ class TorchRunner:
     @torch.no_grad()
     def _infer_fn(self, images: torch.Tensor) -> torch.Tensor:
         with self._context():
-            return self.model(images)
+            return self.net(images)
 
     def reset_compilation(self) -> None:
         if self.compile_mode is None:
@@ -131,8 +151,8 @@ class TorchRunner:
         return tensor.to(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
 
     def _mode(self, training: bool) -> None:
-        if self.model.training != training:  # a walk over every module: not on every call
-            self.model.train(training)
+        if self.net.training != training:  # a walk over every module: not on every call
+            self.net.train(training)
 
     def infer(self) -> None:
         self._mode(False)
@@ -146,18 +166,20 @@ class TorchRunner:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         self._mode(False)
-        return self._infer(self._to_device(images)).float().cpu().numpy()
+        return self._infer(self._to_device(images.astype(self._input_dtype))).float().cpu().numpy()
 
     def fit(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
         self._mode(True)
         weights = None if pixel_weights is None else self._to_device(pixel_weights)
-        loss, _ = self._train(self._to_device(images), self._to_device(labels.astype(np.int64)), weights)
+        images = self._to_device(images.astype(self._input_dtype))
+        loss, _ = self._train(images, self._to_device(labels.astype(np.int64)), weights)
         return loss.item()
 
     def outputs(self, task: str) -> dict[str, np.ndarray]:
         self._reset_state()
         if task == "infer":
-            return {"logits": self.predict(self.work.images)}
+            self._mode(False)
+            return {"logits": self._infer(self.images).float().cpu().numpy()}
         self._mode(True)
         steps = []
         for _ in range(2):

@@ -1,0 +1,160 @@
+"""Data-parallel training equals the single-device computation, on CPU, in both frameworks.
+
+torch: DistributedDataParallel over 2 gloo processes (torchrun); jax: a Mesh of
+2 simulated host devices. In float64, so that per-weight agreement after an
+Adam step is meaningful (see the core parity tests), to the core bound 1e-8:
+
+- with per-device BatchNorm statistics (the default): as the per-device
+  computation done by hand, each half of the batch through its own forward
+  and backward, gradients averaged (device 0's running statistics kept);
+- with cross-device statistics: as one device on the whole batch.
+
+Also: a worker that dies or hangs is reported, naming its rank, within bounded time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bench.runners import LEARNING_RATE
+from bench.runners.distributed import DistributedError, DistributedRunner
+from bench.runners.workload import initial_weights, workload
+from impls import convert, torch_unet
+from impls.losses import torch_weighted_cross_entropy
+from impls.spec import UNetSpec
+from tests.helpers import assert_close
+
+SPEC = UNetSpec(width=4, depth=2)
+BATCH, SIZE, DEVICES = 4, 16, 2
+
+
+def _model() -> torch.nn.Module:
+    weights = {k: v.astype(np.float64) for k, v in initial_weights(SPEC).items()}
+    return convert.to_torch(weights, torch_unet.build(SPEC, torch.float64)).train()
+
+
+def _grads(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    logits = model(torch.from_numpy(images.astype(np.float64)))
+    torch_weighted_cross_entropy(logits, torch.from_numpy(labels.astype(np.int64))).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def reference(sync_bn: bool) -> dict[str, dict[str, np.ndarray]]:
+    """One Adam step by hand on one device: the whole batch, or each device's half."""
+    work = workload(SPEC, BATCH, SIZE)
+    model = _model()
+    if sync_bn:
+        grads = _grads(model, work.images, work.labels)
+    else:
+        share = BATCH // DEVICES
+        halves = [slice(r * share, (r + 1) * share) for r in range(DEVICES)]
+        # device 0 is `model` (its running statistics are the ones kept); the others are copies
+        per_device = [
+            _grads(model if r == 0 else copy.deepcopy(_model()), work.images[h], work.labels[h])
+            for r, h in enumerate(halves)
+        ]
+        grads = {n: sum(g[n] for g in per_device) / DEVICES for n in per_device[0]}
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    for name, parameter in model.named_parameters():
+        parameter.grad = grads[name]
+    optimizer.step()
+    return {
+        "gradients": {n: g.numpy() for n, g in grads.items()},
+        "weights": convert.from_torch(model),
+    }
+
+
+@pytest.mark.parametrize("sync_bn", [False, True], ids=["per-device-bn", "cross-device-bn"])
+@pytest.mark.parametrize("path", ["torch-eager", "jax"])
+def test_data_parallel_step_equals_the_single_device_computation(path: str, sync_bn: bool) -> None:
+    runner = DistributedRunner(
+        path,
+        SPEC,
+        batch=BATCH,
+        size=SIZE,
+        precision="fp64",
+        device="cpu",
+        devices=DEVICES,
+        sync_bn=sync_bn,
+        setup_timeout=300,
+        call_timeout=120,
+    )
+    try:
+        got = runner.probe()
+        assert "per device" in runner.settings["batchnorm"] or sync_bn
+    finally:
+        runner.close()
+    want = reference(sync_bn)
+    assert_close(got["gradients"], want["gradients"], 1e-8, SPEC, f"{path} gradients")
+    assert_close(got["weights"], want["weights"], 1e-8, SPEC, f"{path} weights and running statistics")
+    # the comparison can fail: per-device and global statistics give different gradients
+    other = reference(not sync_bn)["gradients"]["down0.conv1.weight"]
+    assert np.abs(got["gradients"]["down0.conv1.weight"] - other).max() > 1e-6
+
+
+@pytest.mark.parametrize(
+    ("action", "match"),
+    [
+        ("exit", "rank 1 died during 'train_step'"),
+        ("hang", r"ranks? (0, )?1 did not answer 'train_step' within 5 s"),
+    ],
+)
+def test_a_failing_rank_is_named_and_nothing_hangs(action: str, match: str) -> None:
+    runner = DistributedRunner(
+        "torch-eager",
+        SPEC,
+        batch=BATCH,
+        size=SIZE,
+        precision="fp32",
+        device="cpu",
+        devices=DEVICES,
+        setup_timeout=300,
+        call_timeout=5,
+        fault=f"rank=1,command=train_step,action={action}",
+    )
+    try:
+        with pytest.raises(DistributedError, match=match) as info:
+            runner.train_step()
+        assert "rank 1: injected fault" in str(info.value)  # the end of rank 1's log is quoted
+    finally:
+        runner.close()
+    assert runner._process.poll() is not None  # its processes are gone
+
+
+def test_standalone_workers_under_torchrun(tmp_path) -> None:
+    """How a multi-host run starts its workers (torchrun's rendezvous), here on one host."""
+    config = {
+        "path": "torch-eager",
+        "spec": json.loads(SPEC.to_json()),
+        "batch": BATCH,
+        "size": SIZE,
+        "precision": "fp32",
+        "device": "cpu",
+        "devices": DEVICES,
+        "steps": 3,
+        "out": str(tmp_path / "run.json"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc-per-node={DEVICES}",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+        "-m",
+        "bench.runners.dp_worker",
+        json.dumps(config),
+    ]
+    subprocess.run(command, check=True, timeout=300, capture_output=True)
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert len(summary["step_seconds"]) == 3 and summary["images_per_second"] > 0
+    assert "DistributedDataParallel over 2 processes (gloo)" in summary["settings"]["engine"]
