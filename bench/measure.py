@@ -170,19 +170,7 @@ class Session:
         try:
             reference, baseline = self._reference(case)
             self._warm_up_runtime(case)
-            runner = make_runner(
-                case.path,
-                self.spec,
-                batch=case.batch,
-                size=case.size,
-                precision=case.precision,
-                device=case.device,
-                tf32=self.tf32,
-                upconv=self.upconv,
-                loss=self.loss,
-                devices=case.devices,
-                sync_bn=self.sync_bn,
-            )
+            runner = self.make_runner(case)
             if case.devices:
                 record["messaging_seconds"] = runner.messaging_seconds()
             call = self._call(case, runner)
@@ -218,6 +206,22 @@ class Session:
                     f.write(json.dumps(record, default=str) + "\n")
             gc.collect()
         return record
+
+    def make_runner(self, case: Case):
+        """The case's runner, with the session's options."""
+        return make_runner(
+            case.path,
+            self.spec,
+            batch=case.batch,
+            size=case.size,
+            precision=case.precision,
+            device=case.device,
+            tf32=self.tf32,
+            upconv=self.upconv,
+            loss=self.loss,
+            devices=case.devices,
+            sync_bn=self.sync_bn,
+        )
 
     def _call(self, case: Case, runner):
         """The function a round times: one train step, one forward, or one whole tiled image."""

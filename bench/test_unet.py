@@ -13,7 +13,6 @@ import time
 import pytest
 
 from bench.measure import Case, Session
-from bench.runners import make_runner
 
 
 def test_unet(case: Case, bench_session: Session, benchmark) -> None:
@@ -28,16 +27,7 @@ def test_timer_agrees_with_a_hand_loop(bench_cases: list[Case], bench_session: S
     )
     if case is None:
         pytest.skip("no train case in the matrix")
-    runner = make_runner(
-        case.path,
-        bench_session.spec,
-        batch=case.batch,
-        size=case.size,
-        precision=case.precision,
-        device=case.device,
-        tf32=bench_session.tf32,
-        upconv=bench_session.upconv,
-    )
+    runner = bench_session.make_runner(case)
 
     def hand_loop(rounds: int) -> list[float]:
         seconds = []

@@ -108,29 +108,7 @@ def make_runner(
     if path in CUDA_ONLY_PATHS and device == "cpu":
         raise ValueError(f"path {path!r} needs a CUDA device (it relies on CUDA graphs or Triton autotuning)")
     spec.check_input((batch, spec.in_channels, size, size))
-    if devices is not None:
-        from bench.runners.distributed import DistributedRunner
-
-        return DistributedRunner(
-            path,
-            spec,
-            batch=batch,
-            size=size,
-            precision=precision,
-            device=device,
-            devices=devices,
-            sync_bn=sync_bn,
-            tf32=tf32,
-            upconv=upconv,
-            loss=loss,
-            learning_rate=learning_rate,
-        )
-    module = importlib.import_module(
-        "bench.runners.jax_runner" if path == "jax" else "bench.runners.torch_runner"
-    )
-    return module.make(
-        path,
-        spec,
+    case = dict(
         batch=batch,
         size=size,
         precision=precision,
@@ -140,3 +118,9 @@ def make_runner(
         loss=loss,
         learning_rate=learning_rate,
     )
+    if devices is not None:
+        from bench.runners.distributed import DistributedRunner
+
+        return DistributedRunner(path, spec, devices=devices, sync_bn=sync_bn, **case)
+    framework = "bench.runners.jax_runner" if path == "jax" else "bench.runners.torch_runner"
+    return importlib.import_module(framework).make(path, spec, **case)
