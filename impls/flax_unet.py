@@ -136,6 +136,28 @@ class MatmulConvTranspose(nnx.ConvTranspose):
         return y + self.bias[...].astype(y.dtype)
 
 
+def transposed_upconv(
+    in_ch: int, out_ch: int, *, matmul: bool, dtype, param_dtype, rngs: nnx.Rngs
+) -> nnx.ConvTranspose:
+    """The 2x2 stride-2 up-convolution, as Flax's layer or as MatmulConvTranspose.
+
+    transpose_kernel=False: the kernel is that of the equivalent dilated conv,
+    i.e. PyTorch's weight flipped spatially (convert.py).
+    """
+    layer = MatmulConvTranspose if matmul else nnx.ConvTranspose
+    return layer(
+        in_ch,
+        out_ch,
+        (2, 2),
+        strides=(2, 2),
+        padding="VALID",
+        transpose_kernel=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
 class Up(DoubleConv):
     """Up-convolution, concat([skip, upsampled]), then a DoubleConv: ``up{i}``."""
 
@@ -151,19 +173,8 @@ class Up(DoubleConv):
         rngs: nnx.Rngs,
     ) -> None:
         if spec.upsample == "transpose":
-            # transpose_kernel=False: the kernel is that of the equivalent
-            # dilated conv, i.e. PyTorch's weight flipped spatially (convert.py).
-            layer = MatmulConvTranspose if upconv_matmul else nnx.ConvTranspose
-            self.upconv = layer(
-                in_ch,
-                out_ch,
-                (2, 2),
-                strides=(2, 2),
-                padding="VALID",
-                transpose_kernel=False,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=rngs,
+            self.upconv = transposed_upconv(
+                in_ch, out_ch, matmul=upconv_matmul, dtype=dtype, param_dtype=param_dtype, rngs=rngs
             )
         else:
             self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

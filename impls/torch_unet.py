@@ -86,6 +86,12 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
         return F.pixel_shuffle(F.conv2d(x, weight, self.bias.repeat_interleave(4)), 2)
 
 
+def transposed_upconv(in_ch: int, out_ch: int, *, matmul: bool) -> nn.ConvTranspose2d:
+    """The 2x2 stride-2 up-convolution, as PyTorch's layer or as MatmulConvTranspose2d."""
+    layer = MatmulConvTranspose2d if matmul else nn.ConvTranspose2d
+    return layer(in_ch, out_ch, 2, stride=2)
+
+
 class Up(DoubleConv):
     """Up-convolution, concat([skip, upsampled]), then a DoubleConv: ``up{i}``."""
 
@@ -93,8 +99,7 @@ class Up(DoubleConv):
         nn.Module.__init__(self)
         # Registered before the convs so that the state_dict follows the data.
         if spec.upsample == "transpose":
-            layer = MatmulConvTranspose2d if upconv_matmul else nn.ConvTranspose2d
-            self.upconv = layer(in_ch, out_ch, 2, stride=2)
+            self.upconv = transposed_upconv(in_ch, out_ch, matmul=upconv_matmul)
         else:
             self.upconv = BilinearUpconv(in_ch, out_ch)
         self._add_convs(spec, in_ch, out_ch)  # skip (out_ch) + upsampled (out_ch) = in_ch

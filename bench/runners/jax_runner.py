@@ -239,16 +239,9 @@ def time_upconv_forms(
     side = spec.output_size(size, size)[0] // 2 + 1  # up0's input, about
     x = jax.device_put(jnp.ones((batch, side, side, cin), jnp.float32), device)
     times = {}
-    for form, layer in (("native", nnx.ConvTranspose), ("matmul", flax_unet.MatmulConvTranspose)):
-        module = layer(
-            cin,
-            cout,
-            (2, 2),
-            strides=(2, 2),
-            padding="VALID",
-            transpose_kernel=False,
-            dtype=compute_dtype,
-            rngs=nnx.Rngs(0),
+    for form in ("native", "matmul"):
+        module = flax_unet.transposed_upconv(
+            cin, cout, matmul=form == "matmul", dtype=compute_dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0)
         )
         graphdef, params = nnx.split(module)
 

@@ -227,8 +227,9 @@ def time_upconv_forms(
     x = torch.randn(batch, cin, side, side, device=device).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
     times = {}
-    for form, layer in (("native", torch.nn.ConvTranspose2d), ("matmul", torch_unet.MatmulConvTranspose2d)):
-        module = layer(cin, cout, 2, stride=2).to(device, memory_format=torch.channels_last)
+    for form in ("native", "matmul"):
+        module = torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul")
+        module.to(device, memory_format=torch.channels_last)
         samples = []
         for _ in range(4):  # the first is warm-up
             start = time.perf_counter()
