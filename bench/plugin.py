@@ -235,7 +235,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def bench_session(request: pytest.FixtureRequest) -> Session:
-    return request.config.stash[SESSION_KEY]
+    session = request.config.stash[SESSION_KEY]
+    if request.config.getoption("benchmark_only") or not request.config.getoption("benchmark_disable"):
+        # The device's peak, measured before any case runs: nothing else is busy yet.
+        cases = request.config.stash[CASES_KEY] + request.config.stash[SCALING_KEY]
+        for device, precision in sorted({(c.device, c.precision) for c in cases}):
+            environment.peak_tflops(device, precision, session.tf32 and device != "cpu")
+    return session
 
 
 @pytest.fixture(scope="session")
