@@ -196,6 +196,9 @@ class Session:
             record.update(status=_status_of(error), message=f"{type(error).__name__}: {error}")
             record["traceback"] = traceback.format_exc(limit=8)
             raise CaseFailure(record["status"], record["message"]) from error
+        except BaseException:  # Ctrl-C or a time limit: recorded, then the run stops as asked
+            record.update(status="interrupted", message="the run was stopped during this case")
+            raise
         finally:
             if case.devices and runner is not None:
                 runner.close()  # its worker processes, before the next case starts its own

@@ -88,7 +88,7 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     section = data.get("unet_bench", {})
     failures = pd.DataFrame(
         [
-            {**f["case"], "status": f["status"], "message": f.get("message", "")}
+            {**f["case"], "status": f.get("status", "interrupted"), "message": f.get("message", "")}
             for f in section.get("failures", [])
         ]
     )
@@ -270,6 +270,9 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
             _cells(
                 _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"), "{0:.3g} ({1:.0%})"
             ).pipe(_md),
+            "",
+            "FLOPs are nominal, those of direct convolution; cuDNN may pick Winograd or FFT algorithms "
+            "that do fewer, so a figure above 100% means such an algorithm, not a faster chip.",
             "",
         ]
     if not scaling.empty:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import gate, measure
+from bench import gate, measure, report
 from bench.measure import Case, CaseFailure, Session
 from bench.runners import make_runner
 from impls import convert
@@ -114,7 +114,7 @@ class _Benchmark:
 class _FakeRunner:
     device_name = "cpu"
 
-    def __init__(self, outputs: dict, fail_with: Exception | None) -> None:
+    def __init__(self, outputs: dict, fail_with: BaseException | None) -> None:
         self._outputs, self._fail_with = outputs, fail_with
         self.settings: dict = {}
 
@@ -159,3 +159,21 @@ def test_failed_cases_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) 
     assert "CUDA out of memory" in lines[0]["message"]
     assert "parity gate: jax differs from torch eager fp32: logits err 2.00e+00" in lines[1]["message"]
     assert lines[2]["gflop_per_image"] > 0
+
+
+def test_an_interrupted_case_is_recorded_and_the_report_still_written(tmp_path, monkeypatch) -> None:
+    """A run stopped mid-case (Ctrl-C, a time limit) keeps what it measured, and says which case it cut."""
+    stopped = _FakeRunner({"logits": np.ones((2, 2, 16, 16))}, KeyboardInterrupt())
+    monkeypatch.setattr(measure, "make_runner", lambda *a, **k: stopped)
+    session = Session(SPEC, progress=tmp_path / "progress.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        session.run(Case("jax", "train", SIZE, BATCH, "fp32", "cpu"), _Benchmark())
+    assert [r["status"] for r in session.records] == ["interrupted"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "benchmark.json").write_text(
+        json.dumps({"benchmarks": [], "unet_bench": {"failures": session.records}}, default=str)
+    )
+    text = report.write_run(run_dir)
+    assert "| jax    | train  |     16 |       2 | fp32        | cpu" in text
+    assert "| interrupted | the run was stopped during this case |" in text
