@@ -241,12 +241,14 @@ class Session:
         image = cells.generate(1, self.image_size, seed=0).images[0]
         return np.repeat(image, self.spec.in_channels, axis=0)
 
-    def time_rounds(self, call, benchmark, before=lambda: None) -> None:
+    def time_rounds(self, call, benchmark, before=lambda: None, min_rounds: int = 0) -> None:
         """Rounds of exactly one ``call`` each, timed by pytest-benchmark.
 
-        One timed call first sets how many: ``min_rounds``, or more to fill ``max_time``.
+        One timed call first sets how many: ``min_rounds`` (the session's if
+        larger), or more to fill ``max_time``.
         """
-        rounds = max(self.min_rounds, min(1000, math.ceil(self.max_time / _timed(call))))
+        fill = min(1000, math.ceil(self.max_time / _timed(call)))
+        rounds = max(self.min_rounds, min_rounds, fill)
         before()
         benchmark.pedantic(call, rounds=rounds, iterations=1)
 

@@ -14,6 +14,8 @@ import pytest
 
 from bench.measure import Case, Session
 
+ROUNDS = 20  # of the timer check, each way
+
 
 def test_unet(case: Case, bench_session: Session, benchmark) -> None:
     benchmark.group = case.group
@@ -39,14 +41,21 @@ def test_timer_agrees_with_a_hand_loop(bench_cases: list[Case], bench_session: S
 
     for _ in range(3):
         runner.train_step()
-    seconds = hand_loop(5)  # half of the loop before, half after: drift falls on both sides
+    # Half of the loop before, half after: drift falls on both sides. More rounds
+    # than a case takes, so that the medians are steady on a noisy machine.
+    seconds = hand_loop(ROUNDS // 2)
     benchmark.group = "timer check"
-    bench_session.time_rounds(runner.train_step, benchmark)  # as every case is timed
+    bench_session.time_rounds(runner.train_step, benchmark, min_rounds=ROUNDS)  # as every case is timed
     if benchmark.stats is None:
         pytest.skip("timing disabled")
-    seconds += hand_loop(max(benchmark.stats.stats.rounds - 5, 5))
-    by_hand, by_plugin = statistics.median(seconds), benchmark.stats.stats.median
-    benchmark.extra_info.update(case=case.id, median_hand_loop=by_hand, median_pytest_benchmark=by_plugin)
-    assert abs(by_plugin / by_hand - 1) <= 0.05, (
-        f"pytest-benchmark {by_plugin:.4f}s, hand loop {by_hand:.4f}s"
+    seconds += hand_loop(ROUNDS // 2)
+    stats = benchmark.stats.stats
+    by_hand, by_plugin = statistics.median(seconds), stats.median
+    # A bias of the timer shows beyond 5% and beyond the rounds' own spread.
+    allowed = max(0.05, stats.iqr / stats.median)
+    benchmark.extra_info.update(
+        case=case.id, median_hand_loop=by_hand, median_pytest_benchmark=by_plugin, allowed=allowed
+    )
+    assert abs(by_plugin / by_hand - 1) <= allowed, (
+        f"pytest-benchmark {by_plugin:.4f}s, hand loop {by_hand:.4f}s: more apart than {allowed:.1%}"
     )
