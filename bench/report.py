@@ -86,6 +86,7 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if not measured.empty:
         measured["devices"] = measured["devices"].astype(float)
     section = data.get("unet_bench", {})
+    # A record without a status is a case cut short by a version that did not name it so.
     failures = pd.DataFrame(
         [
             {**f["case"], "status": f.get("status", "interrupted"), "message": f.get("message", "")}
