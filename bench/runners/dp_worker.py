@@ -40,6 +40,15 @@ def _fault(rank: int) -> tuple[str | None, str | None]:
     return fields.get("command"), fields.get("action")
 
 
+# The entries of a worker's config that go to the single-device runner it extends.
+RUNNER_ARGUMENTS = ("batch", "size", "precision", "device", "tf32", "upconv", "loss", "learning_rate")
+
+
+def runner_arguments(config: dict, **overrides) -> dict:
+    """The single-device runner's keyword arguments from ``config``, some replaced by ``overrides``."""
+    return {**{name: config[name] for name in RUNNER_ARGUMENTS}, **overrides}
+
+
 def main(argv: list[str]) -> int:
     config = json.loads(argv[0])
     rank = int(os.environ.get("RANK", os.environ.get("JAX_PROCESS_ID", 0)))

@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bench.runners.dp_worker import runner_arguments
 from bench.runners.jax_runner import JaxRunner, gradients, train_step
 from impls import convert
 
@@ -25,17 +26,7 @@ class JaxDPRunner(JaxRunner):
         if int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
             jax.distributed.initialize()  # coordinator, process count and id from the environment
         self.devices, self.sync_bn = config["devices"], config["sync_bn"]
-        super().__init__(
-            config["spec"],
-            batch=config["batch"],
-            size=config["size"],
-            precision=config["precision"],
-            device=config["device"],
-            tf32=config["tf32"],
-            upconv=config["upconv"],
-            loss=config["loss"],
-            learning_rate=config["learning_rate"],
-        )
+        super().__init__(config["spec"], **runner_arguments(config))
         self.settings.update(
             engine=f"jax.jit over a Mesh of {self.devices} devices, batch sharded with NamedSharding",
             batchnorm="global batch (GSPMD)"

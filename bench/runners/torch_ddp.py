@@ -11,6 +11,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from bench.runners.dp_worker import runner_arguments
 from bench.runners.torch_runner import TorchRunner
 from impls import convert
 
@@ -59,18 +60,8 @@ class TorchDDPRunner(TorchRunner):
         local = int(os.environ.get("LOCAL_RANK", 0))
         if cuda:
             torch.cuda.set_device(local)
-        super().__init__(
-            config["path"],
-            config["spec"],
-            batch=config["batch"],
-            size=config["size"],
-            precision=config["precision"],
-            device=f"cuda:{local}" if cuda else "cpu",
-            tf32=config["tf32"],
-            upconv=config["upconv"],
-            loss=config["loss"],
-            learning_rate=config["learning_rate"],
-        )
+        device = f"cuda:{local}" if cuda else "cpu"
+        super().__init__(config["path"], config["spec"], **runner_arguments(config, device=device))
         self.settings.update(
             engine=f"DistributedDataParallel over {self.world} processes ({'nccl' if cuda else 'gloo'})",
             batchnorm=self._batchnorm_setting,
