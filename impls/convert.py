@@ -19,16 +19,18 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import safetensors
-import safetensors.torch
-import torch
-from flax import nnx
+import safetensors.numpy
 
 from impls.spec import UNetSpec
+
+if TYPE_CHECKING:  # each framework is imported where it is used: a jax process never loads torch
+    import torch
+    from flax import nnx
 
 SPEC_METADATA_KEY = "unet_spec"
 
@@ -68,6 +70,8 @@ def check_weights(
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    import torch
+
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
@@ -75,6 +79,8 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    import torch
+
     array = np.ascontiguousarray(array)
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
@@ -95,6 +101,8 @@ def from_torch(module: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def to_torch(weights: Mapping[str, np.ndarray], module: torch.nn.Module) -> torch.nn.Module:
     """Load canonical weights into ``module`` in place, in the module's own dtype."""
+    import torch
+
     state = _torch_state(module)
     check_weights(weights, {k: tuple(v.shape) for k, v in state.items()}, "the PyTorch model")
     with torch.no_grad():
@@ -137,6 +145,8 @@ def from_flax_state(state: nnx.State, spec: UNetSpec) -> dict[str, np.ndarray]:
 
     Every path in ``state`` must be one of the spec's canonical weights.
     """
+    from flax import nnx
+
     names = {_flax_path(n): n for n in spec.param_shapes()}
     flat = [(tuple(map(str, path)), v) for path, v in nnx.to_flat_state(state)]
     unknown = [".".join(path) for path, _ in flat if path not in names]
@@ -150,6 +160,8 @@ def from_flax_state(state: nnx.State, spec: UNetSpec) -> dict[str, np.ndarray]:
 
 def from_flax(module: nnx.Module) -> dict[str, np.ndarray]:
     """The canonical dict of a Flax U-Net (a copy, in the module's dtype)."""
+    from flax import nnx
+
     spec: UNetSpec = module.spec
     weights = from_flax_state(nnx.state(module), spec)
     return {name: weights[name] for name in spec.param_shapes()}  # canonical order
@@ -160,6 +172,9 @@ def to_flax(weights: Mapping[str, np.ndarray], module: nnx.Module) -> nnx.Module
 
     ``module`` may be ``flax_unet.abstract(spec)``, which has no values yet.
     """
+    import jax.numpy as jnp
+    from flax import nnx
+
     spec: UNetSpec = module.spec
     check_weights(weights, spec.param_shapes(), "the Flax model")
     flat = dict(nnx.to_flat_state(nnx.state(module)))
@@ -179,15 +194,15 @@ def to_flax(weights: Mapping[str, np.ndarray], module: nnx.Module) -> nnx.Module
 def save(path: str | Path, weights: Mapping[str, np.ndarray], spec: UNetSpec) -> None:
     """Write canonical weights as safetensors, with the spec in the file's metadata."""
     check_weights(weights, spec.param_shapes(), f"{spec} (refusing to write {path})")
-    tensors = {name: _to_tensor(weights[name]) for name in spec.param_shapes()}
-    safetensors.torch.save_file(tensors, str(path), metadata={SPEC_METADATA_KEY: spec.to_json()})
+    arrays = {name: np.ascontiguousarray(weights[name]) for name in spec.param_shapes()}
+    safetensors.numpy.save_file(arrays, str(path), metadata={SPEC_METADATA_KEY: spec.to_json()})
 
 
 def load(path: str | Path) -> tuple[dict[str, np.ndarray], UNetSpec]:
     """Read a file written by ``save``: (canonical weights, spec), checked against each other."""
-    with safetensors.safe_open(str(path), framework="pt") as f:
+    with safetensors.safe_open(str(path), framework="numpy") as f:
         metadata = f.metadata() or {}
-        weights = {name: _to_numpy(f.get_tensor(name)) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     if SPEC_METADATA_KEY not in metadata:
         raise ValueError(
             f"{path}: no {SPEC_METADATA_KEY!r} in the safetensors metadata, so the architecture "
@@ -239,6 +254,8 @@ def from_milesial(state_dict_or_path: Mapping[str, torch.Tensor] | str | Path) -
     entry). Returns canonical weights and the spec that computes exactly what
     the original computes, at every input size it accepts (``pad_to_skip``).
     """
+    import torch
+
     if isinstance(state_dict_or_path, (str, Path)):
         state = torch.load(state_dict_or_path, map_location="cpu", weights_only=True)
     else:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from impls.spec import KERNEL, UNetSpec
@@ -273,3 +274,16 @@ def predictor(model: UNet) -> Callable[[np.ndarray], np.ndarray]:
         return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
 
     return predict
+
+
+def weighted_cross_entropy(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """mean over pixels of w(x) * CE(x); NHWC logits, (N, H, W) labels and weights.
+
+    Computed in float32 at least (bfloat16 logits are promoted).
+    """
+    pixel = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
+    )
+    return (pixel if weights is None else pixel * weights).mean()

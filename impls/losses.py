@@ -1,4 +1,4 @@
-"""The paper's pixel-weighted loss: the weight map, and weighted cross-entropy in both frameworks.
+"""The paper's pixel-weighted loss: the weight map (numpy; each model file has its weighted cross-entropy).
 
 Ronneberger et al. 2015, eq. (2): w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2)),
 where w_c balances the classes and d1, d2 are the distances from background
@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 # Beyond d1 + d2 = 6 sigma the border term is below exp(-18) < 1e-7 of w0.
@@ -78,32 +73,3 @@ def weight_map(instances: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0) -
     d1, d2 = _two_nearest(instances, _TRUNCATION_SIGMAS * sigma)
     border = w0 * np.exp(-np.square(d1 + d2) / (2 * sigma**2))  # exp(-inf) = 0 where < 2 cells are near
     return (weights + np.where(foreground, 0.0, border)).astype(np.float32)
-
-
-# -- pixel-weighted softmax cross-entropy, mean over pixels, in each framework ----------
-
-
-def torch_weighted_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """mean over pixels of w(x) * CE(x); NCHW logits, (N, H, W) labels and weights.
-
-    Computed in float32 at least (bfloat16 logits are promoted), as autocast does.
-    """
-    pixel = F.cross_entropy(
-        logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="none"
-    )
-    return (pixel if weights is None else pixel * weights).mean()
-
-
-def jax_weighted_cross_entropy(
-    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
-) -> jax.Array:
-    """mean over pixels of w(x) * CE(x); NHWC logits, (N, H, W) labels and weights.
-
-    Computed in float32 at least (bfloat16 logits are promoted).
-    """
-    pixel = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
-    )
-    return (pixel if weights is None else pixel * weights).mean()

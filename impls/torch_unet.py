@@ -158,3 +158,16 @@ def predictor(model: UNet) -> Callable[[np.ndarray], np.ndarray]:
         return model(x).float().cpu().numpy()
 
     return predict
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """mean over pixels of w(x) * CE(x); NCHW logits, (N, H, W) labels and weights.
+
+    Computed in float32 at least (bfloat16 logits are promoted), as autocast does.
+    """
+    pixel = F.cross_entropy(
+        logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="none"
+    )
+    return (pixel if weights is None else pixel * weights).mean()

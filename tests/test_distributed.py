@@ -27,7 +27,6 @@ from bench.runners import LEARNING_RATE
 from bench.runners.distributed import DistributedError, DistributedRunner
 from bench.runners.workload import initial_weights, workload
 from impls import convert, torch_unet
-from impls.losses import torch_weighted_cross_entropy
 from impls.spec import UNetSpec
 from tests.helpers import assert_close
 
@@ -43,7 +42,7 @@ def _model() -> torch.nn.Module:
 def _grads(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
     model.zero_grad()
     logits = model(torch.from_numpy(images.astype(np.float64)))
-    torch_weighted_cross_entropy(logits, torch.from_numpy(labels.astype(np.int64))).backward()
+    torch_unet.weighted_cross_entropy(logits, torch.from_numpy(labels.astype(np.int64))).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 

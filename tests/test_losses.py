@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from bench import cells
-from impls.losses import class_balance, jax_weighted_cross_entropy, torch_weighted_cross_entropy, weight_map
+from impls import flax_unet, torch_unet
+from impls.losses import class_balance, weight_map
 
 
 def _untruncated(instances: np.ndarray, w0: float, sigma: float) -> np.ndarray:
@@ -62,8 +63,8 @@ def test_weighted_cross_entropy_matches_across_frameworks() -> None:
     logits = rng.normal(size=(2, 3, 8, 9)).astype(np.float32)
     labels = rng.integers(0, 3, (2, 8, 9))
     weights = rng.uniform(0.5, 10, (2, 8, 9)).astype(np.float32)
-    ours = torch_weighted_cross_entropy(torch.tensor(logits), torch.tensor(labels), torch.tensor(weights))
-    theirs = jax_weighted_cross_entropy(
+    ours = torch_unet.weighted_cross_entropy(torch.tensor(logits), torch.tensor(labels), torch.tensor(weights))
+    theirs = flax_unet.weighted_cross_entropy(
         jnp.asarray(logits.transpose(0, 2, 3, 1)), jnp.asarray(labels), jnp.asarray(weights)
     )
     assert abs(float(ours) - float(theirs)) <= 1e-6 * abs(float(ours))
@@ -71,7 +72,7 @@ def test_weighted_cross_entropy_matches_across_frameworks() -> None:
         weights
     )
     assert float(ours) == pytest.approx(float(by_hand.mean()), rel=1e-6)
-    unweighted = torch_weighted_cross_entropy(torch.tensor(logits), torch.tensor(labels))
+    unweighted = torch_unet.weighted_cross_entropy(torch.tensor(logits), torch.tensor(labels))
     assert float(unweighted) == pytest.approx(
         float(F.cross_entropy(torch.tensor(logits), torch.tensor(labels)))
     )
