@@ -1,13 +1,16 @@
 """What a run was measured on: versions, hardware, settings; and the device's peak.
 
-Frameworks are imported inside the functions, so that the benchmark plugin
-can call these without importing torch or jax itself.
+The sweep's process imports no framework: what only torch can say (is there a
+GPU, its name, CUDA and cuDNN versions, the device's measured peak) is asked
+of ``python -m bench.environment`` in a process of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import platform
 import re
@@ -30,21 +33,39 @@ PACKAGES = (
     "jax-cuda12-plugin",
     "jax-cuda13-plugin",
 )
-ENV_FLAGS = (
-    "XLA_FLAGS",
-    "XLA_PYTHON_CLIENT_PREALLOCATE",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "CUDA_VISIBLE_DEVICES",
-    "TORCHINDUCTOR_CACHE_DIR",
-    "JAX_COMPILATION_CACHE_DIR",
-)
+ENV_FLAGS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+PROBE_TIMEOUT = 600.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProbeError(RuntimeError):
+    """``python -m bench.environment`` failed."""
+
+
+def probe(*args: str) -> dict:
+    """Run ``python -m bench.environment ARGS`` in its own process; its JSON answer."""
+    command = [sys.executable, "-m", "bench.environment", *args]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ProbeError(f"{' '.join(command[1:])} did not answer within {PROBE_TIMEOUT:.0f} s") from error
+    if done.returncode:
+        raise ProbeError(f"{' '.join(command[1:])} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@functools.cache
+def gpus() -> tuple[str, ...]:
+    """The CUDA devices torch sees, by name (none without an NVIDIA driver: no process started)."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return ()
+    return tuple(probe("gpus")["gpus"])
 
 
 def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if gpus() else "cpu"
 
 
 def cpu_name() -> str:
@@ -60,9 +81,8 @@ def cpu_name() -> str:
 def device_name(device: str) -> str:
     if device == "cpu":
         return f"{cpu_name()} ({os.cpu_count()} cores)"
-    import torch
-
-    return torch.cuda.get_device_name(torch.device(device))
+    index = int(device.partition(":")[2] or 0)
+    return gpus()[index]
 
 
 def device_slug(device: str) -> str:
@@ -70,12 +90,35 @@ def device_slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
 
 
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0]}
+    for package in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[package] = metadata.version(package)
+    return found
+
+
+def code_hash() -> str:
+    """A hash of the code that builds and runs a model: part of a compile cache's key."""
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/runners/*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+            cwd=ROOT,
         )
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10, cwd=ROOT
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -83,45 +126,50 @@ def _git_commit() -> str | None:
 
 def describe(device: str) -> dict:
     """Versions, hardware, thread counts and flags, for every result."""
-    import jax
-    import torch
-
-    versions = {"python": sys.version.split()[0]}
-    for package in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
     info = {
-        "versions": versions,
+        "versions": versions(),
         "device": device,
         "device_name": device_name(device),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "jax_devices": [str(d) for d in jax.devices()],
         "platform": platform.platform(),
         "flags": {k: os.environ[k] for k in ENV_FLAGS if k in os.environ},
         "git_commit": _git_commit(),
+        **probe("torch", device),
     }
-    if device != "cpu":
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 
 @functools.cache
 def peak_tflops(device: str, precision: str, tf32: bool = False) -> float:
-    """The device's dense throughput in ``precision``, measured with torch: the ceiling for utilization.
+    """The device's dense throughput in ``precision``, measured with torch in a process of its own."""
+    return probe("peak", device, precision, "tf32" if tf32 else "ieee")["tflops"]
 
-    The larger of two micro-benchmarks, best of five runs after a warm-up
-    each: a square matmul (2048 on a CPU, 8192 on a GPU) and a 3x3 conv of
-    512 channels (batch 8, 32 px on a CPU, 64 px on a GPU), channels_last.
-    (On CPUs oneDNN's convolutions outrun the matmul.)
-    """
+
+# -- the probe process: imports torch ---------------------------------------------------
+
+
+def _torch_facts(device: str) -> dict:
+    import torch
+
+    facts = {"torch_threads": torch.get_num_threads()}
+    if device != "cpu":
+        facts.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return facts
+
+
+def _measure_peak(device: str, precision: str, fp32_precision: str) -> float:
+    """The larger of two micro-benchmarks, best of five runs after a warm-up each: a square matmul
+    (2048 on a CPU, 8192 on a GPU) and a 3x3 conv of 512 channels (batch 8, 32 px on a CPU, 64 px
+    on a GPU), channels_last. (On CPUs oneDNN's convolutions outrun the matmul.)"""
     import torch
     import torch.nn.functional as F
 
+    from bench.runners.torch_runner import set_precision
+
     dev = torch.device(device)
     cpu = dev.type == "cpu"
+    set_precision(fp32_precision == "tf32", not cpu)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     n, side = (2048, 32) if cpu else (8192, 64)
     a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
@@ -143,10 +191,25 @@ def peak_tflops(device: str, precision: str, tf32: bool = False) -> float:
                 best = min(best, time.perf_counter() - start)
         return best
 
-    with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
-            return max(flop / best_seconds(kernel) / 1e12 for flop, kernel in kernels.items())
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
+    return max(flop / best_seconds(kernel) / 1e12 for flop, kernel in kernels.items())
+
+
+def main(argv: list[str]) -> int:
+    command, *args = argv
+    if command == "gpus":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        answer: dict = {"gpus": [torch.cuda.get_device_name(i) for i in range(count)]}
+    elif command == "torch":
+        answer = _torch_facts(args[0])
+    elif command == "peak":
+        answer = {"tflops": _measure_peak(*args)}
+    else:
+        raise SystemExit(f"python -m bench.environment: unknown command {command!r}")
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,11 +1,19 @@
-"""The parity gate: a path gets a number only if it computes what torch eager fp32 computes."""
+"""The parity gate: a path gets a number only if it computes what torch eager fp32 computes.
+
+It compares the forward (logits) and, for training, the backward (every
+parameter's gradient in the first step) and the update (the loss of the
+second step, which the first step's Adam update decides).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from impls.spec import UNetSpec
 
 # fp32 agreement bound, and the floor of every bound: a lower-precision
 # allowance can be looser than fp32's, never tighter.
@@ -13,10 +21,41 @@ FP32_TOLERANCE = 1e-4
 LOW_PRECISION_FACTOR = 2.0
 
 
-def err(a: np.ndarray, ref: np.ndarray) -> float:
-    """max|a - ref| / max|ref|, the project's one measure of difference."""
+def err(a: np.ndarray, ref: np.ndarray, scale: float | None = None) -> float:
+    """max|a - ref| / max|ref| (or / scale), the project's one measure of difference."""
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
+    return float(np.max(np.abs(a - ref)) / (np.max(np.abs(ref)) if scale is None else scale))
+
+
+def block_relative(spec: UNetSpec) -> set[str]:
+    """Zero-gradient biases and the running means that track them: their true value is 0 (or
+    tracks nothing), so they are measured against the largest tensor of their kind in their block."""
+    biases = spec.zero_gradient_biases()
+    means = set()
+    for name in biases:
+        block, layer, _ = name.split(".")
+        norm = "norm1" if layer == "upconv" else layer.replace("conv", "norm")
+        means.add(f"{block}.{norm}.running_mean")
+    return biases | means
+
+
+def tensor_errors(
+    got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], spec: UNetSpec
+) -> dict[str, float]:
+    """err per canonical tensor; zero-gradient biases against their block's largest value."""
+    if sorted(got) != sorted(ref):
+        raise ValueError(f"different tensors: {sorted(set(got) ^ set(ref))}")
+    relative = block_relative(spec)
+
+    def kind(name: str) -> tuple[str, bool]:
+        return name.split(".")[0], "running_" in name
+
+    block_scale: dict[tuple[str, bool], float] = {}
+    for name, value in ref.items():
+        block_scale[kind(name)] = max(block_scale.get(kind(name), 0.0), float(np.max(np.abs(value))))
+    return {
+        name: err(got[name], ref[name], block_scale[kind(name)] if name in relative else None) for name in ref
+    }
 
 
 @dataclass(frozen=True)
@@ -32,10 +71,24 @@ class GateResult:
         return ", ".join(f"{k} err {self.errors[k]:.2e} (allowed {self.allowed[k]:.2e})" for k in self.errors)
 
 
+def _errors(outputs: Mapping[str, Any], reference: Mapping[str, Any], spec: UNetSpec) -> dict[str, float]:
+    """One error per output: logits, loss, and the largest over the gradient tensors."""
+    errors = {}
+    for name, ref in reference.items():
+        if name == "gradients":
+            errors[name] = max(tensor_errors(outputs[name], ref, spec).values())
+            continue
+        if outputs[name].shape != ref.shape:
+            raise ValueError(f"parity gate: {name} has shape {outputs[name].shape}, reference {ref.shape}")
+        errors[name] = err(outputs[name], ref)
+    return errors
+
+
 def check(
-    outputs: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    baseline: Mapping[str, np.ndarray] | None = None,
+    outputs: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    spec: UNetSpec,
+    baseline: Mapping[str, Any] | None = None,
 ) -> GateResult:
     """Compare a path's outputs with torch eager fp32 (TF32 off).
 
@@ -45,16 +98,13 @@ def check(
 
     The training losses are compared in fp32 only: in lower precision a loss's
     error is a single sample of rounding noise, too erratic to bound by twice
-    another single sample, and the logits tensor already bounds the forward.
+    another single sample; the logits and gradients bound the forward and the
+    backward there.
     """
-    names = [n for n in reference if baseline is None or n != "loss"]
-    errors, allowed = {}, {}
-    for name in names:
-        ref = reference[name]
-        if outputs[name].shape != ref.shape:
-            raise ValueError(f"parity gate: {name} has shape {outputs[name].shape}, reference {ref.shape}")
-        errors[name] = err(outputs[name], ref)
-        allowed[name] = FP32_TOLERANCE
-        if baseline is not None:
-            allowed[name] = max(LOW_PRECISION_FACTOR * err(baseline[name], ref), FP32_TOLERANCE)
+    compared = {n: v for n, v in reference.items() if baseline is None or n != "loss"}
+    errors = _errors(outputs, compared, spec)
+    allowed = dict.fromkeys(errors, FP32_TOLERANCE)
+    if baseline is not None:
+        own = _errors(baseline, compared, spec)
+        allowed = {n: max(LOW_PRECISION_FACTOR * own[n], FP32_TOLERANCE) for n in errors}
     return GateResult(errors, allowed)

@@ -1,70 +1,50 @@
-"""One benchmark case, measured the same way for every framework path.
+"""One benchmark case, measured the same way for every framework path, in fresh worker processes.
 
-For a case (path, task, size, batch, precision, device) a fresh runner is
-built, then:
+For a case (a RunConfig), with its compile caches in a folder of their own
+under ``--compile-cache`` (keyed by versions, device, code, spec and case):
 
-1. its first call is timed: compilation from cold in-memory and on-disk caches
-   (the session starts with empty ones), plus one call;
-2. its in-memory compiled code is dropped and the first call timed again:
-   compilation from the on-disk caches the first one wrote, as a second run
-   would find them;
-3. the parity gate compares its outputs from the initial weights with torch
-   eager fp32 (TF32 off); a path that fails it gets no number;
-4. one more call, timed, sets the number of rounds (pytest-benchmark's
-   ``--benchmark-min-rounds``, or more to fill ``--benchmark-max-time``);
-   peak memory is reset and pytest-benchmark times rounds of exactly one
-   ``infer()`` or ``train_step()`` each (``benchmark.pedantic``, no
-   calibration calls: the function is far slower than the timer's resolution).
+1. cold: a fresh worker with empty caches times its first call (compilation
+   from nothing, plus one call). If an earlier run on the same key measured
+   it, that figure is reused and marked so, and the caches it left are kept;
+2. cached: a fresh worker that finds the caches the cold one wrote times its
+   first call again, as a second run would;
+3. that worker's outputs from the initial weights go through the parity gate
+   against torch eager fp32 (TF32 off), computed by a torch-eager worker: the
+   forward, and for training the first step's gradients and the second
+   step's loss; a path that fails gets no number;
+4. the same worker's timed rounds: one call, timed, sets how many
+   (``--benchmark-min-rounds``, or more to fill ``--benchmark-max-time``),
+   then pytest-benchmark times rounds of exactly one call each, a train step,
+   a forward or a whole tiled image, over the worker's connection (whose
+   round trip, measured, is recorded as ``messaging_seconds``);
+5. peak memory: the worker's own, since it started (bench/runners/*).
 
-Compile seconds are the first call's time less the median call's. Everything
-a case measured, or why it failed, is appended to ``progress.jsonl`` at once,
-so an interrupted sweep keeps what it measured.
+Compile seconds are a first call's time less the median call's. Every wait
+is bounded by ``--case-timeout``; whatever happens, the case is recorded in
+``progress.jsonl`` at once with its status (ok, parity-failed, error,
+out-of-memory, crashed, timeout, interrupted), and its workers are ended.
 """
 
 from __future__ import annotations
 
-import functools
-import gc
+import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from bench import environment, flops, gate
+from bench.runners.config import RunConfig
+from bench.workers import Worker, WorkerError
+from impls.tiling import tile_positions
 
-from bench import cells, environment, flops, gate
-from bench.runners import make_runner
-from impls.spec import UNetSpec
-from impls.tiling import predict_tiled, tile_positions
-
-# "tiled": one whole image predicted in tiles (impls/tiling.py) through the
-# runner's predict; the case's size is the tile side, its batch the tiles per call.
-TASKS = ("train", "infer", "tiled")
-
-
-@dataclass(frozen=True)
-class Case:
-    path: str
-    task: str
-    size: int
-    batch: int  # global batch when data-parallel
-    precision: str
-    device: str
-    devices: int | None = None  # data-parallel over this many devices (bench/runners/distributed.py)
-    scaling: str | None = None  # "weak" (batch per device fixed) or "strong" (global batch fixed)
-
-    @property
-    def id(self) -> str:
-        parallel = f"-{self.scaling}-{self.devices}dev" if self.devices else ""
-        return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}{parallel}"
-
-    @property
-    def group(self) -> str:
-        parallel = f" {self.scaling} scaling" if self.devices else ""
-        return f"{self.task} {self.size}px b{self.batch} {self.precision} {self.device}{parallel}"
+STATUSES = ("ok", "parity-failed", "error", "out-of-memory", "crashed", "timeout", "interrupted", "skipped")
 
 
 class CaseFailure(Exception):
@@ -75,223 +55,214 @@ class CaseFailure(Exception):
         self.status = status
 
 
-def _status_of(error: BaseException) -> str:
-    text = f"{type(error).__name__} {error}".lower()
-    if (
-        "out of memory" in text
-        or "outofmemory" in text
-        or "resource_exhausted" in text
-        or "memoryerror" in text
-    ):
-        return "out-of-memory"
-    return "error"
-
-
-def _gate_task(case: Case) -> str:
+def gate_task(config: RunConfig) -> str:
     """What the parity gate compares: tiles go through the forward, and a data-parallel
     run's training is checked by the equivalence tests, its forward here."""
-    return "infer" if case.task == "tiled" or case.devices else case.task
+    return "infer" if config.task == "tiled" or config.devices else config.task
 
 
-def _timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
+def default_compile_cache() -> Path:
+    """The user's cache folder: $XDG_CACHE_HOME/unet-bench/compile, else ~/.cache/unet-bench/compile."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "unet-bench" / "compile"
+
+
+def cache_key(config: RunConfig, device_name: str) -> str:
+    """What a compiled artifact depends on: versions, device, the code, the spec and the case."""
+    case = config.to_dict()
+    for label in ("weights_file", "scaling"):  # the same graphs whatever the file or the label
+        case.pop(label)
+    text = json.dumps(
+        [environment.versions(), device_name, environment.code_hash(), case], sort_keys=True, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 @dataclass
-class Session:
-    """What the cases of one pytest session share: spec, options, references, records."""
+class Sweep:
+    """What the cases of one benchmark run share: options, references, the weights file, records."""
 
-    spec: UNetSpec
-    tf32: bool = False
-    upconv: str = "auto"
-    progress: Path | None = None
+    progress_file: Path | None = None
+    compile_cache: Path = field(default_factory=default_compile_cache)
+    case_timeout: float = 900.0
+    timing: bool = True  # False with --benchmark-disable: each case runs once, untimed, no cold compile
     min_rounds: int = 5
     max_time: float = 1.0
-    loss: str = "ce"
-    image_size: int = 512  # the whole image of the "tiled" task
-    sync_bn: bool = False  # data-parallel cases: BatchNorm statistics over the global batch
     records: list[dict[str, Any]] = field(default_factory=list)
-    _references: dict[tuple, tuple] = field(default_factory=dict)
-    _warm: set[tuple] = field(default_factory=set)
+    _references: dict[str, tuple] = field(default_factory=dict)
+    _scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="unet-bench-sweep-")))
 
-    def _warm_up_runtime(self, case: Case) -> None:
-        """Once per path and precision: a tiny U-Net's forward, so that the framework's
-        one-time start (thread pools, compiler start-up) is billed to no case."""
-        key = (case.path, case.precision, case.device)
-        if key in self._warm:
-            return
-        runner = make_runner(
-            case.path,
-            UNetSpec(width=2, depth=1),
-            batch=2,
-            size=8,
-            precision=case.precision,
-            device=case.device,
-            tf32=self.tf32,
-            upconv="native",
+    def close(self) -> None:
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _weights_file(self, config: RunConfig) -> Path:
+        return self._scratch / f"weights-{hashlib.sha256(config.spec.to_json().encode()).hexdigest()[:12]}.st"
+
+    def _reference(self, config: RunConfig, deadline: float) -> tuple[dict, dict | None]:
+        """torch eager fp32 (TF32 off) outputs, and torch eager's in the case's lower precision.
+
+        The first reference worker of a spec writes the canonical weights file every worker loads.
+        """
+        low_precision = config.precision == "bf16" or (config.tf32 and config.device != "cpu")
+        task = gate_task(config)
+        reference_config = config.replace(
+            path="torch-eager", task=task, devices=None, scaling=None, upconv="native", weights_file=None
         )
-        runner.infer()
-        self._warm.add(key)
-
-    def _reference(self, case: Case) -> tuple[dict, dict | None]:
-        """torch eager fp32 (TF32 off) outputs, and torch eager's in the case's lower precision."""
-        low_precision = case.precision == "bf16" or (self.tf32 and case.device != "cpu")
-        task = _gate_task(case)
-        key = (task, case.size, case.batch, case.device, case.precision if low_precision else "fp32")
+        key = reference_config.replace(precision=config.precision if low_precision else "fp32").to_json()
         if key not in self._references:
+            weights = self._weights_file(config)
 
-            def outputs(precision: str, tf32: bool) -> dict:
-                runner = make_runner(
-                    "torch-eager",
-                    self.spec,
-                    batch=case.batch,
-                    size=case.size,
-                    precision=precision,
-                    device=case.device,
-                    tf32=tf32,
-                    upconv="native",
-                    loss=self.loss,
-                )
-                return runner.outputs(task)
+            def outputs(**changes: Any) -> dict:
+                case = reference_config.replace(**changes)
+                with Worker(case, deadline=deadline) as worker:
+                    if not weights.exists():
+                        worker.call("write_initial_weights", str(weights))
+                    return worker.outputs(task)
 
-            reference = outputs("fp32", False)
-            baseline = outputs(case.precision, self.tf32) if low_precision else None
+            reference = outputs(precision="fp32", tf32=False)
+            baseline = outputs(weights_file=str(weights)) if low_precision else None
             self._references[key] = (reference, baseline)
-            gc.collect()
         return self._references[key]
 
-    def run(self, case: Case, benchmark) -> dict[str, Any]:
+    def run(self, config: RunConfig, benchmark) -> dict[str, Any]:
         """Measure one case into ``benchmark``; raise CaseFailure if it produced no number."""
-        record: dict[str, Any] = {"case": asdict(case), "id": case.id}
+        record: dict[str, Any] = {"case": config.to_dict(), "id": config.id}
         started = time.perf_counter()
-        runner = None
+        deadline = time.monotonic() + self.case_timeout
         try:
-            reference, baseline = self._reference(case)
-            self._warm_up_runtime(case)
-            runner = self.make_runner(case)
-            if case.devices:
-                record["messaging_seconds"] = runner.messaging_seconds()
-            call = self._call(case, runner)
-            first_cold = _timed(call)
-            runner.reset_compilation()
-            first_cached = _timed(call)
-            result = gate.check(runner.outputs(_gate_task(case)), reference, baseline)
-            record["parity"] = {"errors": result.errors, "allowed": result.allowed}
-            if not result.passed:
-                raise CaseFailure(
-                    "parity-failed",
-                    f"parity gate: {case.path} differs from torch eager fp32: {result.describe()}; "
-                    "no number is reported for it",
-                )
-            self.time_rounds(call, benchmark, before=runner.reset_peak_memory)
-            record.update(self._extra_info(case, runner, benchmark, first_cold, first_cached))
+            reference, baseline = self._reference(config, deadline)
+            config = config.replace(weights_file=str(self._weights_file(config)))
+            record.update(self._measure(config, benchmark, deadline, reference, baseline))
             benchmark.extra_info.update(record)
             record["status"] = "ok"
         except CaseFailure as failure:
             record.update(status=failure.status, message=str(failure))
             raise
+        except WorkerError as error:
+            record.update(status=error.status, message=str(error))
+            raise CaseFailure(error.status, str(error)) from error
         except Exception as error:
-            record.update(status=_status_of(error), message=f"{type(error).__name__}: {error}")
+            record.update(status="error", message=f"{type(error).__name__}: {error}")
             record["traceback"] = traceback.format_exc(limit=8)
-            raise CaseFailure(record["status"], record["message"]) from error
-        except BaseException:  # Ctrl-C or a time limit: recorded, then the run stops as asked
+            raise CaseFailure("error", record["message"]) from error
+        except BaseException:  # Ctrl-C, SIGTERM: recorded, then the run stops as asked
             record.update(status="interrupted", message="the run was stopped during this case")
             raise
         finally:
-            if case.devices and runner is not None:
-                runner.close()  # its worker processes, before the next case starts its own
             record["case_wall_seconds"] = time.perf_counter() - started
-            self.records.append(record)
-            if self.progress is not None:
-                with self.progress.open("a") as f:
-                    f.write(json.dumps(record, default=str) + "\n")
-            gc.collect()
+            self.record(record)
         return record
 
-    def make_runner(self, case: Case):
-        """The case's runner, with the session's options."""
-        return make_runner(
-            case.path,
-            self.spec,
-            batch=case.batch,
-            size=case.size,
-            precision=case.precision,
-            device=case.device,
-            tf32=self.tf32,
-            upconv=self.upconv,
-            loss=self.loss,
-            devices=case.devices,
-            sync_bn=self.sync_bn,
-        )
+    def record(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.progress_file is not None:
+            with self.progress_file.open("a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
 
-    def _call(self, case: Case, runner):
-        """The function a round times: one train step, one forward, or one whole tiled image."""
-        if case.task == "train":
-            return runner.train_step
-        if case.task == "infer":
-            return runner.infer
-        image = self.whole_image
-        return lambda: predict_tiled(runner.predict, image, self.spec, tile=case.size, batch=case.batch)
+    def _cold(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, RunConfig]:
+        """The cold first call, measured in a fresh worker with empty caches, or reused from ``entry``."""
+        saved = entry / "cold.json"
+        if saved.exists():
+            cold = json.loads(saved.read_text())
+            return {**cold, "reused": True}, config.replace(upconv=cold["upconv"])
+        shutil.rmtree(entry, ignore_errors=True)
+        entry.mkdir(parents=True)
+        with Worker(config, compile_cache=entry, deadline=deadline) as worker:
+            cold = {"first_call_seconds": worker.call("first_call"), "upconv": worker.settings["upconv"]}
+        # The same graphs from now on: the cached worker must not pick the other form.
+        return {**cold, "reused": False}, config.replace(upconv=cold["upconv"])
 
-    @functools.cached_property
-    def whole_image(self) -> np.ndarray:
-        """The "tiled" task's (C, H, W) image: synthetic cells, ``image_size`` on a side."""
-        image = cells.generate(1, self.image_size, seed=0).images[0]
-        return np.repeat(image, self.spec.in_channels, axis=0)
+    def _measure(self, config, benchmark, deadline, reference, baseline) -> dict[str, Any]:
+        device_name = environment.device_name(config.device)
+        entry = self.compile_cache / cache_key(config, device_name)
+        cold = None
+        if self.timing:
+            cold, config = self._cold(config, entry, deadline)
+        else:
+            entry.mkdir(parents=True, exist_ok=True)
+        with Worker(config, compile_cache=entry, deadline=deadline) as worker:
+            first_cached = worker.call("first_call")
+            outputs = worker.outputs(gate_task(config))
+            result = gate.check(outputs, reference, config.spec, baseline)
+            parity = {"errors": result.errors, "allowed": result.allowed}
+            if not result.passed:
+                raise CaseFailure(
+                    "parity-failed",
+                    f"parity gate: {config.path} differs from torch eager fp32: {result.describe()}; "
+                    "no number is reported for it",
+                )
+            messaging = worker.messaging_seconds()
+            self.time_rounds(worker, benchmark)
+            info = {
+                "parity": parity,
+                "messaging_seconds": messaging,
+                "peak_memory_bytes": worker.peak_memory_bytes(),
+                "settings": worker.settings,
+            }
+        info.update(self._extra_info(config, benchmark, device_name, cold, first_cached))
+        if cold is not None and not cold["reused"] and "compile_seconds_cold" in info:
+            saved = {k: v for k, v in cold.items() if k != "reused"}
+            saved["compile_seconds"] = info["compile_seconds_cold"]
+            (entry / "cold.json").write_text(json.dumps(saved))
+        return info
 
-    def time_rounds(self, call, benchmark, before=lambda: None, min_rounds: int = 0) -> None:
-        """Rounds of exactly one ``call`` each, timed by pytest-benchmark.
+    def time_rounds(self, worker: Worker, benchmark, min_rounds: int = 0) -> None:
+        """Rounds of exactly one call each, timed by pytest-benchmark.
 
-        One timed call first sets how many: ``min_rounds`` (the session's if
+        One timed call first sets how many: ``min_rounds`` (the sweep's if
         larger), or more to fill ``max_time``.
         """
-        fill = min(1000, math.ceil(self.max_time / _timed(call)))
-        rounds = max(self.min_rounds, min_rounds, fill)
-        before()
-        benchmark.pedantic(call, rounds=rounds, iterations=1)
+        rounds = 1
+        if self.timing:
+            start = time.perf_counter()
+            worker.call("call")
+            fill = math.ceil(self.max_time / (time.perf_counter() - start))
+            rounds = max(self.min_rounds, min_rounds, min(1000, fill))
+        benchmark.pedantic(worker.call, args=("call",), rounds=rounds, iterations=1)
 
-    def _extra_info(self, case: Case, runner, benchmark, first_cold: float, first_cached: float) -> dict:
+    def _extra_info(self, config, benchmark, device_name, cold, first_cached) -> dict:
         info: dict[str, Any] = {
-            "path": case.path,
-            "task": case.task,
-            "size": case.size,
-            "batch": case.batch,
-            "precision": case.precision,
-            "device": case.device,
-            "device_name": environment.device_name(case.device),
-            "devices": case.devices,
-            "scaling": case.scaling,
-            "first_call_seconds_cold": first_cold,
+            "path": config.path,
+            "task": config.task,
+            "size": config.size,
+            "batch": config.batch,
+            "precision": config.precision,
+            "device": config.device,
+            "device_name": device_name,
+            "devices": config.devices,
+            "scaling": config.scaling,
             "first_call_seconds_cached": first_cached,
-            "peak_memory_bytes": runner.peak_memory_bytes(),
-            "settings": runner.settings,
-            "spec": asdict(self.spec),
         }
-        if case.task == "tiled":
-            positions = tile_positions(self.whole_image.shape[1:], self.spec, case.size)
-            tiles = math.ceil(len(positions) / case.batch) * case.batch  # zero tiles fill the last batch
-            gflop = tiles * flops.gflop_per_image(self.spec, case.size, "infer")
-            info.update(image_size=self.image_size, tiles_per_image=tiles)
+        if config.task == "tiled":
+            positions = tile_positions((config.image_size,) * 2, config.spec, config.size)
+            tiles = math.ceil(len(positions) / config.batch) * config.batch  # zero tiles fill the last batch
+            gflop = tiles * flops.gflop_per_image(config.spec, config.size, "infer")
+            info.update(image_size=config.image_size, tiles_per_image=tiles)
         else:
-            gflop = flops.gflop_per_image(self.spec, case.size, case.task)
+            gflop = flops.gflop_per_image(config.spec, config.size, config.task)
         info["gflop_per_image"] = gflop
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # --benchmark-disable: ran once, untimed
             return info
         median = stats.stats.median
-        images_per_second = (1 if case.task == "tiled" else case.batch) / median
-        if case.task == "tiled":
-            info["megapixels_per_second"] = self.image_size**2 / 1e6 / median
+        images_per_second = (1 if config.task == "tiled" else config.batch) / median
+        if config.task == "tiled":
+            info["megapixels_per_second"] = config.image_size**2 / 1e6 / median
         tflops = gflop * images_per_second / 1e3
-        peak = environment.peak_tflops(case.device, case.precision, self.tf32 and case.device != "cpu")
+        peak = environment.peak_tflops(
+            config.device, config.precision, config.tf32 and config.device != "cpu"
+        )
         info.update(
             images_per_second=images_per_second,
             tflops=tflops,
             device_peak_tflops=peak,
             utilization=tflops / peak,
-            compile_seconds_cold=max(first_cold - median, 0.0),
             compile_seconds_cached=max(first_cached - median, 0.0),
         )
+        if cold is not None:
+            if cold["reused"]:
+                info["compile_seconds_cold"] = cold["compile_seconds"]
+            else:
+                info["compile_seconds_cold"] = max(cold["first_call_seconds"] - median, 0.0)
+            info["compile_cold_reused"] = cold["reused"]
         return info

@@ -1,28 +1,27 @@
 """The benchmark suite's pytest plugin: command-line axes, the case matrix, saving and the report.
 
 Loaded from the repository's root conftest.py, so that pytest knows the
-options before it looks into bench/. It imports no framework itself.
+options before it looks into bench/. It imports no framework: every case runs
+in worker processes (bench/workers.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import itertools
-import os
-import shutil
-import tempfile
+import signal
 from pathlib import Path
 
 import pytest
 
 from bench import environment, report
-from bench.measure import TASKS, Case, Session
-from bench.runners import CUDA_ONLY_PATHS, LOSSES, PATHS, PRECISIONS
+from bench.measure import Sweep, default_compile_cache
+from bench.runners.config import CUDA_ONLY_PATHS, LOSSES, PATHS, PRECISIONS, SCALINGS, TASKS, RunConfig
+from bench.workers import leftover_processes
 from impls.spec import PADDINGS, UNetSpec
 
 # The default matrix fits the machine: small images on a CPU, large ones on a GPU.
-# On a 2-core CPU the default run takes about 12 minutes; bf16 there (slow under
-# XLA's CPU backend, rare in practice) would add about 8: ask for it with --precisions.
+# bf16 on a CPU (slow under XLA's CPU backend, rare in practice) is asked for with --precisions.
 DEFAULTS = {
     "cpu": {
         "sizes": [64, 128],
@@ -30,6 +29,7 @@ DEFAULTS = {
         "precisions": ["fp32"],
         "image_size": 512,
         "paths": ["torch-eager", "torch-compile", "jax"],
+        "case_timeout": 900,
     },
     "cuda": {
         "sizes": [256, 512, 1024],
@@ -37,15 +37,18 @@ DEFAULTS = {
         "precisions": list(PRECISIONS),
         "image_size": 4096,
         "paths": list(PATHS),
+        "case_timeout": 1800,
     },
 }
 RUN_DIR_KEY = pytest.StashKey[Path]()
 CASES_KEY = pytest.StashKey[list]()
 SCALING_KEY = pytest.StashKey[list]()
 SCALING_PATHS = ("torch-eager", "torch-compile", "jax")
-SESSION_KEY = pytest.StashKey[Session]()
+SWEEP_KEY = pytest.StashKey[Sweep]()
 REPORT_KEY = pytest.StashKey[str]()
 ENVIRONMENT_KEY = pytest.StashKey[dict]()
+OPTIONS_KEY = pytest.StashKey[dict]()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _csv(kind=str):
@@ -101,9 +104,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--results-dir", default="results", help="where timed runs are written (default results/)"
     )
+    group.addoption(
+        "--case-timeout",
+        type=float,
+        help="seconds a case may take, all its workers together, before they are killed and the case "
+        f"recorded as timeout (default {DEFAULTS['cpu']['case_timeout']} on a CPU, "
+        f"{DEFAULTS['cuda']['case_timeout']} on a GPU: several times the slowest healthy default case)",
+    )
+    group.addoption(
+        "--compile-cache",
+        help="folder of the on-disk compile caches, one subfolder per case, kept between runs "
+        f"(default {default_compile_cache()}; delete it to start cold)",
+    )
 
 
-def _matrix(config: pytest.Config) -> tuple[UNetSpec, list[Case]]:
+def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
+    """The cases of the command line, and the options every case shares."""
     option = config.getoption
     try:
         spec = UNetSpec(width=option("width"), depth=option("depth"), padding=option("padding"))
@@ -133,30 +149,44 @@ def _matrix(config: pytest.Config) -> tuple[UNetSpec, list[Case]]:
             spec.output_size(size, size)
         except ValueError as error:
             raise pytest.UsageError(f"--sizes {size}: {error}") from error
+    case_timeout = option("case_timeout") or defaults["case_timeout"]
+    if case_timeout <= 0:
+        raise pytest.UsageError(f"--case-timeout {case_timeout:g}: expected a number of seconds > 0")
+    shared = {
+        "spec": spec,
+        "device": device,
+        "tf32": option("tf32"),
+        "upconv": option("upconv"),
+        "loss": option("loss"),
+        "sync_bn": option("sync_bn"),
+    }
+    image_size = option("image_size") or defaults["image_size"]
     cases = [
-        Case(path, task, size, batch, precision, device)
+        RunConfig(
+            path,
+            size=size,
+            batch=batch,
+            precision=precision,
+            task=task,
+            image_size=image_size if task == "tiled" else None,
+            **shared,
+        )
         for task, precision, size, batch, path in itertools.product(tasks, precisions, sizes, batches, paths)
         if task != "tiled" or (size, batch) == (max(sizes), max(batches))
     ]
-    return spec, cases, option("image_size") or defaults["image_size"]
+    return cases, {**shared, "image_size": image_size, "case_timeout": case_timeout}
 
 
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def _scaling_matrix(config: pytest.Config, cases: list[Case]) -> list[Case]:
+def _scaling_matrix(config: pytest.Config, cases: list[RunConfig]) -> list[RunConfig]:
     """Data-parallel training cases: weak scaling keeps the batch per device, strong the global batch."""
     option = config.getoption
     device = cases[0].device if cases else "cpu"
     counts = option("devices")
     if counts is None:
-        gpus = _gpu_count() if device != "cpu" else 0
+        gpus = len(environment.gpus()) if device != "cpu" else 0
         counts = [2**k for k in range(gpus.bit_length()) if 2**k <= gpus] if gpus > 1 else []
-    modes = option("scaling") or ["weak", "strong"]
-    unknown = [m for m in modes if m not in ("weak", "strong")]
+    modes = option("scaling") or list(SCALINGS)
+    unknown = [m for m in modes if m not in SCALINGS]
     if unknown:
         raise pytest.UsageError(f"--scaling {','.join(unknown)}: expected weak and/or strong")
     paths = [p for p in (option("paths") or SCALING_PATHS) if p in SCALING_PATHS]
@@ -169,31 +199,39 @@ def _scaling_matrix(config: pytest.Config, cases: list[Case]) -> list[Case]:
     ):
         global_batch = per_device * (n if mode == "weak" else max(counts))
         if global_batch % n == 0:
+            base = cases[0]
             scaling.append(
-                Case(path, "train", size, global_batch, precision, device, devices=n, scaling=mode)
+                base.replace(
+                    path=path,
+                    task="train",
+                    size=size,
+                    batch=global_batch,
+                    precision=precision,
+                    image_size=None,
+                    devices=n,
+                    scaling=mode,
+                )
             )
     return scaling
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    # As Ctrl-C: the case in progress is recorded as interrupted, its workers ended,
+    # and pytest still writes benchmark.json and the report for what was measured.
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # Fair memory figures on a GPU: XLA must not grab most of it up front.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    # Empty compile caches, so that each case's first compile is a cold one and
-    # its second a start from the caches, as a second run would find them.
-    cache = Path(tempfile.mkdtemp(prefix="unet-bench-compile-cache-"))
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache / "jax")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
-
-    spec, cases, image_size = _matrix(config)
+    cases, options = _matrix(config)
     config.stash[CASES_KEY] = cases
+    config.stash[OPTIONS_KEY] = options
     config.stash[SCALING_KEY] = _scaling_matrix(config, cases)
+    timing = not config.getoption("benchmark_disable")
     # A run is saved by the main command, `pytest --benchmark-only`.
     run_dir = None
     if config.getoption("benchmark_only") and cases:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
         simulated = cases[0].device == "cpu" and any((c.devices or 1) > 1 for c in config.stash[SCALING_KEY])
         run_dir = _new_run_dir(
             Path(config.getoption("results_dir")), cases[0].device, "-simulated-devices" if simulated else ""
@@ -204,17 +242,23 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.benchmark_json = run_dir / "benchmark.json"
         # Read now, so that the run records the code it started with.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
-    config.stash[SESSION_KEY] = Session(
-        spec,
-        tf32=config.getoption("tf32"),
-        upconv=config.getoption("upconv"),
-        loss=config.getoption("loss"),
-        image_size=image_size,
-        sync_bn=config.getoption("sync_bn"),
-        progress=run_dir / "progress.jsonl" if run_dir else None,
+    compile_cache = config.getoption("compile_cache")
+    config.stash[SWEEP_KEY] = Sweep(
+        progress_file=run_dir / "progress.jsonl" if run_dir else None,
+        compile_cache=Path(compile_cache) if compile_cache else default_compile_cache(),
+        case_timeout=options["case_timeout"],
+        timing=timing,
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         max_time=float(config.getoption("benchmark_max_time")),
     )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The main command measures: it skips collecting the unit tests (which import both frameworks)."""
+    tests = ROOT / "tests"
+    if config.getoption("benchmark_only") and (collection_path == tests or tests in collection_path.parents):
+        return True
+    return None
 
 
 def _new_run_dir(results: Path, device: str, suffix: str = "") -> Path:
@@ -234,48 +278,57 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def bench_session(request: pytest.FixtureRequest) -> Session:
-    session = request.config.stash[SESSION_KEY]
-    if request.config.getoption("benchmark_only") or not request.config.getoption("benchmark_disable"):
+def sweep(request: pytest.FixtureRequest) -> Sweep:
+    sweep = request.config.stash[SWEEP_KEY]
+    if sweep.timing:
         # The device's peak, measured before any case runs: nothing else is busy yet.
         cases = request.config.stash[CASES_KEY] + request.config.stash[SCALING_KEY]
-        for device, precision in sorted({(c.device, c.precision) for c in cases}):
-            environment.peak_tflops(device, precision, session.tf32 and device != "cpu")
-    return session
+        for case in sorted({(c.device, c.precision, c.tf32 and c.device != "cpu") for c in cases}):
+            environment.peak_tflops(*case)
+    return sweep
 
 
 @pytest.fixture(scope="session")
-def bench_cases(request: pytest.FixtureRequest) -> list[Case]:
+def bench_cases(request: pytest.FixtureRequest) -> list[RunConfig]:
     return request.config.stash[CASES_KEY]
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
-    session = config.stash[SESSION_KEY]
+    sweep = config.stash[SWEEP_KEY]
+    options = config.stash[OPTIONS_KEY]
     output_json["unet_bench"] = {
-        "spec": session.spec.__dict__,
+        "spec": options["spec"].__dict__,
         "environment": config.stash.get(ENVIRONMENT_KEY, None)
         or environment.describe(config.stash[CASES_KEY][0].device),
         "options": {
-            "tf32": session.tf32,
-            "upconv": session.upconv,
-            "loss": session.loss,
-            "image_size": session.image_size,
+            **{k: v for k, v in options.items() if k != "spec"},
+            "compile_cache": str(sweep.compile_cache),
         },
-        "failures": [r for r in session.records if r.get("status") != "ok"],
+        "failures": [r for r in sweep.records if r.get("status") != "ok"],
     }
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
+    sweep = config.stash.get(SWEEP_KEY, None)
+    if sweep is not None:
+        sweep.close()
+    leftovers = leftover_processes()
+    if leftovers:  # a bug: every worker is ended with its case
+        for process in leftovers:
+            process.kill()
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        config.stash[REPORT_KEY] = (
+            f"ERROR: {len(leftovers)} worker processes outlived their cases and were killed: "
+            + ", ".join(str(p.pid) for p in leftovers)
+        )
     run_dir = config.stash.get(RUN_DIR_KEY, None)
     if run_dir is None:
         return
     if not any(run_dir.iterdir()):  # nothing was measured
         run_dir.rmdir()
         return
-    if not (run_dir / "benchmark.json").exists():
-        return
-    config.stash[REPORT_KEY] = report.write_run(run_dir)
+    config.stash[REPORT_KEY] = report.write_run(run_dir) + "\n" + config.stash.get(REPORT_KEY, "")
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables

@@ -8,9 +8,10 @@ such runs test the machinery and say nothing of real scaling).
 
 from __future__ import annotations
 
-from bench.measure import Case, Session
+from bench.measure import Sweep
+from bench.runners.config import RunConfig
 
 
-def test_scaling(scaling_case: Case, bench_session: Session, benchmark) -> None:
+def test_scaling(scaling_case: RunConfig, sweep: Sweep, benchmark) -> None:
     benchmark.group = scaling_case.group
-    bench_session.run(scaling_case, benchmark)
+    sweep.run(scaling_case, benchmark)

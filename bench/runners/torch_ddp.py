@@ -1,8 +1,13 @@
-"""A torch runner inside one DistributedDataParallel process (started by torchrun)."""
+"""Data-parallel placement for torch: this process's share of the global batch, the model in DDP.
+
+Used by a worker started under torchrun (bench/runners/worker.py): one
+process per device, NCCL on GPUs, gloo on a CPU.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,9 +16,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.runners.dp_worker import runner_arguments
-from bench.runners.torch_runner import TorchRunner
-from impls import convert
+from bench.runners.config import RunConfig
 
 
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
@@ -49,44 +52,35 @@ def _all_reduce_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-class TorchDDPRunner(TorchRunner):
-    """This rank's share of a global batch, the model wrapped in DDP."""
+class DataParallel:
+    """Placement over the processes of a torchrun launch: rows of the batch by rank, DDP."""
 
-    def __init__(self, config: dict) -> None:
-        cuda = config["device"] != "cpu"
-        dist.init_process_group("nccl" if cuda else "gloo")
+    def __init__(self, config: RunConfig) -> None:
+        self.cuda = config.device != "cpu"
+        dist.init_process_group("nccl" if self.cuda else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.sync_bn = config["sync_bn"]
         local = int(os.environ.get("LOCAL_RANK", 0))
-        if cuda:
+        if self.cuda:
             torch.cuda.set_device(local)
-        device = f"cuda:{local}" if cuda else "cpu"
-        super().__init__(config["path"], config["spec"], **runner_arguments(config, device=device))
-        self.settings.update(
-            engine=f"DistributedDataParallel over {self.world} processes ({'nccl' if cuda else 'gloo'})",
-            batchnorm=self._batchnorm_setting,
-        )
+        self.device = torch.device(f"cuda:{local}" if self.cuda else "cpu")
+        self.sync_bn = config.sync_bn
+        backend = "nccl" if self.cuda else "gloo"
+        self.settings: dict[str, Any] = {
+            "engine": f"DistributedDataParallel over {self.world} processes ({backend})"
+        }
 
-    def _shard(self, array: np.ndarray) -> np.ndarray:
-        share = len(array) // dist.get_world_size()
-        rank = dist.get_rank()
-        return array[rank * share : (rank + 1) * share]
+    def shard(self, array: np.ndarray) -> np.ndarray:
+        share = len(array) // self.world
+        return array[self.rank * share : (self.rank + 1) * share]
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         if not self.sync_bn:
-            self._batchnorm_setting = "per device (DDP's default; rank 0's running statistics broadcast)"
+            batchnorm = "per device (DDP's default; rank 0's running statistics broadcast)"
         elif self.cuda:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            self._batchnorm_setting = "torch.nn.SyncBatchNorm"
+            batchnorm = "torch.nn.SyncBatchNorm"
         else:
             model = _all_reduce_batchnorm(model)
-            self._batchnorm_setting = "global batch (AllReduceBatchNorm2d: SyncBatchNorm runs on GPUs only)"
+            batchnorm = "global batch (AllReduceBatchNorm2d: SyncBatchNorm runs on GPUs only)"
+        self.settings["batchnorm"] = batchnorm
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
-
-    def probe(self) -> dict[str, dict[str, np.ndarray]]:
-        """One eager step from the initial weights: DDP-averaged gradients, weights after Adam."""
-        self._reset_state()
-        self._mode(True)
-        self._train_fn(self.images, self.labels, self.pixel_weights)
-        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()}
-        return {"gradients": grads, "weights": convert.from_torch(self.model)}

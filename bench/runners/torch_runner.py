@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from bench import memory
+from bench.runners.config import RunConfig
 from bench.runners.workload import workload
 from impls import convert, torch_unet
-from impls.losses import torch_weighted_cross_entropy
 from impls.spec import UNetSpec
 
 COMPILE_MODES = {
@@ -23,61 +23,79 @@ COMPILE_MODES = {
 }
 
 
-def make(path: str, spec: UNetSpec, **case: Any) -> TorchRunner:
-    return TorchRunner(path, spec, **case)
+def set_precision(tf32: bool, cuda: bool) -> None:
+    """fp32 convs and matmuls in IEEE fp32, or TF32 if asked for: for the whole process, so that the
+    backward, compiled or eager, runs as the forward does. cuDNN benchmarks its algorithms on CUDA."""
+    mode = "tf32" if tf32 else "ieee"
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is an error
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = cuda
+
+
+def conv_fp32_precision() -> str:
+    """What cuDNN convolutions do with fp32 now: "ieee" or "tf32"."""
+    if hasattr(torch.backends, "fp32_precision"):
+        return torch.backends.cudnn.conv.fp32_precision
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+class SingleDevice:
+    """Placement on the config's one device; bench/runners/torch_ddp.py has the data-parallel one."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.device = torch.device(config.device)
+        self.settings: dict[str, Any] = {}
+
+    def shard(self, array: np.ndarray) -> np.ndarray:
+        """This process's rows of the batch: all of them."""
+        return array
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
 
 
 class TorchRunner:
-    def __init__(
-        self,
-        path: str,
-        spec: UNetSpec,
-        *,
-        batch: int,
-        size: int,
-        precision: str,
-        device: str,
-        tf32: bool,
-        upconv: str,
-        loss: str,
-        learning_rate: float,
-    ) -> None:
-        self._rss_baseline = memory.settle()
-        self.path = path
-        self.device = torch.device(device)
+    def __init__(self, config: RunConfig, placement: Any = None) -> None:
+        self.config = config
+        self.placement = placement or SingleDevice(config)
+        self.device = self.placement.device
         self.cuda = self.device.type == "cuda"
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-        self.tf32 = tf32 and self.cuda
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-        dtype = torch.float64 if precision == "fp64" else torch.float32
-        self.work = workload(spec, batch, size)
-        images = self._shard(self.work.images)
-        upconv_seconds = None
+        set_precision(config.tf32 and self.cuda, self.cuda)
+        self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        dtype = torch.float64 if config.precision == "fp64" else torch.float32
+        self.work = workload(config)
+        images = self.placement.shard(self.work.images)
+        upconv, upconv_seconds = config.upconv, None
         if upconv == "auto":
             upconv_seconds = time_upconv_forms(
-                spec, len(images), size, self.device, self.autocast_dtype, self.tf32
+                config.spec, len(images), config.size, self.device, self.autocast_dtype
             )
             upconv = min(upconv_seconds, key=upconv_seconds.get)
 
-        self.model = torch_unet.build(spec, dtype, upconv_matmul=upconv == "matmul")
+        self.model = torch_unet.build(config.spec, dtype, upconv_matmul=upconv == "matmul")
         convert.to_torch(self.work.weights, self.model)
         self.model.to(self.device, memory_format=torch.channels_last)
-        self.net = self._wrap(self.model)
+        self.net = self.placement.wrap(self.model)
         # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
-        self.compile_mode = COMPILE_MODES.get(path)
+        self.compile_mode = COMPILE_MODES.get(config.path)
         fused = self.compile_mode is None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, fused=fused)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, fused=fused)
         self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.images = self._to_device(images.astype(self._input_dtype))
-        self.labels = self._to_device(self._shard(self.work.labels).astype(np.int64))
+        self.labels = self._to_device(self.placement.shard(self.work.labels).astype(np.int64))
         self.pixel_weights = None
-        if loss == "weighted":
+        if config.loss == "weighted":
             self.pixel_weights = self._to_device(
-                self._shard(self.work.pixel_weights).astype(self._input_dtype)
+                self.placement.shard(self.work.pixel_weights).astype(self._input_dtype)
             )
-        self._train = self._train_fn
-        self._infer = self._infer_fn
-        self.reset_compilation()
+        self._train, self._infer = self._train_fn, self._infer_fn
+        if self.compile_mode is not None:
+            self._train = torch.compile(self._train_fn, mode=self.compile_mode)
+            self._infer = torch.compile(self._infer_fn, mode=self.compile_mode)
         self.settings = {
             "framework": "torch",
             "compile": f"torch.compile(mode={self.compile_mode!r}) of the whole step: forward, loss, "
@@ -85,60 +103,41 @@ class TorchRunner:
             if self.compile_mode
             else "eager",
             "autocast": "bfloat16" if self.autocast_dtype else None,
-            "tf32": self.tf32,
+            "tf32": config.tf32 and self.cuda,
+            "fp32_precision": "process-wide: " + conv_fp32_precision(),
             "cudnn.benchmark": self.cuda,
             "channels_last": True,
-            "optimizer": f"torch.optim.Adam(lr={learning_rate}, fused={fused})",
-            "loss": loss,
+            "optimizer": f"torch.optim.Adam(lr={config.learning_rate}, fused={fused})",
+            "loss": config.loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
             "threads": torch.get_num_threads(),
-            "memory": "torch.cuda.max_memory_allocated" if self.cuda else memory.METHOD,
+            "memory": "torch.cuda.max_memory_allocated since the worker started"
+            if self.cuda
+            else memory.CPU_METHOD,
+            **self.placement.settings,
         }
-
-    # -- what a data-parallel runner changes (bench/runners/torch_ddp.py) -------------
-
-    def _shard(self, array: np.ndarray) -> np.ndarray:
-        """This process's rows of a global batch: all of them on one device."""
-        return array
-
-    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the steps call: the model itself on one device."""
-        return model
 
     # -- the step functions; compiled whole when the path compiles --------------
 
-    def _context(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        if self.cuda:
-            stack.enter_context(
-                torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=self.tf32)
-            )
-            torch.backends.cuda.matmul.allow_tf32 = self.tf32
-        if self.autocast_dtype is not None:
-            stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
-        return stack
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _train_fn(self, images, labels, pixel_weights) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
-        with self._context():
+        with self._autocast():
             logits = self.net(images)
-        loss = torch_weighted_cross_entropy(logits, labels, pixel_weights)
+        loss = torch_unet.weighted_cross_entropy(logits, labels, pixel_weights)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), logits.detach()
 
     @torch.no_grad()
     def _infer_fn(self, images: torch.Tensor) -> torch.Tensor:
-        with self._context():
+        with self._autocast():
             return self.net(images)
-
-    def reset_compilation(self) -> None:
-        if self.compile_mode is None:
-            return
-        torch._dynamo.reset()
-        self._train = torch.compile(self._train_fn, mode=self.compile_mode)
-        self._infer = torch.compile(self._infer_fn, mode=self.compile_mode)
 
     # -- the interface --------------------------------------------------------
 
@@ -175,20 +174,29 @@ class TorchRunner:
         loss, _ = self._train(images, self._to_device(labels.astype(np.int64)), weights)
         return loss.item()
 
-    def outputs(self, task: str) -> dict[str, np.ndarray]:
-        self._reset_state()
+    def outputs(self, task: str) -> dict[str, Any]:
+        self.reset_state()
         if task == "infer":
             self._mode(False)
             return {"logits": self._infer(self.images).float().cpu().numpy()}
         self._mode(True)
         steps = []
-        for _ in range(2):
+        for step in range(2):
             loss, logits = self._train(self.images, self.labels, self.pixel_weights)
             # copied at once: CUDA graphs reuse output buffers
             steps.append((loss.item(), logits.float().cpu().numpy()))
-        return {"logits": steps[0][1], "loss": np.array([loss for loss, _ in steps])}
+            if step == 0:  # the step's own backward, compiled where the path compiles
+                gradients = {
+                    name: p.grad.detach().float().cpu().numpy().copy()
+                    for name, p in self.model.named_parameters()
+                }
+        return {
+            "logits": steps[0][1],
+            "loss": np.array([loss for loss, _ in steps]),
+            "gradients": gradients,
+        }
 
-    def _reset_state(self) -> None:
+    def reset_state(self) -> None:
         """Initial weights and a fresh Adam, in place, so compiled code stays valid."""
         convert.to_torch(self.work.weights, self.model)
         with torch.no_grad():
@@ -196,28 +204,19 @@ class TorchRunner:
                 for value in state.values():
                     value.zero_()
 
-    def reset_peak_memory(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            memory.settle()  # compiler memory freed since the baseline is not the steps'
-            memory.reset_peak()
+    def weights(self) -> dict[str, np.ndarray]:
+        """Canonical weights and running statistics now."""
+        return convert.from_torch(self.model)
 
     def peak_memory_bytes(self) -> int | None:
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device)
-        peak = memory.peak()
-        return None if peak is None or self._rss_baseline is None else peak - self._rss_baseline
+        return memory.peak_rss()
 
 
 @functools.cache
 def time_upconv_forms(
-    spec: UNetSpec,
-    batch: int,
-    size: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    tf32: bool,
+    spec: UNetSpec, batch: int, size: int, device: torch.device, autocast_dtype: torch.dtype | None
 ) -> dict[str, float]:
     """Seconds for forward and backward of the largest up-conv in each exact form."""
     if spec.upsample != "transpose":
@@ -233,10 +232,7 @@ def time_upconv_forms(
         samples = []
         for _ in range(4):  # the first is warm-up
             start = time.perf_counter()
-            with (
-                torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32),
-                torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
-            ):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 module(x).float().sum().backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

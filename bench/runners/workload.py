@@ -1,10 +1,11 @@
 """What every runner loads: the same canonical weights, batch, labels and pixel weights.
 
 Weights are PyTorch's default initialisation of the spec under a fixed seed,
-as a canonical dict. The batch is synthetic microscopy (bench/cells.py), its
-labels the foreground and its pixel weights the paper's weight map, cropped to
-the network's output. All are cached, so every path of a session reads the
-very same arrays.
+as a canonical dict; the sweep has a torch worker write them to a safetensors
+file once (``RunConfig.weights_file``), which every other worker reads, so a
+jax worker never imports torch. The batch is synthetic microscopy
+(bench/cells.py), its labels the foreground and its pixel weights the paper's
+weight map, cropped to the network's output. numpy only.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from bench import cells
-from impls import convert, torch_unet
+from bench.runners.config import RunConfig
+from impls import convert
 from impls.losses import weight_map
 from impls.spec import UNetSpec
 
@@ -33,9 +34,23 @@ class Workload:
 
 @functools.cache
 def initial_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
+    """PyTorch's default initialisation under SEED (imports torch: made once per sweep, by a torch worker)."""
+    import torch
+
+    from impls import torch_unet
+
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         return convert.from_torch(torch_unet.build(spec))
+
+
+def weights(config: RunConfig) -> dict[str, np.ndarray]:
+    if config.weights_file is None:
+        return initial_weights(config.spec)
+    loaded, spec = convert.load(config.weights_file)
+    if spec != config.spec:
+        raise ValueError(f"{config.weights_file} holds weights of {spec}, the case needs {config.spec}")
+    return loaded
 
 
 def crop(maps: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -45,10 +60,22 @@ def crop(maps: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 @functools.cache
-def workload(spec: UNetSpec, batch: int, size: int) -> Workload:
+def batch(spec: UNetSpec, batch: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, pixel weights) of the seeded synthetic batch."""
     out_h, out_w = spec.check_input((batch, spec.in_channels, size, size))
     data = cells.generate(batch, size, seed=SEED)
     images = np.repeat(data.images, spec.in_channels, axis=1)
     labels = crop(data.foreground, out_h, out_w).astype(np.int32)
     pixel_weights = crop(np.stack([weight_map(i) for i in data.instances]), out_h, out_w)
-    return Workload(initial_weights(spec), np.ascontiguousarray(images), labels, pixel_weights)
+    return np.ascontiguousarray(images), labels, pixel_weights
+
+
+def workload(config: RunConfig) -> Workload:
+    return Workload(weights(config), *batch(config.spec, config.batch, config.size))
+
+
+@functools.cache
+def whole_image(spec: UNetSpec, image_size: int) -> np.ndarray:
+    """The "tiled" task's (C, H, W) image: synthetic cells, ``image_size`` on a side."""
+    image = cells.generate(1, image_size, seed=SEED).images[0]
+    return np.repeat(image, spec.in_channels, axis=0)

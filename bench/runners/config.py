@@ -1,0 +1,135 @@
+"""RunConfig: everything that defines one benchmark case, listed once.
+
+A frozen dataclass with a JSON round trip (like ``UNetSpec``): the sweep
+builds one per case, hands it to fresh worker processes as JSON, and records
+it with every result. It validates itself, so a bad case is refused with the
+same message wherever it is made. Imports no framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from impls.spec import UNetSpec
+
+TORCH_PATHS = ("torch-eager", "torch-compile", "torch-compile-max-autotune", "torch-compile-reduce-overhead")
+PATHS = (*TORCH_PATHS, "jax")
+CUDA_ONLY_PATHS = ("torch-compile-max-autotune", "torch-compile-reduce-overhead")
+# "tiled": one whole image predicted in tiles (impls/tiling.py); size is the tile side,
+# batch the tiles per call.
+TASKS = ("train", "infer", "tiled")
+PRECISIONS = ("fp32", "bf16")
+LOSSES = ("ce", "weighted")  # softmax cross-entropy; the same weighted pixel by pixel
+UPCONVS = ("auto", "native", "matmul")
+SCALINGS = ("weak", "strong")
+LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
+
+
+def framework(path: str) -> str:
+    """Which framework a path runs on: "torch" or "jax"."""
+    return "jax" if path == "jax" else "torch"
+
+
+def check_device(device: str) -> None:
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One case: a framework path, a task, a U-Net, a shape, a precision and a placement.
+
+    ``devices``: data-parallel over that many devices of ``device``'s kind,
+    ``batch`` being the global batch, ``scaling`` "weak" or "strong" (a label
+    of the sweep). ``tf32`` lets fp32 convs and matmuls use TF32 on CUDA (both
+    frameworks alike; no effect on a CPU). ``upconv``: the transposed convs'
+    exact form, "native", "matmul" or "auto" (the faster, measured). ``loss``
+    "weighted" trains on the paper's pixel-weighted cross-entropy.
+    ``image_size``: the whole image of the "tiled" task. ``weights_file``: a
+    canonical safetensors file to start from; None for PyTorch's default
+    initialisation under the workload's seed.
+    """
+
+    path: str
+    spec: UNetSpec
+    size: int
+    batch: int
+    precision: str = "fp32"
+    device: str = "cpu"
+    task: str = "train"
+    devices: int | None = None
+    scaling: str | None = None
+    sync_bn: bool = False
+    tf32: bool = False
+    upconv: str = "auto"
+    loss: str = "ce"
+    learning_rate: float = LEARNING_RATE
+    image_size: int | None = None
+    weights_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spec, dict):  # from JSON
+            object.__setattr__(self, "spec", UNetSpec(**self.spec))
+        for name, value, allowed in (
+            ("path", self.path, PATHS),
+            ("task", self.task, TASKS),
+            ("precision", self.precision, (*PRECISIONS, "fp64")),  # fp64: equivalence tests only
+            ("loss", self.loss, LOSSES),
+            ("upconv", self.upconv, UPCONVS),
+        ):
+            if value not in allowed:
+                shown = PRECISIONS if name == "precision" else allowed
+                raise ValueError(f"{name} {value!r}: expected one of {', '.join(shown)}")
+        check_device(self.device)
+        if self.path in CUDA_ONLY_PATHS and self.device == "cpu":
+            raise ValueError(
+                f"path {self.path!r} needs a CUDA device (it relies on CUDA graphs or Triton autotuning)"
+            )
+        for name in ("size", "batch", "devices", "image_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} {value!r}: expected a whole number >= 1")
+        if self.devices is not None and self.batch % self.devices:
+            raise ValueError(f"batch {self.batch} must split evenly over {self.devices} devices")
+        if self.scaling is not None and self.scaling not in SCALINGS:
+            raise ValueError(f"scaling {self.scaling!r}: expected one of {', '.join(SCALINGS)}")
+        if self.task == "tiled" and self.image_size is None:
+            raise ValueError("task 'tiled' needs image_size, the side of the whole image")
+        self.spec.check_input(
+            (self.batch // (self.devices or 1), self.spec.in_channels, self.size, self.size)
+        )
+
+    @property
+    def framework(self) -> str:
+        return framework(self.path)
+
+    @property
+    def id(self) -> str:
+        parallel = f"-{self.scaling}-{self.devices}dev" if self.devices else ""
+        return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}{parallel}"
+
+    @property
+    def group(self) -> str:
+        """The cases that compete: the same task, shape, precision and device, any path."""
+        parallel = f" {self.scaling} scaling" if self.devices else ""
+        return f"{self.task} {self.size}px b{self.batch} {self.precision} {self.device}{parallel}"
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        fields = json.loads(text)
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"RunConfig: unknown fields {unknown}")
+        return cls(**fields)

@@ -1,0 +1,271 @@
+"""A worker process: builds one case's runner, then serves the sweep's commands.
+
+``python -m bench.runners.worker JSON``, where JSON holds RunConfig's fields
+and the worker's own: ``address`` and ``authkey`` of the controller (the
+sweep's front end, bench/workers.py), ``compile_cache`` (a folder for this
+case's on-disk compile caches), ``log_dir``. Data-parallel torch workers run
+under torchrun, one per device; a jax worker drives all its host's devices.
+
+It sets everything process-wide before the framework is imported: the compile
+cache folders, XLA's preallocation off (so that JAX's peak memory means what
+torch's does), simulated devices for jax on a CPU. It imports only its own
+framework.
+
+Without a controller ``address`` it runs standalone, as on several hosts under
+torchrun's rendezvous or ``jax.distributed``: two warm-up steps, then
+``steps`` timed ones, and rank 0 writes their seconds to ``out``.
+
+``UNET_BENCH_FAULT`` (tests only), "rank=R,command=C,action=A", makes rank R
+fail at command C (``start`` for start-up): ``exit`` (code 3), ``hang``,
+``signal`` (SIGSEGV), ``oom`` (an allocation that fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Client
+from pathlib import Path
+from typing import Any
+
+from bench.runners.config import RunConfig
+
+WORKER_FIELDS = ("address", "authkey", "compile_cache", "log_dir", "steps", "out")
+
+
+def split_arguments(arguments: dict) -> tuple[RunConfig, dict]:
+    """(the case, the worker's own options) from one JSON object."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(arguments) - names - set(WORKER_FIELDS))
+    if unknown:
+        raise ValueError(f"worker: unknown fields {unknown}; expected RunConfig's and {WORKER_FIELDS}")
+    config = RunConfig(**{k: v for k, v in arguments.items() if k in names})
+    return config, {k: v for k, v in arguments.items() if k not in names}
+
+
+def _redirect_output(log: Path) -> None:
+    """Send this process's stdout and stderr, C libraries' included, to ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for stream in (1, 2):
+        os.dup2(fd, stream)
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def _set_environment(config: RunConfig, compile_cache: str | None) -> None:
+    """Before any framework is imported: what they read at import."""
+    if compile_cache:
+        cache = Path(compile_cache)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+        os.environ["CUDA_CACHE_PATH"] = str(cache / "cuda")
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if config.framework == "jax" and config.device == "cpu" and (config.devices or 1) > 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={config.devices}".strip()
+
+
+def _configure_jax(config: RunConfig, compile_cache: str | None) -> None:
+    import jax
+
+    if compile_cache:  # the environment variables would be read too late: jax may be imported already
+        jax.config.update("jax_compilation_cache_dir", str(Path(compile_cache) / "jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if config.precision == "fp64":
+        jax.config.update("jax_enable_x64", True)
+
+
+def _placement(config: RunConfig) -> Any:
+    if config.devices is None:
+        return None
+    if config.framework == "jax":
+        from bench.runners.jax_dp import MeshPlacement
+
+        return MeshPlacement(config)
+    from bench.runners.torch_ddp import DataParallel
+
+    return DataParallel(config)
+
+
+def warm_up(config: RunConfig) -> None:
+    """The framework's one-time start (thread pools, kernel libraries), billed to no case:
+    a small conv forward and backward, eager, so that no compile cache is touched."""
+    if config.framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(w, x):
+            return jax.lax.conv(x, w, (1, 1), "SAME").sum()
+
+        x, w = jnp.ones((1, 2, 8, 8)), jnp.ones((2, 2, 3, 3))
+        with jax.disable_jit():
+            jax.block_until_ready(jax.grad(loss)(w, x))
+        return
+    import torch
+
+    device = torch.device("cpu" if config.device == "cpu" else config.device)
+    w = torch.ones(2, 2, 3, 3, device=device, requires_grad=True)
+    torch.nn.functional.conv2d(torch.ones(1, 2, 8, 8, device=device), w, padding=1).sum().backward()
+
+
+def _fault(rank: int) -> tuple[str | None, str | None]:
+    fields = dict(
+        item.split("=", 1) for item in os.environ.get("UNET_BENCH_FAULT", "").split(",") if "=" in item
+    )
+    if int(fields.get("rank", -1)) != rank:
+        return None, None
+    return fields.get("command"), fields.get("action")
+
+
+def _inject(rank: int, command: str, action: str | None) -> None:
+    print(f"rank {rank}: injected fault {action!r} at {command!r}", flush=True)
+    if action == "hang":
+        time.sleep(10**6)
+    if action == "signal":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if action == "oom":
+        import numpy as np
+
+        np.ones(1 << 60, np.uint8)  # MemoryError: Unable to allocate 1.00 EiB
+    os._exit(3)
+
+
+class Service:
+    """The commands a worker answers, over its runner."""
+
+    def __init__(self, config: RunConfig, runner: Any) -> None:
+        self.config, self.runner = config, runner
+
+    def call(self) -> None:
+        """What one timed round runs: one train step, one forward, or one whole image in tiles."""
+        if self.config.task == "train":
+            self.runner.train_step()
+        elif self.config.task == "infer":
+            self.runner.infer()
+        else:
+            from bench.runners.workload import whole_image
+            from impls.tiling import predict_tiled
+
+            image = whole_image(self.config.spec, self.config.image_size)
+            predict_tiled(
+                self.runner.predict, image, self.config.spec, tile=self.config.size, batch=self.config.batch
+            )
+
+    def first_call(self) -> float:
+        """Seconds of the first call: compilation (from whatever caches there are) and one call."""
+        start = time.perf_counter()
+        self.call()
+        return time.perf_counter() - start
+
+    def time_calls(self, count: int) -> list[float]:
+        """A plain perf_counter loop in this process: what the timer check compares with."""
+        seconds = []
+        for _ in range(count):
+            start = time.perf_counter()
+            self.call()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    def write_initial_weights(self, file: str) -> None:
+        """The canonical weights every worker of the sweep loads (torch workers only: it imports torch)."""
+        from bench.runners.workload import initial_weights
+        from impls import convert
+
+        convert.save(file, initial_weights(self.config.spec), self.config.spec)
+
+    def handlers(self) -> dict[str, Any]:
+        runner = self.runner
+        return {
+            "settings": lambda: {**runner.settings, "device_name": runner.device_name},
+            "first_call": self.first_call,
+            "call": self.call,
+            "time_calls": self.time_calls,
+            "train_step": runner.train_step,
+            "infer": runner.infer,
+            "outputs": runner.outputs,
+            "reset_state": runner.reset_state,
+            "weights": runner.weights,
+            "peak_memory_bytes": runner.peak_memory_bytes,
+            "write_initial_weights": self.write_initial_weights,
+            "modules": lambda: sorted({"torch", "jax"} & set(sys.modules)),
+            "noop": lambda: None,
+        }
+
+
+def serve(connection, service: Service, rank: int) -> int:
+    handlers = service.handlers()
+    fault_command, fault_action = _fault(rank)
+    while True:
+        try:
+            message = connection.recv()
+        except EOFError:  # the controller is gone
+            return 0
+        command = message["command"]
+        if command == "exit":
+            return 0
+        if command == fault_command:
+            _inject(rank, command, fault_action)
+        try:
+            connection.send({"result": handlers[command](*message.get("args", ()))})
+        except Exception as error:  # sent to the controller, which raises it with this rank's name
+            traceback.print_exc()
+            connection.send({"error": f"{type(error).__name__}: {error}"})
+
+
+def _standalone(service: Service, options: dict, rank: int) -> int:
+    for _ in range(2):
+        service.runner.train_step()
+    seconds = []
+    for _ in range(options.get("steps", 20)):
+        start = time.perf_counter()
+        service.runner.train_step()
+        seconds.append(time.perf_counter() - start)
+    if rank == 0:
+        median = sorted(seconds)[len(seconds) // 2]
+        summary = {
+            "config": service.config.to_dict(),
+            "step_seconds": seconds,
+            "images_per_second": service.config.batch / median,
+            "settings": service.runner.settings,
+        }
+        Path(options.get("out", "dp-run.json")).write_text(json.dumps(summary, indent=1))
+        print(json.dumps({"images_per_second": summary["images_per_second"]}))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    config, options = split_arguments(json.loads(argv[0]))
+    rank = int(os.environ.get("RANK", os.environ.get("JAX_PROCESS_ID", 0)))
+    if options.get("log_dir"):
+        _redirect_output(Path(options["log_dir"]) / f"rank{rank}.log")
+    fault_command, fault_action = _fault(rank)
+    if fault_command == "start":
+        _inject(rank, "start", fault_action)
+    _set_environment(config, options.get("compile_cache"))
+    if config.framework == "jax":
+        _configure_jax(config, options.get("compile_cache"))
+    from bench.runners import build
+
+    if "address" not in options:
+        warm_up(config)
+        return _standalone(Service(config, build(config, _placement(config))), options, rank)
+    connection = Client(tuple(options["address"]), authkey=bytes.fromhex(options["authkey"]))
+    hello: dict[str, Any] = {"rank": rank, "pid": os.getpid()}
+    try:  # a case that cannot be built is reported like a failed command
+        warm_up(config)
+        service = Service(config, build(config, _placement(config)))
+    except Exception as error:
+        traceback.print_exc()
+        connection.send({**hello, "error": f"{type(error).__name__}: {error}"})
+        return 1
+    connection.send(hello)
+    return serve(connection, service, rank)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,340 @@
+"""The worker front end: every case runs in fresh worker processes, started, called, timed out and
+ended here.
+
+``Worker(config)`` starts ``bench.runners.worker`` for one RunConfig (under
+torchrun, one process per device, for a data-parallel torch case) and talks
+to it over a local authenticated connection. Every wait is bounded; a worker
+that fails is reported as a ``WorkerError`` whose ``status`` says how:
+
+- ``error``: a command raised (its message is quoted);
+- ``out-of-memory``: the framework said so, or the kernel's OOM killer ended it;
+- ``crashed``: it died (its signal or exit code and the end of its log are quoted);
+- ``timeout``: it did not answer in time (the case's ``--case-timeout`` or a command's limit).
+
+Every process a Worker starts carries a marker in its environment, so that
+``close`` ends all of them, torchrun's ranks (which it starts in sessions of
+their own) included, whatever state they are in; ``leftover_processes`` finds
+any that outlived their sweep. Imports no framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection, Listener, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench.runners.config import RunConfig
+
+START_TIMEOUT = 900.0  # seconds for a worker to start, build and connect
+CALL_TIMEOUT = 3600.0  # seconds for one command, compilation included
+LOG_TAIL = 2000  # characters of a failed worker's log quoted in the error
+WORKER_MARKER = "UNET_BENCH_WORKER"  # env: this worker's token
+OWNER_MARKER = "UNET_BENCH_OWNER"  # env: the pid of the process that started it
+OOM_TEXT = ("out of memory", "outofmemory", "resource_exhausted", "memoryerror", "unable to allocate")
+
+
+class WorkerError(RuntimeError):
+    """A worker failed or stopped answering; ``status`` says how."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def status_of(message: str) -> str:
+    """ "out-of-memory" or "error" for a framework's error message."""
+    return "out-of-memory" if any(t in message.lower() for t in OOM_TEXT) else "error"
+
+
+def oom_kills() -> int:
+    """The kernel's count of OOM kills so far (system-wide); 0 where it does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _marked(name: str, value: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(name) == value:
+                found.append(process)
+    return found
+
+
+def kill_marked(name: str, value: str) -> int:
+    """SIGKILL every process whose environment has ``name=value``; how many there were."""
+    processes = _marked(name, value)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(processes, timeout=10)
+    return len(processes)
+
+
+def leftover_processes() -> list[psutil.Process]:
+    """Live worker processes that Workers of this process started (their ranks included)."""
+    return [p for p in _marked(OWNER_MARKER, str(os.getpid())) if p.is_running()]
+
+
+class Worker:
+    """One case's worker process(es), with the Runner interface over the connection.
+
+    ``compile_cache``: the folder of this case's on-disk compile caches (a
+    fresh temporary one if None). ``deadline`` (time.monotonic()) bounds every
+    wait: past it the worker is ended and ``timeout`` raised. ``fault``: make a
+    rank fail on purpose (tests; see bench/runners/worker.py).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        compile_cache: str | Path | None = None,
+        deadline: float | None = None,
+        start_timeout: float = START_TIMEOUT,
+        call_timeout: float = CALL_TIMEOUT,
+        fault: str | None = None,
+    ) -> None:
+        self.config = config
+        self.deadline, self.call_timeout = deadline, call_timeout
+        self.log_dir = Path(tempfile.mkdtemp(prefix="unet-bench-worker-"))
+        self._own_cache = compile_cache is None
+        self.compile_cache = Path(compile_cache) if compile_cache else self.log_dir / "compile-cache"
+        self._token = secrets.token_hex(8)
+        self._oom_kills = oom_kills()
+        self._connections: dict[int, Connection] = {}
+        self._process: subprocess.Popen | None = None
+        authkey = secrets.token_bytes(16)
+        self._listener = Listener(("127.0.0.1", 0), authkey=authkey)
+        arguments = {
+            **config.to_dict(),
+            "address": list(self._listener.address),
+            "authkey": authkey.hex(),
+            "compile_cache": str(self.compile_cache),
+            "log_dir": str(self.log_dir),
+        }
+        env = {**os.environ, WORKER_MARKER: self._token, OWNER_MARKER: str(os.getpid())}
+        if fault:
+            env["UNET_BENCH_FAULT"] = fault
+        command = [sys.executable, "-m", "bench.runners.worker", json.dumps(arguments)]
+        # A torch data-parallel case: one process per device under torchrun; jax drives its devices from one.
+        self._torchrun = config.devices is not None and config.framework == "torch"
+        self._ranks = config.devices if self._torchrun else 1
+        if self._torchrun:
+            if config.device == "cpu":  # the cores are shared among the processes
+                env["OMP_NUM_THREADS"] = str(max(1, _cpu_count() // config.devices))
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={config.devices}",
+                "--max-restarts=0",
+                *command[1:],
+            ]
+        try:
+            self._process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=(self.log_dir / "launcher.log").open("w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches the sweep, which ends it
+            )
+            self._accept(start_timeout)
+            self.settings: dict[str, Any] = self.call("settings")
+            self.device_name = self.settings.get("device_name", config.device)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- faults -------------------------------------------------------------------
+
+    def _log_tail(self, rank: int = 0) -> str:
+        for name in (f"rank{rank}.log", "launcher.log"):
+            log = self.log_dir / name
+            if log.exists() and log.stat().st_size:
+                return f"\n--- end of {log.name} ---\n" + log.read_text(errors="replace")[-LOG_TAIL:]
+        return ""
+
+    def _timeout(self, limit: float) -> tuple[float, str]:
+        """(seconds to wait, what the limit is called)."""
+        if self.deadline is not None and self.deadline - time.monotonic() < limit:
+            return max(0.0, self.deadline - time.monotonic()), "the case's time limit (--case-timeout)"
+        return limit, f"{limit:.0f} s"
+
+    def _died(self, rank: int, during: str) -> WorkerError:
+        """The error for a worker that is gone: out of memory, a signal, or an exit code."""
+        code = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = self._process.wait(timeout=10)
+        tail = self._log_tail(rank)
+        if oom_kills() > self._oom_kills:
+            return WorkerError(
+                "out-of-memory", f"rank {rank} was killed by the kernel's OOM killer {during}{tail}"
+            )
+        if self._torchrun or code is None:  # torchrun's log, quoted, says how its ranks ended
+            how = "died"
+        elif code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        return WorkerError("crashed", f"rank {rank} {how} {during}{tail}")
+
+    def _fail(self, error: WorkerError) -> WorkerError:
+        self.close()
+        return error
+
+    # -- the connection -------------------------------------------------------------
+
+    def _accept(self, start_timeout: float) -> None:
+        hellos: dict[int, dict] = {}
+
+        def accept_all() -> None:
+            while len(self._connections) < self._ranks:
+                with contextlib.suppress(OSError, EOFError):
+                    connection = self._listener.accept()
+                    hello = connection.recv()
+                    self._connections[hello["rank"]] = connection
+                    hellos[hello["rank"]] = hello
+
+        thread = threading.Thread(target=accept_all, daemon=True)
+        thread.start()
+        limit, name = self._timeout(start_timeout)
+        deadline = time.monotonic() + limit
+        while thread.is_alive() and time.monotonic() < deadline:
+            thread.join(0.2)
+            if self._process.poll() is not None and thread.is_alive():
+                missing = min(set(range(self._ranks)) - set(self._connections))
+                raise self._fail(self._died(missing, "before it started"))
+        if thread.is_alive():
+            missing = min(set(range(self._ranks)) - set(self._connections))
+            raise self._fail(
+                WorkerError(
+                    "timeout", f"rank {missing} did not start within {name}" + self._log_tail(missing)
+                )
+            )
+        for rank, hello in sorted(hellos.items()):
+            if "error" in hello:
+                raise self._fail(
+                    WorkerError(
+                        status_of(hello["error"]), f"rank {rank} could not build the case: {hello['error']}"
+                    )
+                )
+
+    def request(self, command: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        """Send ``command`` to every rank; their replies, in rank order."""
+        if self._process is None or not self._connections:
+            raise WorkerError("error", f"the worker of {self.config.id} is closed")
+        limit, name = self._timeout(self.call_timeout if timeout is None else timeout)
+        for rank, connection in self._connections.items():
+            try:
+                connection.send({"command": command, "args": args})
+            except OSError:
+                raise self._fail(self._died(rank, f"before {command!r}")) from None
+        replies: dict[int, Any] = {}
+        pending = dict(self._connections)
+        deadline = time.monotonic() + limit
+        while pending:
+            ready = wait(list(pending.values()), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:  # a hung rank stalls the others in collectives: name every silent one
+                silent = sorted(pending)
+                names = f"rank {silent[0]}" if len(silent) == 1 else "ranks " + ", ".join(map(str, silent))
+                error = WorkerError(
+                    "timeout",
+                    f"{names} did not answer {command!r} within {name}"
+                    + "".join(self._log_tail(rank) for rank in silent),
+                )
+                raise self._fail(error)
+            for rank in [r for r, c in pending.items() if c in ready]:
+                try:
+                    reply = pending.pop(rank).recv()
+                except (EOFError, OSError):
+                    raise self._fail(self._died(rank, f"during {command!r}")) from None
+                if "error" in reply:
+                    raise self._fail(
+                        WorkerError(
+                            status_of(reply["error"]), f"rank {rank} failed {command!r}: {reply['error']}"
+                        )
+                    )
+                replies[rank] = reply["result"]
+        return [replies[rank] for rank in sorted(replies)]
+
+    def call(self, command: str, *args: Any, timeout: float | None = None) -> Any:
+        """``command`` on every rank; rank 0's reply."""
+        return self.request(command, *args, timeout=timeout)[0]
+
+    def close(self) -> None:
+        """Ask the worker to exit, then end every process it started, whatever their state."""
+        for connection in self._connections.values():
+            with contextlib.suppress(OSError):
+                connection.send({"command": "exit"})
+                connection.close()
+        self._connections = {}
+        self._listener.close()
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        kill_marked(WORKER_MARKER, self._token)  # torchrun's ranks live in sessions of their own
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the Runner interface ---------------------------------------------------------
+
+    def train_step(self) -> None:
+        self.request("train_step")
+
+    def infer(self) -> None:
+        self.request("infer")
+
+    def outputs(self, task: str) -> dict[str, Any]:
+        """Rank 0's outputs; a data-parallel run's logits gathered from the ranks in order."""
+        replies = self.request("outputs", task)
+        return {**replies[0], "logits": np.concatenate([r["logits"] for r in replies])}
+
+    def reset_state(self) -> None:
+        self.request("reset_state")
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.call("weights")
+
+    def peak_memory_bytes(self) -> int | None:
+        peaks = self.request("peak_memory_bytes")
+        return None if any(p is None for p in peaks) else max(peaks)
+
+    def messaging_seconds(self) -> float:
+        """Median round trip of an empty command: the control overhead in every timed call."""
+        samples = []
+        for _ in range(20):
+            start = time.perf_counter()
+            self.request("noop")
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples))
