@@ -44,6 +44,7 @@ from bench.runners.config import RunConfig
 from bench.workers import Worker, WorkerError
 from impls.tiling import tile_positions
 
+ROUND_STATS = ("median", "iqr", "min", "max", "mean", "stddev", "rounds")  # benchmark.json's names
 STATUSES = ("ok", "parity-failed", "error", "out-of-memory", "crashed", "timeout", "interrupted", "skipped")
 
 
@@ -244,6 +245,8 @@ class Sweep:
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # --benchmark-disable: ran once, untimed
             return info
+        # as benchmark.json has them, so that progress.jsonl alone rebuilds the report
+        info["stats"] = {name: getattr(stats.stats, name) for name in ROUND_STATS}
         median = stats.stats.median
         images_per_second = (1 if config.task == "tiled" else config.batch) / median
         if config.task == "tiled":

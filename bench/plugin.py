@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import signal
 from pathlib import Path
 
@@ -240,8 +241,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[RUN_DIR_KEY] = run_dir
         if not config.getoption("benchmark_json"):
             config.option.benchmark_json = run_dir / "benchmark.json"
-        # Read now, so that the run records the code it started with.
+        # Read now, so that the run records the code it started with; kept beside progress.jsonl
+        # for a report rebuilt after a sweep that was killed outright.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
+        (run_dir / "environment.json").write_text(json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
     compile_cache = config.getoption("compile_cache")
     config.stash[SWEEP_KEY] = Sweep(
         progress_file=run_dir / "progress.jsonl" if run_dir else None,

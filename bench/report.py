@@ -4,7 +4,9 @@
 directories (other machines, other GPUs) it merges them into one cross-device
 table. A run directory holds ``benchmark.json``: pytest-benchmark's own data,
 with this suite's ``extra_info`` per benchmark and a ``unet_bench`` section
-(spec, environment, options, failed cases).
+(spec, environment, options, failed cases). A sweep that was killed outright
+(SIGKILL, a lost machine) wrote no ``benchmark.json``; its ``progress.jsonl``,
+one record per case written as each case ended, rebuilds the same tables.
 """
 
 from __future__ import annotations
@@ -33,8 +35,33 @@ THROUGHPUT = {
 UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole images"}
 
 
+SUSPECT = 1.0  # of the device's measured peak: more is physically suspect, never explained away
+
+
+def _from_progress(run_dir: Path) -> dict:
+    """benchmark.json's shape, from the records of progress.jsonl (a run that never finished)."""
+    lines = (Path(run_dir) / "progress.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    benchmarks = [
+        {"name": f"test_unet[{r['id']}]", "stats": r["stats"], "extra_info": r}
+        for r in records
+        if r.get("status") == "ok" and "stats" in r
+    ]
+    section = {
+        "failures": [r for r in records if r.get("status") != "ok"],
+        "rebuilt_from": "progress.jsonl (the sweep ended before it wrote benchmark.json)",
+    }
+    environment = Path(run_dir) / "environment.json"
+    if environment.exists():  # written when the sweep started
+        section["environment"] = json.loads(environment.read_text())
+    if records:
+        section["spec"] = records[0]["case"]["spec"]
+    return {"benchmarks": benchmarks, "unet_bench": section}
+
+
 def _read(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "benchmark.json").read_text())
+    path = Path(run_dir) / "benchmark.json"
+    return json.loads(path.read_text()) if path.exists() else _from_progress(run_dir)
 
 
 def others(run_dir: Path) -> pd.DataFrame:
@@ -77,6 +104,7 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                 "utilization": info["utilization"],
                 "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
                 "compile_cold_s": info["compile_seconds_cold"],
+                "compile_cold_reused": bool(info.get("compile_cold_reused", False)),
                 "compile_cached_s": info["compile_seconds_cached"],
                 "devices": info.get("devices") or math.nan,
                 "scaling": info.get("scaling"),
@@ -94,6 +122,15 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         ]
     )
     return measured, failures, section
+
+
+MEMORY_NOTE = (
+    "Peak memory, by one method per device for every path, each case in workers of its own: on a GPU "
+    "the framework's peak bytes in use since its worker started (torch.cuda.max_memory_allocated, "
+    'JAX\'s memory_stats()["peak_bytes_in_use"] with preallocation off), which includes the '
+    "compile-time and autotuning workspace; on a CPU the worker's peak resident size, which includes "
+    "the framework's own runtime and compiled code."
+)
 
 
 def _md(table: pd.DataFrame) -> str:
@@ -233,6 +270,8 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     spec = section.get("spec")
     if spec:
         parts += [f"Spec: `{json.dumps(spec)}`. Versions: `{json.dumps(env.get('versions', {}))}`.", ""]
+    if section.get("rebuilt_from"):
+        parts += [f"Rebuilt from {section['rebuilt_from']}.", ""]
     if not measured.empty:
         parts += ["## Which to pick", "", *[f"- {line}" for line in verdicts(measured)], ""]
     for task, (column, label) in THROUGHPUT.items():
@@ -254,13 +293,22 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
             "",
             _pivot(measured, task, "peak_memory_mib").round(0).pipe(_md),
             "",
+            MEMORY_NOTE,
+            "",
             f"## {task}: compile seconds, cold / from the caches",
             "",
             _cells(
                 _pivot(measured, task, "compile_cold_s"),
                 _pivot(measured, task, "compile_cached_s"),
                 "{0:.1f} / {1:.1f}",
-            ).pipe(_md),
+            )
+            .where(~_pivot(measured, task, "compile_cold_reused").astype(bool), lambda t: t + " (reused)")
+            .pipe(_md),
+            "",
+            "Cold: a fresh worker with empty compile caches of its own; from the caches: a fresh worker "
+            "that finds what the cold one wrote (inductor's FX graph and AOTAutograd caches, JAX's "
+            "persistent cache). (reused): the cold figure of an earlier run with the same versions, "
+            "device, code, spec and case, whose caches this run kept.",
             "",
             f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)",
             "",
@@ -270,10 +318,13 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
             "",
             _cells(
                 _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"), "{0:.3g} ({1:.0%})"
-            ).pipe(_md),
+            )
+            .where(_pivot(measured, task, "utilization") <= SUSPECT, lambda t: t + " SUSPECT")
+            .pipe(_md),
             "",
-            "FLOPs are nominal, those of direct convolution; cuDNN may pick Winograd or FFT algorithms "
-            "that do fewer, so a figure above 100% means such an algorithm, not a faster chip.",
+            "FLOPs are nominal, those of direct convolution. SUSPECT: above the device's peak measured "
+            "for this precision, which the case cannot honestly reach; look for a setting that computes "
+            "in a lower precision than the column says before trusting its time.",
             "",
         ]
     if not scaling.empty:
@@ -357,7 +408,9 @@ def write_index(results: Path) -> None:
         "| run | device | cases measured | cases without a number | versions |",
         "|---|---|---|---|---|",
     ]
-    for run_dir in sorted(p.parent for p in Path(results).glob("*/benchmark.json")):
+    runs = {p.parent for p in Path(results).glob("*/benchmark.json")}
+    runs |= {p.parent for p in Path(results).glob("*/progress.jsonl")}
+    for run_dir in sorted(runs):
         measured, failures, section = load(run_dir)
         env = section.get("environment", {})
         versions = ", ".join(
@@ -385,9 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="results/<date>-<device>/ folders")
     parser.add_argument("--out", type=Path, help="with several runs: write cross-device.md and .csv here")
     args = parser.parse_args(argv)
-    missing = [str(d) for d in args.run_dirs if not (d / "benchmark.json").exists()]
+    sources = ("benchmark.json", "progress.jsonl")
+    missing = [str(d) for d in args.run_dirs if not any((d / f).exists() for f in sources)]
     if missing:
-        parser.error(f"no benchmark.json in: {', '.join(missing)}")
+        parser.error(f"no benchmark.json or progress.jsonl in: {', '.join(missing)}")
     if len(args.run_dirs) == 1:
         print(write_run(args.run_dirs[0]))
         return 0

@@ -101,8 +101,7 @@ class Worker:
 
     ``compile_cache``: the folder of this case's on-disk compile caches (a
     fresh temporary one if None). ``deadline`` (time.monotonic()) bounds every
-    wait: past it the worker is ended and ``timeout`` raised. ``fault``: make a
-    rank fail on purpose (tests; see bench/runners/worker.py).
+    wait: past it the worker is ended and ``timeout`` raised.
     """
 
     def __init__(
@@ -113,7 +112,6 @@ class Worker:
         deadline: float | None = None,
         start_timeout: float = START_TIMEOUT,
         call_timeout: float = CALL_TIMEOUT,
-        fault: str | None = None,
     ) -> None:
         self.config = config
         self.deadline, self.call_timeout = deadline, call_timeout
@@ -134,8 +132,6 @@ class Worker:
             "log_dir": str(self.log_dir),
         }
         env = {**os.environ, WORKER_MARKER: self._token, OWNER_MARKER: str(os.getpid())}
-        if fault:
-            env["UNET_BENCH_FAULT"] = fault
         command = [sys.executable, "-m", "bench.runners.worker", json.dumps(arguments)]
         # A torch data-parallel case: one process per device under torchrun; jax drives its devices from one.
         self._torchrun = config.devices is not None and config.framework == "torch"
@@ -208,15 +204,13 @@ class Worker:
     # -- the connection -------------------------------------------------------------
 
     def _accept(self, start_timeout: float) -> None:
-        hellos: dict[int, dict] = {}
+        """Every rank connects at once, then reports that its case is built (or why not)."""
 
         def accept_all() -> None:
             while len(self._connections) < self._ranks:
                 with contextlib.suppress(OSError, EOFError):
                     connection = self._listener.accept()
-                    hello = connection.recv()
-                    self._connections[hello["rank"]] = connection
-                    hellos[hello["rank"]] = hello
+                    self._connections[connection.recv()["rank"]] = connection
 
         thread = threading.Thread(target=accept_all, daemon=True)
         thread.start()
@@ -229,18 +223,9 @@ class Worker:
                 raise self._fail(self._died(missing, "before it started"))
         if thread.is_alive():
             missing = min(set(range(self._ranks)) - set(self._connections))
-            raise self._fail(
-                WorkerError(
-                    "timeout", f"rank {missing} did not start within {name}" + self._log_tail(missing)
-                )
-            )
-        for rank, hello in sorted(hellos.items()):
-            if "error" in hello:
-                raise self._fail(
-                    WorkerError(
-                        status_of(hello["error"]), f"rank {rank} could not build the case: {hello['error']}"
-                    )
-                )
+            message = f"rank {missing} did not start within {name}" + self._log_tail(missing)
+            raise self._fail(WorkerError("timeout", message))
+        self._collect("build the case", max(0.0, deadline - time.monotonic()), name)
 
     def request(self, command: str, *args: Any, timeout: float | None = None) -> list[Any]:
         """Send ``command`` to every rank; their replies, in rank order."""
@@ -252,6 +237,10 @@ class Worker:
                 connection.send({"command": command, "args": args})
             except OSError:
                 raise self._fail(self._died(rank, f"before {command!r}")) from None
+        return self._collect(repr(command), limit, name)
+
+    def _collect(self, what: str, limit: float, name: str) -> list[Any]:
+        """One reply from every rank within ``limit`` seconds, in rank order."""
         replies: dict[int, Any] = {}
         pending = dict(self._connections)
         deadline = time.monotonic() + limit
@@ -260,23 +249,20 @@ class Worker:
             if not ready:  # a hung rank stalls the others in collectives: name every silent one
                 silent = sorted(pending)
                 names = f"rank {silent[0]}" if len(silent) == 1 else "ranks " + ", ".join(map(str, silent))
-                error = WorkerError(
-                    "timeout",
-                    f"{names} did not answer {command!r} within {name}"
-                    + "".join(self._log_tail(rank) for rank in silent),
+                tails = "".join(self._log_tail(rank) for rank in silent)
+                raise self._fail(
+                    WorkerError("timeout", f"{names} did not answer {what} within {name}{tails}")
                 )
-                raise self._fail(error)
             for rank in [r for r, c in pending.items() if c in ready]:
                 try:
                     reply = pending.pop(rank).recv()
                 except (EOFError, OSError):
-                    raise self._fail(self._died(rank, f"during {command!r}")) from None
+                    raise self._fail(self._died(rank, f"during {what}")) from None
                 if "error" in reply:
-                    raise self._fail(
-                        WorkerError(
-                            status_of(reply["error"]), f"rank {rank} failed {command!r}: {reply['error']}"
-                        )
+                    error = WorkerError(
+                        status_of(reply["error"]), f"rank {rank} failed {what}: {reply['error']}"
                     )
+                    raise self._fail(error)
                 replies[rank] = reply["result"]
         return [replies[rank] for rank in sorted(replies)]
 

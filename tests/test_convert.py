@@ -13,11 +13,12 @@ import safetensors.torch
 import torch
 from flax import nnx
 
+from bench.gate import err
 from impls import convert, flax_unet, torch_unet
 from impls.flax_unet import BatchNorm
 from impls.spec import UNetSpec
 from tests import reference_numpy
-from tests.helpers import err, nchw_to_nhwc, nhwc_to_nchw, random_weights
+from tests.helpers import nchw_to_nhwc, nhwc_to_nchw, random_weights
 
 SPECS = [
     UNetSpec(in_channels=3, num_classes=2, width=5, depth=2),

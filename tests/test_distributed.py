@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.runners import LEARNING_RATE
-from bench.runners.distributed import DistributedError, DistributedRunner
-from bench.runners.workload import initial_weights, workload
+from bench.runners import LEARNING_RATE, RunConfig
+from bench.runners.workload import batch, initial_weights
+from bench.workers import Worker, WorkerError, leftover_processes
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
 from tests.helpers import assert_close
@@ -48,16 +48,16 @@ def _grads(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> di
 
 def reference(sync_bn: bool) -> dict[str, dict[str, np.ndarray]]:
     """One Adam step by hand on one device: the whole batch, or each device's half."""
-    work = workload(SPEC, BATCH, SIZE)
+    images, labels, _ = batch(SPEC, BATCH, SIZE)
     model = _model()
     if sync_bn:
-        grads = _grads(model, work.images, work.labels)
+        grads = _grads(model, images, labels)
     else:
         share = BATCH // DEVICES
         halves = [slice(r * share, (r + 1) * share) for r in range(DEVICES)]
         # device 0 is `model` (its running statistics are the ones kept); the others are copies
         per_device = [
-            _grads(model if r == 0 else copy.deepcopy(_model()), work.images[h], work.labels[h])
+            _grads(model if r == 0 else copy.deepcopy(_model()), images[h], labels[h])
             for r, h in enumerate(halves)
         ]
         grads = {n: sum(g[n] for g in per_device) / DEVICES for n in per_device[0]}
@@ -71,26 +71,19 @@ def reference(sync_bn: bool) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+def _config(path: str, **changes) -> RunConfig:
+    return RunConfig(path, SPEC, SIZE, BATCH, devices=DEVICES, **changes)
+
+
 @pytest.mark.parametrize("sync_bn", [False, True], ids=["per-device-bn", "cross-device-bn"])
 @pytest.mark.parametrize("path", ["torch-eager", "jax"])
 def test_data_parallel_step_equals_the_single_device_computation(path: str, sync_bn: bool) -> None:
-    runner = DistributedRunner(
-        path,
-        SPEC,
-        batch=BATCH,
-        size=SIZE,
-        precision="fp64",
-        device="cpu",
-        devices=DEVICES,
-        sync_bn=sync_bn,
-        setup_timeout=300,
-        call_timeout=120,
-    )
-    try:
-        got = runner.probe()
-        assert "per device" in runner.settings["batchnorm"] or sync_bn
-    finally:
-        runner.close()
+    with Worker(_config(path, precision="fp64", sync_bn=sync_bn), call_timeout=120) as worker:
+        gradients = worker.outputs("train")["gradients"]  # the first step's, averaged over the devices
+        worker.reset_state()
+        worker.train_step()
+        got = {"gradients": gradients, "weights": worker.weights()}
+        assert "per device" in worker.settings["batchnorm"] or sync_bn
     want = reference(sync_bn)
     assert_close(got["gradients"], want["gradients"], 1e-8, SPEC, f"{path} gradients")
     assert_close(got["weights"], want["weights"], 1e-8, SPEC, f"{path} weights and running statistics")
@@ -100,32 +93,24 @@ def test_data_parallel_step_equals_the_single_device_computation(path: str, sync
 
 
 @pytest.mark.parametrize(
-    ("action", "match"),
+    ("action", "status", "match"),
     [
-        ("exit", "rank 1 died during 'train_step'"),
-        ("hang", r"ranks? (0, )?1 did not answer 'train_step' within 5 s"),
+        ("exit", "crashed", "rank 1 died during 'train_step'"),
+        ("hang", "timeout", r"ranks? (0, )?1 did not answer 'train_step' within 5 s"),
     ],
 )
-def test_a_failing_rank_is_named_and_nothing_hangs(action: str, match: str) -> None:
-    runner = DistributedRunner(
-        "torch-eager",
-        SPEC,
-        batch=BATCH,
-        size=SIZE,
-        precision="fp32",
-        device="cpu",
-        devices=DEVICES,
-        setup_timeout=300,
-        call_timeout=5,
-        fault=f"rank=1,command=train_step,action={action}",
-    )
+def test_a_failing_rank_is_named_and_nothing_is_left_running(monkeypatch, action, status, match) -> None:
+    monkeypatch.setenv("UNET_BENCH_FAULT", f"rank=1,command=train_step,action={action}")
+    worker = Worker(_config("torch-eager"), call_timeout=5)
     try:
-        with pytest.raises(DistributedError, match=match) as info:
-            runner.train_step()
+        with pytest.raises(WorkerError, match=match) as info:
+            worker.train_step()
+        assert info.value.status == status
         assert "rank 1: injected fault" in str(info.value)  # the end of rank 1's log is quoted
     finally:
-        runner.close()
-    assert runner._process.poll() is not None  # its processes are gone
+        worker.close()
+    # torchrun starts its ranks in sessions of their own: all of them are gone all the same
+    assert leftover_processes() == []
 
 
 def test_standalone_workers_under_torchrun(tmp_path) -> None:
@@ -150,7 +135,7 @@ def test_standalone_workers_under_torchrun(tmp_path) -> None:
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=127.0.0.1:0",
         "-m",
-        "bench.runners.dp_worker",
+        "bench.runners.worker",
         json.dumps(config),
     ]
     subprocess.run(command, check=True, timeout=300, capture_output=True)

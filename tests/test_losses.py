@@ -63,7 +63,9 @@ def test_weighted_cross_entropy_matches_across_frameworks() -> None:
     logits = rng.normal(size=(2, 3, 8, 9)).astype(np.float32)
     labels = rng.integers(0, 3, (2, 8, 9))
     weights = rng.uniform(0.5, 10, (2, 8, 9)).astype(np.float32)
-    ours = torch_unet.weighted_cross_entropy(torch.tensor(logits), torch.tensor(labels), torch.tensor(weights))
+    ours = torch_unet.weighted_cross_entropy(
+        torch.tensor(logits), torch.tensor(labels), torch.tensor(weights)
+    )
     theirs = flax_unet.weighted_cross_entropy(
         jnp.asarray(logits.transpose(0, 2, 3, 1)), jnp.asarray(labels), jnp.asarray(weights)
     )

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.gate import err
 from impls import convert, flax_unet, torch_unet
 from tests import milesial_reference
-from tests.helpers import err, nchw_to_nhwc, nhwc_to_nchw
+from tests.helpers import nchw_to_nhwc, nhwc_to_nchw
 
 
 @pytest.fixture(scope="module")

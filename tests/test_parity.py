@@ -16,13 +16,13 @@ import pytest
 import torch
 from flax import nnx
 
+from bench.gate import err
 from impls import convert, flax_unet, torch_unet
 from impls.spec import NORMS, PADDINGS, UPSAMPLES, UNetSpec
 from tests.helpers import (
     assert_close,
     batch,
     conditioned_batch,
-    err,
     flax_step,
     nchw_to_nhwc,
     nhwc_to_nchw,

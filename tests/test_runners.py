@@ -1,15 +1,14 @@
-"""The runners behind the benchmarks: the interface, the parity gate, recorded failures."""
+"""The runners behind the benchmarks: the interface, the parity gate, precision, the run configuration."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+import torch
 
-from bench import gate, measure, report
-from bench.measure import Case, CaseFailure, Session
-from bench.runners import make_runner
+from bench import gate
+from bench.runners import RunConfig, make_runner
+from bench.runners.torch_runner import conv_fp32_precision
 from impls import convert
 from impls.spec import UNetSpec
 
@@ -17,7 +16,7 @@ SPEC = UNetSpec(width=4, depth=2)
 SIZE, BATCH = 16, 2
 
 
-def _outputs(path: str, task: str, precision: str = "fp32", upconv: str = "auto") -> dict[str, np.ndarray]:
+def _outputs(path: str, task: str, precision: str = "fp32", upconv: str = "auto") -> dict:
     runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision=precision, device="cpu", upconv=upconv)
     return runner.outputs(task)
 
@@ -46,15 +45,20 @@ def references() -> dict:
 def test_paths_pass_the_parity_gate(references, path: str, precision: str, upconv: str, task: str) -> None:
     outputs = _outputs(path, task, precision, upconv)
     baseline = references[(task, precision)] if precision != "fp32" else None
-    result = gate.check(outputs, references[(task, "fp32")], baseline)
+    result = gate.check(outputs, references[(task, "fp32")], SPEC, baseline)
     assert result.passed, result.describe()
-    assert set(outputs) == ({"logits"} if task == "infer" else {"logits", "loss"})
+    assert set(outputs) == ({"logits"} if task == "infer" else {"logits", "loss", "gradients"})
     assert outputs["logits"].shape == (BATCH, SPEC.num_classes, SIZE, SIZE)
+    if task == "train":
+        assert sorted(outputs["gradients"]) == sorted(n for n in SPEC.param_shapes() if "running" not in n)
+        # bf16 has its own, larger allowance, set by torch eager's own bf16 error
+        assert (result.allowed["gradients"] > gate.FP32_TOLERANCE) == (precision == "bf16")
 
 
-def test_torch_compile_passes_the_parity_gate(references) -> None:
-    result = gate.check(_outputs("torch-compile", "infer"), references[("infer", "fp32")])
-    assert result.passed, result.describe()
+def test_torch_compile_passes_the_parity_gate_forward_and_backward(references) -> None:
+    for task in ("infer", "train"):
+        result = gate.check(_outputs("torch-compile", task), references[(task, "fp32")], SPEC)
+        assert result.passed, result.describe()
 
 
 def test_a_wrong_path_fails_the_gate(references, monkeypatch) -> None:
@@ -65,9 +69,18 @@ def test_a_wrong_path_fails_the_gate(references, monkeypatch) -> None:
         return array.transpose(2, 3, 0, 1) if name.endswith("upconv.weight") else right(name, array, spec)
 
     monkeypatch.setattr(convert, "_to_flax_layout", unflipped)
-    result = gate.check(_outputs("jax", "infer", upconv="native"), references[("infer", "fp32")])
+    result = gate.check(_outputs("jax", "infer", upconv="native"), references[("infer", "fp32")], SPEC)
     assert not result.passed
     assert result.errors["logits"] > 10 * gate.FP32_TOLERANCE
+
+
+def test_a_wrong_backward_fails_the_gate(references) -> None:
+    """The gate reads the gradients: one tensor's gradient off by 1% fails it."""
+    outputs = _outputs("torch-eager", "train")
+    outputs["gradients"]["down1.conv2.weight"] = outputs["gradients"]["down1.conv2.weight"] * 1.01
+    result = gate.check(outputs, references[("train", "fp32")], SPEC)
+    assert not result.passed
+    assert result.errors["gradients"] == pytest.approx(0.01, rel=1e-3)
 
 
 def test_train_step_trains_and_infer_does_not() -> None:
@@ -80,6 +93,24 @@ def test_train_step_trains_and_infer_does_not() -> None:
     assert losses[1] < losses[0]  # one Adam step on the same batch lowers its loss
 
 
+@pytest.mark.parametrize("path", ["torch-eager", "torch-compile"])
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_inside_the_backward_is_what_was_asked_for(path: str, tf32: bool) -> None:
+    """Read from a hook on a conv weight's gradient, which runs inside the backward pass (compiled,
+    for torch-compile): the precision is set for the whole process, not around the forward."""
+    runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", tf32=tf32)
+    seen = []
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        seen.append(conv_fp32_precision())
+        return grad
+
+    runner.model.down0.conv1.weight.register_hook(hook)
+    runner.train_step()
+    assert seen == ["tf32" if tf32 else "ieee"]
+    assert runner.settings["fp32_precision"].endswith("tf32" if tf32 else "ieee")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -89,6 +120,9 @@ def test_train_step_trains_and_infer_does_not() -> None:
         (dict(path="torch-compile-reduce-overhead"), "needs a CUDA device"),
         (dict(size=18), "height 18 is not a valid input size .* nearest valid: 16 and 20"),
         (dict(upconv="fft"), "upconv 'fft'"),
+        (dict(batch=0), "batch 0: expected a whole number >= 1"),
+        (dict(task="tiled"), "task 'tiled' needs image_size"),
+        (dict(devices=2), "runs in worker processes"),
     ],
 )
 def test_make_runner_refuses_bad_arguments(kwargs: dict, match: str) -> None:
@@ -97,83 +131,12 @@ def test_make_runner_refuses_bad_arguments(kwargs: dict, match: str) -> None:
         make_runner(args.pop("path"), SPEC, **args)
 
 
-# -- a failing case is recorded and the sweep goes on ------------------------------
-
-
-class _Benchmark:
-    """Stands in for pytest-benchmark's fixture with --benchmark-disable: one untimed call."""
-
-    def __init__(self) -> None:
-        self.extra_info: dict = {}
-        self.stats = None
-
-    def pedantic(self, fn, rounds: int, iterations: int) -> None:
-        fn()
-
-
-class _FakeRunner:
-    device_name = "cpu"
-
-    def __init__(self, outputs: dict, fail_with: BaseException | None) -> None:
-        self._outputs, self._fail_with = outputs, fail_with
-        self.settings: dict = {}
-
-    def train_step(self) -> None:
-        if self._fail_with:
-            raise self._fail_with
-
-    infer = train_step
-
-    def outputs(self, task: str) -> dict:
-        return self._outputs
-
-    def reset_compilation(self) -> None: ...
-
-    def reset_peak_memory(self) -> None: ...
-
-    def peak_memory_bytes(self) -> int:
-        return 1
-
-
-def test_failed_cases_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> None:
-    reference = {"logits": np.ones((2, 2, 16, 16))}
-    behaviour = {
-        "torch-compile": (reference, RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")),
-        "jax": ({"logits": -np.ones((2, 2, 16, 16))}, None),  # computes something else
-        "torch-eager": (reference, None),
-    }
-    monkeypatch.setattr(measure, "make_runner", lambda path, *a, **k: _FakeRunner(*behaviour[path]))
-    session = Session(SPEC, progress=tmp_path / "progress.jsonl")
-    cases = [
-        Case(path, "train", SIZE, BATCH, "fp32", "cpu") for path in ("torch-compile", "jax", "torch-eager")
-    ]
-    outcomes = []
-    for case in cases:
-        try:
-            outcomes.append(session.run(case, _Benchmark())["status"])
-        except CaseFailure as failure:
-            outcomes.append(failure.status)
-    assert outcomes == ["out-of-memory", "parity-failed", "ok"]
-    lines = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
-    assert [line["status"] for line in lines] == outcomes
-    assert "CUDA out of memory" in lines[0]["message"]
-    assert "parity gate: jax differs from torch eager fp32: logits err 2.00e+00" in lines[1]["message"]
-    assert lines[2]["gflop_per_image"] > 0
-
-
-def test_an_interrupted_case_is_recorded_and_the_report_still_written(tmp_path, monkeypatch) -> None:
-    """A run stopped mid-case (Ctrl-C, a time limit) keeps what it measured, and says which case it cut."""
-    stopped = _FakeRunner({"logits": np.ones((2, 2, 16, 16))}, KeyboardInterrupt())
-    monkeypatch.setattr(measure, "make_runner", lambda *a, **k: stopped)
-    session = Session(SPEC, progress=tmp_path / "progress.jsonl")
-    with pytest.raises(KeyboardInterrupt):
-        session.run(Case("jax", "train", SIZE, BATCH, "fp32", "cpu"), _Benchmark())
-    assert [r["status"] for r in session.records] == ["interrupted"]
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "benchmark.json").write_text(
-        json.dumps({"benchmarks": [], "unet_bench": {"failures": session.records}}, default=str)
-    )
-    text = report.write_run(run_dir)
-    assert "| jax    | train  |     16 |       2 | fp32        | cpu" in text
-    assert "| interrupted | the run was stopped during this case |" in text
+def test_run_config_round_trips_through_json() -> None:
+    config = RunConfig("jax", SPEC, SIZE, 4, precision="bf16", task="tiled", image_size=64, devices=2)
+    assert RunConfig.from_json(config.to_json()) == config
+    assert config.id == "tiled-jax-16px-b4-bf16-2dev"
+    assert config.replace(scaling="weak").id == "tiled-jax-16px-b4-bf16-weak-2dev"
+    with pytest.raises(ValueError, match="unknown fields"):
+        RunConfig.from_json(config.to_json().replace('"loss"', '"los"'))
+    with pytest.raises(ValueError, match="batch 3 must split evenly over 2 devices"):
+        config.replace(batch=3)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.gate import err
 from impls import convert, flax_unet, tiling, torch_unet
 from impls.spec import UNetSpec
-from tests.helpers import err, random_weights
+from tests.helpers import random_weights
 
 VALID = UNetSpec(width=4, depth=2, padding="valid")  # border 20: a 60 px tile gives 20 px out
 SAME = UNetSpec(width=4, depth=2)

@@ -108,7 +108,8 @@ class RunConfig:
 
     @property
     def id(self) -> str:
-        parallel = f"-{self.scaling}-{self.devices}dev" if self.devices else ""
+        parts = (self.scaling, self.devices and f"{self.devices}dev")
+        parallel = "".join(f"-{part}" for part in parts if part)
         return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}{parallel}"
 
     @property

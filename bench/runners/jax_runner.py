@@ -53,7 +53,7 @@ class JaxRunner:
         self.cuda = self.device.platform == "gpu"
         self.device_name = self.device.device_kind if self.cuda else "cpu"
         tf32 = config.tf32 and self.cuda
-        set_precision(tf32)
+        set_precision(config.tf32)
         compute_dtype = jnp.bfloat16 if config.precision == "bf16" else None
         param_dtype = jnp.float64 if config.precision == "fp64" else jnp.float32
         upconv, upconv_seconds = config.upconv, None
@@ -149,7 +149,7 @@ class JaxRunner:
             )
         )
         grads = grad_fn(self.params, self.stats, self.images, self.labels, self.pixel_weights)[2]
-        return {k: v.astype(np.float32) for k, v in convert.from_flax_state(grads, self.spec).items()}
+        return convert.from_flax_state(grads, self.spec)
 
     def outputs(self, task: str) -> dict[str, Any]:
         self.reset_state()

@@ -25,7 +25,8 @@ COMPILE_MODES = {
 
 def set_precision(tf32: bool, cuda: bool) -> None:
     """fp32 convs and matmuls in IEEE fp32, or TF32 if asked for: for the whole process, so that the
-    backward, compiled or eager, runs as the forward does. cuDNN benchmarks its algorithms on CUDA."""
+    backward, compiled or eager, runs as the forward does. cuDNN benchmarks its algorithms on CUDA.
+    (The flags only act on CUDA; on a CPU they are set all the same, so that they can be checked.)"""
     mode = "tf32" if tf32 else "ieee"
     if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is an error
         torch.backends.cuda.matmul.fp32_precision = mode
@@ -64,7 +65,7 @@ class TorchRunner:
         self.device = self.placement.device
         self.cuda = self.device.type == "cuda"
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-        set_precision(config.tf32 and self.cuda, self.cuda)
+        set_precision(config.tf32, self.cuda)
         self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         dtype = torch.float64 if config.precision == "fp64" else torch.float32
         self.work = workload(config)
@@ -187,7 +188,7 @@ class TorchRunner:
             steps.append((loss.item(), logits.float().cpu().numpy()))
             if step == 0:  # the step's own backward, compiled where the path compiles
                 gradients = {
-                    name: p.grad.detach().float().cpu().numpy().copy()
+                    name: p.grad.detach().cpu().numpy().copy()
                     for name, p in self.model.named_parameters()
                 }
         return {

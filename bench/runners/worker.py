@@ -15,13 +15,17 @@ Without a controller ``address`` it runs standalone, as on several hosts under
 torchrun's rendezvous or ``jax.distributed``: two warm-up steps, then
 ``steps`` timed ones, and rank 0 writes their seconds to ``out``.
 
-``UNET_BENCH_FAULT`` (tests only), "rank=R,command=C,action=A", makes rank R
-fail at command C (``start`` for start-up): ``exit`` (code 3), ``hang``,
-``signal`` (SIGSEGV), ``oom`` (an allocation that fails).
+``UNET_BENCH_FAULT`` (tests only), "rank=R,path=P,command=C,action=A", makes
+rank R of a path-P worker fail at command C (``start`` for start-up):
+``exit`` (code 3), ``hang``, ``signal`` (SIGSEGV), ``oom`` (an allocation
+that fails). A worker dies with the process that started it, whatever it is
+doing (Linux's parent-death signal).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -113,13 +117,19 @@ def warm_up(config: RunConfig) -> None:
     torch.nn.functional.conv2d(torch.ones(1, 2, 8, 8, device=device), w, padding=1).sum().backward()
 
 
-def _fault(rank: int) -> tuple[str | None, str | None]:
+def _fault(rank: int, path: str) -> tuple[str | None, str | None]:
     fields = dict(
         item.split("=", 1) for item in os.environ.get("UNET_BENCH_FAULT", "").split(",") if "=" in item
     )
-    if int(fields.get("rank", -1)) != rank:
+    if int(fields.get("rank", -1)) != rank or fields.get("path", path) != path:
         return None, None
     return fields.get("command"), fields.get("action")
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the one that started it ends (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def _inject(rank: int, command: str, action: str | None) -> None:
@@ -199,7 +209,7 @@ class Service:
 
 def serve(connection, service: Service, rank: int) -> int:
     handlers = service.handlers()
-    fault_command, fault_action = _fault(rank)
+    fault_command, fault_action = _fault(rank, service.config.path)
     while True:
         try:
             message = connection.recv()
@@ -208,9 +218,9 @@ def serve(connection, service: Service, rank: int) -> int:
         command = message["command"]
         if command == "exit":
             return 0
-        if command == fault_command:
-            _inject(rank, command, fault_action)
         try:
+            if command == fault_command:
+                _inject(rank, command, fault_action)
             connection.send({"result": handlers[command](*message.get("args", ()))})
         except Exception as error:  # sent to the controller, which raises it with this rank's name
             traceback.print_exc()
@@ -243,7 +253,9 @@ def main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", os.environ.get("JAX_PROCESS_ID", 0)))
     if options.get("log_dir"):
         _redirect_output(Path(options["log_dir"]) / f"rank{rank}.log")
-    fault_command, fault_action = _fault(rank)
+    if "address" in options:
+        _die_with_parent()
+    fault_command, fault_action = _fault(rank, config.path)
     if fault_command == "start":
         _inject(rank, "start", fault_action)
     _set_environment(config, options.get("compile_cache"))
@@ -255,15 +267,15 @@ def main(argv: list[str]) -> int:
         warm_up(config)
         return _standalone(Service(config, build(config, _placement(config))), options, rank)
     connection = Client(tuple(options["address"]), authkey=bytes.fromhex(options["authkey"]))
-    hello: dict[str, Any] = {"rank": rank, "pid": os.getpid()}
+    connection.send({"rank": rank, "pid": os.getpid()})  # at once: the ranks build together
     try:  # a case that cannot be built is reported like a failed command
         warm_up(config)
         service = Service(config, build(config, _placement(config)))
     except Exception as error:
         traceback.print_exc()
-        connection.send({**hello, "error": f"{type(error).__name__}: {error}"})
+        connection.send({"error": f"{type(error).__name__}: {error}"})
         return 1
-    connection.send(hello)
+    connection.send({"result": None})
     return serve(connection, service, rank)
 
 

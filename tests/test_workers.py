@@ -1,0 +1,210 @@
+"""Every case in worker processes: faults recorded and survived, caches that work, nothing left behind.
+
+Faults are injected for real (bench/runners/worker.py's UNET_BENCH_FAULT): a
+worker killed by a signal, one that exits, one whose allocation fails, one
+that hangs; and a whole sweep stopped by SIGTERM, SIGINT or SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench import report, workers
+from bench.measure import CaseFailure, Sweep
+from bench.runners import RunConfig
+from bench.workers import OWNER_MARKER, Worker, WorkerError, leftover_processes
+from impls.spec import UNetSpec
+
+ROOT = Path(__file__).parent.parent
+SPEC = UNetSpec(width=4, depth=2)
+SIZE, BATCH = 16, 2
+
+
+class _Benchmark:
+    """Stands in for pytest-benchmark's fixture with --benchmark-disable: one untimed call."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict = {}
+        self.stats = None
+
+    def pedantic(self, fn, args=(), rounds: int = 1, iterations: int = 1) -> None:
+        fn(*args)
+
+
+def _case(path: str, task: str = "train") -> RunConfig:
+    return RunConfig(path, SPEC, SIZE, BATCH, task=task)
+
+
+def _run(sweep: Sweep, case: RunConfig) -> str:
+    try:
+        return sweep.run(case, _Benchmark())["status"]
+    except CaseFailure as failure:
+        return failure.status
+
+
+def test_each_fault_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> None:
+    sweep = Sweep(
+        progress_file=tmp_path / "progress.jsonl",
+        compile_cache=tmp_path / "cache",
+        case_timeout=30,
+        timing=False,
+    )
+    faults = {
+        "signal": ("crashed", "was killed by SIGSEGV during 'first_call'"),
+        "exit": ("crashed", "exited with code 3 during 'first_call'"),
+        "oom": ("out-of-memory", "MemoryError: Unable to allocate"),
+        "hang": ("timeout", "did not answer 'first_call' within the case's time limit (--case-timeout)"),
+    }
+    try:
+        for action in faults:
+            monkeypatch.setenv("UNET_BENCH_FAULT", f"rank=0,path=jax,command=first_call,action={action}")
+            assert _run(sweep, _case("jax")) == faults[action][0]
+            assert _run(sweep, _case("torch-eager")) == "ok"  # the next case still runs
+            assert leftover_processes() == []
+    finally:
+        sweep.close()
+    records = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == [s for status, _ in faults.values() for s in (status, "ok")]
+    for record, (status, message) in zip(records[::2], faults.values(), strict=True):
+        assert message in record["message"], record["message"]
+        if status != "out-of-memory":  # the worker's own report, else the end of its log
+            assert "injected fault" in record["message"], record["message"]
+
+
+def test_a_kill_by_the_kernels_oom_killer_is_out_of_memory(tmp_path, monkeypatch) -> None:
+    kills = iter(range(100))
+    monkeypatch.setattr(workers, "oom_kills", lambda: next(kills))  # one more kill at every reading
+    monkeypatch.setenv("UNET_BENCH_FAULT", "rank=0,command=noop,action=signal")
+    with Worker(_case("torch-eager"), compile_cache=tmp_path) as worker, pytest.raises(WorkerError) as info:
+        worker.call("noop")
+    assert info.value.status == "out-of-memory"
+    assert "killed by the kernel's OOM killer" in str(info.value)
+
+
+def test_a_case_that_cannot_be_built_is_an_error_not_a_crash(tmp_path) -> None:
+    broken = _case("torch-eager").replace(weights_file=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(WorkerError, match="failed build the case") as info:
+        Worker(broken, compile_cache=tmp_path)
+    assert info.value.status == "error"
+    assert leftover_processes() == []
+
+
+@pytest.mark.parametrize("path", ["torch-compile", "jax"])
+def test_the_cached_compile_is_clearly_below_the_cold_one(tmp_path, path: str) -> None:
+    """Each in a fresh worker; the second finds what the first wrote. A cache that silently
+    stays off (as JAX's did when its settings came after `import jax`) fails here."""
+    seconds = []
+    for _ in range(2):
+        with Worker(_case(path), compile_cache=tmp_path) as worker:
+            seconds.append(worker.call("first_call"))
+    cold, cached = seconds
+    assert cached < 0.6 * cold, f"{path}: cold {cold:.2f} s, from the caches {cached:.2f} s"
+
+
+def test_a_worker_imports_only_its_own_framework(tmp_path) -> None:
+    weights = tmp_path / "weights.safetensors"
+    with Worker(_case("torch-eager"), compile_cache=tmp_path) as worker:
+        worker.call("write_initial_weights", str(weights))
+        assert worker.call("modules") == ["torch"]
+    with Worker(_case("jax").replace(weights_file=str(weights)), compile_cache=tmp_path) as worker:
+        assert worker.call("modules") == ["jax"]
+
+
+# -- a whole sweep stopped from outside --------------------------------------------------
+
+
+def _sweep(tmp_path: Path) -> subprocess.Popen:
+    """A benchmark run of two cases whose second (jax) hangs at its first call."""
+    env = {**os.environ, "UNET_BENCH_FAULT": "rank=0,path=jax,command=first_call,action=hang"}
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        "bench/test_unet.py::test_unet",
+        "--paths=torch-eager,jax",
+        "--tasks=infer",
+        f"--sizes={SIZE}",
+        f"--batches={BATCH}",
+        "--width=4",
+        "--depth=2",
+        "--device=cpu",
+        "--benchmark-max-time=0.05",
+        f"--results-dir={tmp_path / 'results'}",
+        f"--compile-cache={tmp_path / 'cache'}",
+    ]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for_the_hang(process: subprocess.Popen, tmp_path: Path) -> Path:
+    """The run folder, once the first case is recorded and the second one's worker hangs."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        progress = list((tmp_path / "results").glob("*/progress.jsonl"))
+        if progress and progress[0].read_text().strip():
+            time.sleep(8)  # the jax case's references and worker start, then the hang
+            return progress[0].parent
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError("the first case was never recorded")
+
+
+def _workers_of(pid: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(OWNER_MARKER) == str(pid):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_sweep_records_the_case_and_writes_its_report(tmp_path, stop) -> None:
+    process = _sweep(tmp_path)
+    run_dir = _wait_for_the_hang(process, tmp_path)
+    assert _workers_of(process.pid), "the hung case's worker should be running"
+    process.send_signal(stop)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0
+    records = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    assert [(r["case"]["path"], r["status"]) for r in records] == [
+        ("torch-eager", "ok"),
+        ("jax", "interrupted"),
+    ]
+    saved = json.loads((run_dir / "benchmark.json").read_text())
+    assert [f["status"] for f in saved["unet_bench"]["failures"]] == ["interrupted"]
+    assert "| interrupted |" in (run_dir / "report.md").read_text(), output[-3000:]
+    assert _workers_of(process.pid) == []
+
+
+def test_after_a_sigkill_nothing_is_left_and_the_report_is_rebuilt(tmp_path) -> None:
+    process = _sweep(tmp_path)
+    run_dir = _wait_for_the_hang(process, tmp_path)
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 20  # the workers die with their parent (PR_SET_PDEATHSIG)
+    while _workers_of(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _workers_of(process.pid) == []
+    assert not (run_dir / "benchmark.json").exists()
+    assert report.main([str(run_dir)]) == 0
+    text = (run_dir / "report.md").read_text()
+    assert "Rebuilt from progress.jsonl" in text
+    assert "## infer: images per second" in text  # the torch-eager case, measured before the kill
+    assert report.load(run_dir)[0].path.tolist() == ["torch-eager"]
