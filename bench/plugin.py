@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -150,7 +151,8 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
             spec.output_size(size, size)
         except ValueError as error:
             raise pytest.UsageError(f"--sizes {size}: {error}") from error
-    case_timeout = option("case_timeout") or defaults["case_timeout"]
+    case_timeout = option("case_timeout")
+    case_timeout = defaults["case_timeout"] if case_timeout is None else case_timeout
     if case_timeout <= 0:
         raise pytest.UsageError(f"--case-timeout {case_timeout:g}: expected a number of seconds > 0")
     shared = {
@@ -231,7 +233,7 @@ def pytest_configure(config: pytest.Config) -> None:
     timing = not config.getoption("benchmark_disable")
     # A run is saved by the main command, `pytest --benchmark-only`.
     run_dir = None
-    if config.getoption("benchmark_only") and cases:
+    if config.getoption("benchmark_only") and cases and not config.option.collectonly:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         simulated = cases[0].device == "cpu" and any((c.devices or 1) > 1 for c in config.stash[SCALING_KEY])
         run_dir = _new_run_dir(
@@ -328,8 +330,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run_dir = config.stash.get(RUN_DIR_KEY, None)
     if run_dir is None:
         return
-    if not any(run_dir.iterdir()):  # nothing was measured
-        run_dir.rmdir()
+    if not any((run_dir / name).exists() for name in ("benchmark.json", "progress.jsonl")):
+        shutil.rmtree(run_dir)  # nothing was measured
         return
     config.stash[REPORT_KEY] = report.write_run(run_dir) + "\n" + config.stash.get(REPORT_KEY, "")
 

@@ -54,8 +54,9 @@ def _from_progress(run_dir: Path) -> dict:
     environment = Path(run_dir) / "environment.json"
     if environment.exists():  # written when the sweep started
         section["environment"] = json.loads(environment.read_text())
-    if records:
-        section["spec"] = records[0]["case"]["spec"]
+    specs = [r["case"]["spec"] for r in records if "spec" in r.get("case", {})]
+    if specs:
+        section["spec"] = specs[0]
     return {"benchmarks": benchmarks, "unet_bench": section}
 
 

@@ -36,6 +36,8 @@ def test_help_lists_every_axis() -> None:
         "--tf32",
         "--upconv",
         "--results-dir",
+        "--case-timeout",
+        "--compile-cache",
     ):
         assert option in out, option
 
@@ -63,6 +65,12 @@ def test_options_override_the_matrix() -> None:
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
     assert len(ids) == 4
     assert "test_unet[infer-jax-64px-b3-bf16]" in result.stdout
+
+
+def test_the_main_command_collects_no_unit_test() -> None:
+    result = _pytest("--benchmark-only", "--collect-only", "-q", "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tests/" not in result.stdout and "bench/test_unet.py::test_unet[" in result.stdout
 
 
 def test_default_cpu_matrix() -> None:
@@ -101,9 +109,10 @@ def test_scaling_cases_on_simulated_devices() -> None:
     assert "dev]" not in none.stdout  # on a CPU, only when asked for
 
 
-def test_the_plugin_imports_no_framework() -> None:
-    """Compile-cache settings must reach torch and jax before they are imported."""
-    code = "import sys, bench.plugin; print(sorted({'torch', 'jax'} & set(sys.modules)))"
+def test_the_sweeps_process_imports_no_framework() -> None:
+    """Every framework runs in worker processes, each with its own settings and caches."""
+    modules = "bench.plugin, bench.measure, bench.workers, bench.report, bench.environment, bench.runners"
+    code = f"import sys, {modules}; print(sorted({{'torch', 'jax'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -119,6 +128,7 @@ def test_the_plugin_imports_no_framework() -> None:
         (("--paths", "jax,pytorch"), "--paths pytorch: expected some of"),
         (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
         (("--width", "0"), "UNetSpec.width=0"),
+        (("--case-timeout", "0"), "--case-timeout 0: expected a number of seconds > 0"),
     ],
 )
 def test_bad_options_are_refused_with_the_fix(args: tuple, message: str) -> None:

@@ -121,3 +121,42 @@ def test_scaling_table_speedup_and_efficiency() -> None:
     assert table.loc[("weak", 2.0), "efficiency"] == pytest.approx(0.9)
     assert table.loc[("strong", 2.0), "per_device_batch"] == 2
     assert table.loc[("strong", 2.0), "efficiency"] == pytest.approx(15 / 12 / 2)
+
+
+def test_a_case_above_the_devices_peak_is_marked_suspect(run_dir: Path) -> None:
+    """As torch's fp32 training at 124-131% of the fp32 peak, when its backward ran in TF32."""
+    data = json.loads((run_dir / "benchmark.json").read_text())
+    bench = next(b for b in data["benchmarks"] if b["extra_info"].get("path") == "torch-eager")
+    bench["extra_info"]["utilization"] = 1.3
+    (run_dir / "benchmark.json").write_text(json.dumps(data))
+    text = report.write_run(run_dir)
+    assert text.count("SUSPECT") == 1 + text.count("SUSPECT:")
+    assert "(130%) SUSPECT" in text
+
+
+def test_reused_cold_compiles_are_marked(run_dir: Path) -> None:
+    data = json.loads((run_dir / "benchmark.json").read_text())
+    for bench in data["benchmarks"]:
+        bench["extra_info"]["compile_cold_reused"] = bench["extra_info"].get("path") == "jax"
+    (run_dir / "benchmark.json").write_text(json.dumps(data))
+    text = report.write_run(run_dir)
+    section = text.split("## train: compile seconds")[1].split("##")[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and "fp32" in line]
+    assert rows and all(row.count("(reused)") == 1 for row in rows)  # the jax column only
+
+
+def test_the_report_is_rebuilt_from_progress_without_benchmark_json(run_dir: Path) -> None:
+    """After a SIGKILL: progress.jsonl's records alone make the same tables."""
+    data = json.loads((run_dir / "benchmark.json").read_text())
+    records = [{**b["extra_info"], "status": "ok", "stats": b["stats"]} for b in data["benchmarks"]]
+    records = [r for r in records if "images_per_second" in r]
+    records.append(
+        {"case": {"path": "jax", "task": "infer"}, "id": "x", "status": "crashed", "message": "SIGSEGV"}
+    )
+    (run_dir / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = report.load(run_dir)[0]
+    (run_dir / "benchmark.json").unlink()
+    after, failures, _ = report.load(run_dir)
+    pd.testing.assert_frame_equal(before, after)
+    assert failures.status.tolist() == ["crashed"]
+    assert "Rebuilt from progress.jsonl" in report.write_run(run_dir)
