@@ -58,14 +58,13 @@ def probe(*args: str) -> dict:
 
 @functools.cache
 def gpus() -> tuple[str, ...]:
-    """The CUDA devices torch sees, by name (none without an NVIDIA driver: no process started)."""
-    if not any(Path("/dev").glob("nvidia[0-9]*")):
-        return ()
+    """The CUDA devices torch sees, by name."""
     return tuple(probe("gpus")["gpus"])
 
 
 def default_device() -> str:
-    return "cuda" if gpus() else "cpu"
+    """cuda if torch sees a GPU (asked only where NVIDIA device files exist), else cpu."""
+    return "cuda" if any(Path("/dev").glob("nvidia[0-9]*")) and gpus() else "cpu"
 
 
 def cpu_name() -> str:
@@ -169,7 +168,8 @@ def _measure_peak(device: str, precision: str, fp32_precision: str) -> float:
 
     dev = torch.device(device)
     cpu = dev.type == "cpu"
-    set_precision(fp32_precision == "tf32", not cpu)
+    set_precision(fp32_precision == "tf32")
+    torch.backends.cudnn.benchmark = not cpu
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     n, side = (2048, 32) if cpu else (8192, 64)
     a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))

@@ -184,7 +184,7 @@ class Sweep:
         with Worker(config, compile_cache=entry, deadline=deadline) as worker:
             first_cached = worker.call("first_call")
             outputs = worker.outputs(gate_task(config))
-            result = gate.check(outputs, reference, config.spec, baseline)
+            result = gate.check(outputs, reference, baseline)
             parity = {"errors": result.errors, "allowed": result.allowed}
             if not result.passed:
                 raise CaseFailure(

@@ -82,6 +82,20 @@ def others(run_dir: Path) -> pd.DataFrame:
     )
 
 
+def _tf32_backward(info: dict) -> bool:
+    """A torch fp32 case on CUDA measured before precision was set for the whole process: the
+    engine turned TF32 off around the forward only, and cuDNN's default let the backward use it."""
+    settings = info.get("settings", {})
+    return (
+        settings.get("framework") == "torch"
+        and info["task"] == "train"
+        and info["precision"] == "fp32"
+        and info.get("device", "cuda") != "cpu"
+        and "fp32_precision" not in settings
+        and not settings.get("tf32")
+    )
+
+
 def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(measured cases, failed cases, the run's unet_bench section)."""
     data = _read(run_dir)
@@ -109,6 +123,8 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                 "compile_cached_s": info["compile_seconds_cached"],
                 "devices": info.get("devices") or math.nan,
                 "scaling": info.get("scaling"),
+                "tf32_backward": _tf32_backward(info),
+                "memory_method": info.get("settings", {}).get("memory", "?"),
             }
         )
     measured = pd.DataFrame(rows)
@@ -125,13 +141,14 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return measured, failures, section
 
 
-MEMORY_NOTE = (
-    "Peak memory, by one method per device for every path, each case in workers of its own: on a GPU "
-    "the framework's peak bytes in use since its worker started (torch.cuda.max_memory_allocated, "
-    'JAX\'s memory_stats()["peak_bytes_in_use"] with preallocation off), which includes the '
-    "compile-time and autotuning workspace; on a CPU the worker's peak resident size, which includes "
-    "the framework's own runtime and compiled code."
-)
+def _memory_note(measured: pd.DataFrame) -> str:
+    """How each path's peak memory was measured, as its cases recorded it."""
+    methods = measured.groupby("path", sort=False)["memory_method"].agg(lambda m: "; ".join(sorted(set(m))))
+    return (
+        "Peak memory, as each path measured it: "
+        + "; ".join(f"{path}: {methods[path]}" for path in _path_order(methods.index))
+        + "."
+    )
 
 
 def _md(table: pd.DataFrame) -> str:
@@ -197,7 +214,7 @@ def scaling_table(measured: pd.DataFrame) -> pd.DataFrame:
     return data[[*columns, "speedup", "efficiency"]].sort_values(["scaling", "path", "size", "devices"])
 
 
-def plot_scaling(table: pd.DataFrame, path: Path, title: str) -> None:
+def plot_scaling(table: pd.DataFrame, file: Path, title: str) -> None:
     modes = sorted(set(table.scaling))
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.8), squeeze=False)
     for ax, mode in zip(axes[0], modes, strict=True):
@@ -211,7 +228,7 @@ def plot_scaling(table: pd.DataFrame, path: Path, title: str) -> None:
     axes[0][0].legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(file, dpi=110)
     plt.close(fig)
 
 
@@ -227,6 +244,14 @@ def verdicts(measured: pd.DataFrame) -> list[str]:
     """
     lines = []
     for (task, precision), group in measured.groupby(["task", "precision"], sort=False):
+        if group.tf32_backward.any():  # not the precision the verdict would claim: no verdict from them
+            group = group[~group.tf32_backward]
+            if BASELINE not in set(group.path):
+                lines.append(
+                    f"**{task}, {precision}**: no verdict: torch's rows ran their backward in TF32 "
+                    "(see the precision note), so they cannot be compared with full-fp32 ones."
+                )
+                continue
         ratios = speedups(group, task)
         score = ratios.apply(_geomean).sort_values(ascending=False)
         best, runner_up = score.index[0], (score.index[1] if len(score) > 1 else None)
@@ -275,6 +300,16 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
         parts += [f"Rebuilt from {section['rebuilt_from']}.", ""]
     if not measured.empty:
         parts += ["## Which to pick", "", *[f"- {line}" for line in verdicts(measured)], ""]
+    if not measured.empty and measured.tf32_backward.any():
+        parts += [
+            "## Precision note",
+            "",
+            "TF32-BACKWARD: torch fp32 cases measured by an engine that turned TF32 off around the "
+            "forward only; the backward ran outside that context, where cuDNN's default lets fp32 "
+            "convs use TF32. They are not IEEE fp32 training, are left out of the verdicts, and should "
+            "be measured again with the current engine, which sets precision for the whole process.",
+            "",
+        ]
     for task, (column, label) in THROUGHPUT.items():
         if measured.empty or task not in set(measured.task):
             continue
@@ -282,7 +317,9 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
         parts += [
             f"## {task}: {label} (speed-up against {BASELINE})",
             "",
-            _cells(_pivot(measured, task, column), speedups(measured, task), "{0:.3g} ({1:.2f}x)").pipe(_md),
+            _cells(_pivot(measured, task, column), speedups(measured, task), "{0:.3g} ({1:.2f}x)")
+            .where(~_pivot(measured, task, "tf32_backward").astype(bool), lambda t: t + " TF32-BACKWARD")
+            .pipe(_md),
             "",
             f"## {task}: milliseconds per call (median ± IQR)",
             "",
@@ -294,7 +331,7 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
             "",
             _pivot(measured, task, "peak_memory_mib").round(0).pipe(_md),
             "",
-            MEMORY_NOTE,
+            _memory_note(measured[measured.task == task]),
             "",
             f"## {task}: compile seconds, cold / from the caches",
             "",
@@ -355,7 +392,7 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     return "\n".join(parts)
 
 
-def plot(measured: pd.DataFrame, path: Path, task: str) -> None:
+def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
     """Throughput against image size, a line per path, a panel per precision and batch."""
     data = measured[measured.task == task]
     panels = sorted(set(zip(data.precision, data.batch, strict=True)), key=lambda p: (p[0] != "fp32", p))
@@ -374,7 +411,7 @@ def plot(measured: pd.DataFrame, path: Path, task: str) -> None:
     axes[0][0].legend(fontsize="small")
     fig.suptitle(measured.device_name.iloc[0])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(file, dpi=110)
     plt.close(fig)
 
 

@@ -171,7 +171,7 @@ def report(config: Config, outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(outcomes: list[Outcome], path: Path) -> None:
+def plot(outcomes: list[Outcome], file: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +185,7 @@ def plot(outcomes: list[Outcome], path: Path) -> None:
         ax.legend()
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(file, dpi=110)
     plt.close(fig)
 
 

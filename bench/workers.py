@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,7 +117,6 @@ class Worker:
         self.config = config
         self.deadline, self.call_timeout = deadline, call_timeout
         self.log_dir = Path(tempfile.mkdtemp(prefix="unet-bench-worker-"))
-        self._own_cache = compile_cache is None
         self.compile_cache = Path(compile_cache) if compile_cache else self.log_dir / "compile-cache"
         self._token = secrets.token_hex(8)
         self._oom_kills = oom_kills()
@@ -286,6 +286,7 @@ class Worker:
                     os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
         kill_marked(WORKER_MARKER, self._token)  # torchrun's ranks live in sessions of their own
+        shutil.rmtree(self.log_dir, ignore_errors=True)  # its logs, and its compile caches if its own
 
     def __enter__(self) -> Worker:
         return self

@@ -191,28 +191,28 @@ def to_flax(weights: Mapping[str, np.ndarray], module: nnx.Module) -> nnx.Module
 # -- files ----------------------------------------------------------------------
 
 
-def save(path: str | Path, weights: Mapping[str, np.ndarray], spec: UNetSpec) -> None:
+def save(file: str | Path, weights: Mapping[str, np.ndarray], spec: UNetSpec) -> None:
     """Write canonical weights as safetensors, with the spec in the file's metadata."""
-    check_weights(weights, spec.param_shapes(), f"{spec} (refusing to write {path})")
+    check_weights(weights, spec.param_shapes(), f"{spec} (refusing to write {file})")
     arrays = {name: np.ascontiguousarray(weights[name]) for name in spec.param_shapes()}
-    safetensors.numpy.save_file(arrays, str(path), metadata={SPEC_METADATA_KEY: spec.to_json()})
+    safetensors.numpy.save_file(arrays, str(file), metadata={SPEC_METADATA_KEY: spec.to_json()})
 
 
-def load(path: str | Path) -> tuple[dict[str, np.ndarray], UNetSpec]:
+def load(file: str | Path) -> tuple[dict[str, np.ndarray], UNetSpec]:
     """Read a file written by ``save``: (canonical weights, spec), checked against each other."""
-    with safetensors.safe_open(str(path), framework="numpy") as f:
+    with safetensors.safe_open(str(file), framework="numpy") as f:
         metadata = f.metadata() or {}
         weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     if SPEC_METADATA_KEY not in metadata:
         raise ValueError(
-            f"{path}: no {SPEC_METADATA_KEY!r} in the safetensors metadata, so the architecture "
-            "is unknown; write checkpoints with impls.convert.save(path, weights, spec)"
+            f"{file}: no {SPEC_METADATA_KEY!r} in the safetensors metadata, so the architecture "
+            "is unknown; write checkpoints with impls.convert.save(file, weights, spec)"
         )
     try:
         spec = UNetSpec.from_json(metadata[SPEC_METADATA_KEY])
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: the spec in the file's metadata is invalid: {err}") from err
-    check_weights(weights, spec.param_shapes(), f"the spec stored in {path}, {spec}")
+        raise ValueError(f"{file}: the spec in the file's metadata is invalid: {err}") from err
+    check_weights(weights, spec.param_shapes(), f"the spec stored in {file}, {spec}")
     return {name: weights[name] for name in spec.param_shapes()}, spec
 
 

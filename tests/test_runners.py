@@ -45,7 +45,7 @@ def references() -> dict:
 def test_paths_pass_the_parity_gate(references, path: str, precision: str, upconv: str, task: str) -> None:
     outputs = _outputs(path, task, precision, upconv)
     baseline = references[(task, precision)] if precision != "fp32" else None
-    result = gate.check(outputs, references[(task, "fp32")], SPEC, baseline)
+    result = gate.check(outputs, references[(task, "fp32")], baseline)
     assert result.passed, result.describe()
     assert set(outputs) == ({"logits"} if task == "infer" else {"logits", "loss", "gradients"})
     assert outputs["logits"].shape == (BATCH, SPEC.num_classes, SIZE, SIZE)
@@ -57,7 +57,7 @@ def test_paths_pass_the_parity_gate(references, path: str, precision: str, upcon
 
 def test_torch_compile_passes_the_parity_gate_forward_and_backward(references) -> None:
     for task in ("infer", "train"):
-        result = gate.check(_outputs("torch-compile", task), references[(task, "fp32")], SPEC)
+        result = gate.check(_outputs("torch-compile", task), references[(task, "fp32")])
         assert result.passed, result.describe()
 
 
@@ -69,16 +69,18 @@ def test_a_wrong_path_fails_the_gate(references, monkeypatch) -> None:
         return array.transpose(2, 3, 0, 1) if name.endswith("upconv.weight") else right(name, array, spec)
 
     monkeypatch.setattr(convert, "_to_flax_layout", unflipped)
-    result = gate.check(_outputs("jax", "infer", upconv="native"), references[("infer", "fp32")], SPEC)
+    result = gate.check(_outputs("jax", "infer", upconv="native"), references[("infer", "fp32")])
     assert not result.passed
     assert result.errors["logits"] > 10 * gate.FP32_TOLERANCE
 
 
 def test_a_wrong_backward_fails_the_gate(references) -> None:
-    """The gate reads the gradients: one tensor's gradient off by 1% fails it."""
+    """The gate reads the gradients: the largest gradient off by 1% fails it."""
     outputs = _outputs("torch-eager", "train")
-    outputs["gradients"]["down1.conv2.weight"] = outputs["gradients"]["down1.conv2.weight"] * 1.01
-    result = gate.check(outputs, references[("train", "fp32")], SPEC)
+    gradients = outputs["gradients"]
+    largest = max(gradients, key=lambda name: np.abs(gradients[name]).max())
+    gradients[largest] = gradients[largest] * 1.01
+    result = gate.check(outputs, references[("train", "fp32")])
     assert not result.passed
     assert result.errors["gradients"] == pytest.approx(0.01, rel=1e-3)
 
@@ -93,12 +95,14 @@ def test_train_step_trains_and_infer_does_not() -> None:
     assert losses[1] < losses[0]  # one Adam step on the same batch lowers its loss
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 @pytest.mark.parametrize("path", ["torch-eager", "torch-compile"])
 @pytest.mark.parametrize("tf32", [False, True])
-def test_tf32_inside_the_backward_is_what_was_asked_for(path: str, tf32: bool) -> None:
+def test_tf32_inside_the_backward_is_what_was_asked_for(path: str, tf32: bool, device: str) -> None:
     """Read from a hook on a conv weight's gradient, which runs inside the backward pass (compiled,
-    for torch-compile): the precision is set for the whole process, not around the forward."""
-    runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", tf32=tf32)
+    for torch-compile): the precision is set for the whole process, not around the forward.
+    (On a CPU the flags act on nothing, but they are set and read the same way.)"""
+    runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device=device, tf32=tf32)
     seen = []
 
     def hook(grad: torch.Tensor) -> torch.Tensor:

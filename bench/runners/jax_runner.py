@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 import jax
@@ -13,6 +12,7 @@ import optax
 from flax import nnx
 
 from bench import memory
+from bench.runners import forms
 from bench.runners.config import RunConfig
 from bench.runners.workload import workload
 from impls import convert, flax_unet
@@ -61,7 +61,7 @@ class JaxRunner:
             upconv_seconds = time_upconv_forms(
                 config.spec, config.batch, config.size, self.device, compute_dtype
             )
-            upconv = min(upconv_seconds, key=upconv_seconds.get)
+            upconv = forms.fastest(upconv_seconds)
         self.work = workload(config)
 
         abstract = flax_unet.abstract(
@@ -226,7 +226,7 @@ def time_upconv_forms(
     cin, cout = spec.channels(1), spec.channels(0)
     side = spec.output_size(size, size)[0] // 2 + 1  # up0's input, about
     x = jax.device_put(jnp.ones((batch, side, side, cin), jnp.float32), device)
-    times = {}
+    runs = {}
     for form in ("native", "matmul"):
         module = flax_unet.transposed_upconv(
             cin, cout, matmul=form == "matmul", dtype=compute_dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0)
@@ -237,11 +237,7 @@ def time_upconv_forms(
             return nnx.merge(graphdef, params)(x).astype(jnp.float32).sum()
 
         step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        params = jax.device_put(params, device)
-        samples = []
-        for _ in range(4):  # the first compiles
-            start = time.perf_counter()
-            jax.block_until_ready(step(params, x))
-            samples.append(time.perf_counter() - start)
-        times[form] = min(samples[1:])
-    return times
+        runs[form] = functools.partial(
+            lambda step, params: jax.block_until_ready(step(params, x)), step, jax.device_put(params, device)
+        )
+    return forms.time_forms(runs)  # the warm-up call compiles

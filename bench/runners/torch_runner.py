@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
 from bench import memory
+from bench.runners import forms
 from bench.runners.config import RunConfig
 from bench.runners.workload import workload
 from impls import convert, torch_unet
@@ -23,17 +23,26 @@ COMPILE_MODES = {
 }
 
 
-def set_precision(tf32: bool, cuda: bool) -> None:
+def set_precision(tf32: bool) -> None:
     """fp32 convs and matmuls in IEEE fp32, or TF32 if asked for: for the whole process, so that the
-    backward, compiled or eager, runs as the forward does. cuDNN benchmarks its algorithms on CUDA.
-    (The flags only act on CUDA; on a CPU they are set all the same, so that they can be checked.)"""
+    backward, compiled or eager, runs as the forward does. (The flags only act on CUDA; on a CPU
+    they are set all the same, so that they can be checked.)"""
     mode = "tf32" if tf32 else "ieee"
     if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is an error
         torch.backends.cuda.matmul.fp32_precision = mode
         torch.backends.cudnn.conv.fp32_precision = mode
     else:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = cuda
+
+
+def use_cudnn_autotuner(config: RunConfig, cuda: bool) -> bool:
+    """cuDNN's autotuner (cudnn.benchmark) where its search is short: TF32 and bf16 on CUDA.
+
+    In IEEE fp32 its search never ended in time: the first training step of the full U-Net at
+    512 px, batch 8 ran past 150 s on an H100 (torch 2.11, cuDNN 9.19), against 0.78 s for the
+    first step and 0.39 s for the next without it (and 15 s, then 0.07 s, with it in TF32).
+    """
+    return cuda and (config.tf32 or config.precision == "bf16")
 
 
 def conv_fp32_precision() -> str:
@@ -65,7 +74,8 @@ class TorchRunner:
         self.device = self.placement.device
         self.cuda = self.device.type == "cuda"
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-        set_precision(config.tf32, self.cuda)
+        set_precision(config.tf32)
+        torch.backends.cudnn.benchmark = use_cudnn_autotuner(config, self.cuda)
         self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         dtype = torch.float64 if config.precision == "fp64" else torch.float32
         self.work = workload(config)
@@ -75,7 +85,7 @@ class TorchRunner:
             upconv_seconds = time_upconv_forms(
                 config.spec, len(images), config.size, self.device, self.autocast_dtype
             )
-            upconv = min(upconv_seconds, key=upconv_seconds.get)
+            upconv = forms.fastest(upconv_seconds)
 
         self.model = torch_unet.build(config.spec, dtype, upconv_matmul=upconv == "matmul")
         convert.to_torch(self.work.weights, self.model)
@@ -106,7 +116,7 @@ class TorchRunner:
             "autocast": "bfloat16" if self.autocast_dtype else None,
             "tf32": config.tf32 and self.cuda,
             "fp32_precision": "process-wide: " + conv_fp32_precision(),
-            "cudnn.benchmark": self.cuda,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
             "channels_last": True,
             "optimizer": f"torch.optim.Adam(lr={config.learning_rate}, fused={fused})",
             "loss": config.loss,
@@ -188,8 +198,7 @@ class TorchRunner:
             steps.append((loss.item(), logits.float().cpu().numpy()))
             if step == 0:  # the step's own backward, compiled where the path compiles
                 gradients = {
-                    name: p.grad.detach().cpu().numpy().copy()
-                    for name, p in self.model.named_parameters()
+                    name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()
                 }
         return {
             "logits": steps[0][1],
@@ -226,17 +235,17 @@ def time_upconv_forms(
     side = spec.output_size(size, size)[0] // 2 + 1  # up0's input, about
     x = torch.randn(batch, cin, side, side, device=device).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    times = {}
-    for form in ("native", "matmul"):
-        module = torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul")
-        module.to(device, memory_format=torch.channels_last)
-        samples = []
-        for _ in range(4):  # the first is warm-up
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                module(x).float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            samples.append(time.perf_counter() - start)
-        times[form] = min(samples[1:])
-    return times
+
+    def run(module: torch.nn.Module) -> None:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            module(x).float().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    modules = {
+        form: torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul").to(
+            device, memory_format=torch.channels_last
+        )
+        for form in ("native", "matmul")
+    }
+    return forms.time_forms({form: functools.partial(run, module) for form, module in modules.items()})
