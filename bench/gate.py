@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-# fp32 agreement bound, and the floor of every bound: a lower-precision
-# allowance can be looser than fp32's, never tighter.
+# The floor of every bound: an allowance can be looser, never tighter.
 FP32_TOLERANCE = 1e-4
-LOW_PRECISION_FACTOR = 2.0
+NOISE_FACTOR = 2.0
 
 
 def err(a: np.ndarray, ref: np.ndarray, scale: float | None = None) -> float:
@@ -53,39 +52,45 @@ class GateResult:
         return ", ".join(f"{k} err {self.errors[k]:.2e} (allowed {self.allowed[k]:.2e})" for k in self.errors)
 
 
-def _errors(outputs: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
-    """One error per output: logits, loss, gradients."""
-    errors = {}
+def errors(outputs: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
+    """One error per output of ``reference``: logits, loss, gradients."""
+    found = {}
     for name, ref in reference.items():
         if name == "gradients":
-            errors[name] = gradient_error(outputs[name], ref)
+            found[name] = gradient_error(outputs[name], ref)
             continue
         if outputs[name].shape != ref.shape:
             raise ValueError(f"parity gate: {name} has shape {outputs[name].shape}, reference {ref.shape}")
-        errors[name] = err(outputs[name], ref)
-    return errors
+        found[name] = err(outputs[name], ref)
+    return found
+
+
+def noise(own: Mapping[str, Any], exact: Mapping[str, Any], low_precision: bool) -> dict[str, float]:
+    """torch eager's own error in the case's precision: its outputs ``own`` against ``exact``.
+
+    fp32: torch eager fp32 against torch eager fp64. A gradient near a ReLU
+    kink, or through BatchNorm over a few pixels (batch 1 at 64 px leaves 16
+    per channel at the bottleneck), is this sensitive to rounding in any
+    fp32 implementation (seen: 4.9e-4 for jax at 64 px, batch 1). bf16 or
+    TF32: torch eager in that precision against torch eager fp32. The losses
+    are compared in fp32 only: in lower precision a loss's error is a single
+    sample of rounding noise, too erratic to bound by twice another single
+    sample; the logits and gradients bound the forward and the backward there.
+    """
+    names = [n for n in exact if not (low_precision and n == "loss")]
+    return errors(own, {n: exact[n] for n in names})
 
 
 def check(
-    outputs: Mapping[str, Any],
-    reference: Mapping[str, Any],
-    baseline: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any], reference: Mapping[str, Any], own_noise: Mapping[str, float]
 ) -> GateResult:
-    """Compare a path's outputs with torch eager fp32 (TF32 off).
+    """Compare a path's outputs with torch eager fp32 (TF32 off), ``reference``.
 
-    ``baseline``: torch eager's own outputs in the case's lower precision (bf16
-    or TF32), whose error against ``reference`` sets the allowance: at most
-    twice it. None for plain fp32, where the bound is FP32_TOLERANCE.
-
-    The training losses are compared in fp32 only: in lower precision a loss's
-    error is a single sample of rounding noise, too erratic to bound by twice
-    another single sample; the logits and gradients bound the forward and the
-    backward there.
+    Each output may differ by FP32_TOLERANCE, or by up to NOISE_FACTOR times
+    torch eager's own error in the case's precision (``noise``) where that is
+    larger: a path that computes the same function as accurately as torch
+    eager lies within twice that of torch eager.
     """
-    compared = {n: v for n, v in reference.items() if baseline is None or n != "loss"}
-    errors = _errors(outputs, compared)
-    allowed = dict.fromkeys(errors, FP32_TOLERANCE)
-    if baseline is not None:
-        own = _errors(baseline, compared)
-        allowed = {n: max(LOW_PRECISION_FACTOR * own[n], FP32_TOLERANCE) for n in errors}
-    return GateResult(errors, allowed)
+    found = errors(outputs, {n: reference[n] for n in own_noise})
+    allowed = {n: max(NOISE_FACTOR * own_noise[n], FP32_TOLERANCE) for n in found}
+    return GateResult(found, allowed)

@@ -11,7 +11,8 @@ under ``--compile-cache`` (keyed by versions, device, code, spec and case):
 3. that worker's outputs from the initial weights go through the parity gate
    against torch eager fp32 (TF32 off), computed by a torch-eager worker: the
    forward, and for training the first step's gradients and the second
-   step's loss; a path that fails gets no number;
+   step's loss, each within twice torch eager's own error in the case's
+   precision (bench/gate.py); a path that fails gets no number;
 4. the same worker's timed rounds: one call, timed, sets how many
    (``--benchmark-min-rounds``, or more to fill ``--benchmark-max-time``),
    then pytest-benchmark times rounds of exactly one call each, a train step,
@@ -99,8 +100,9 @@ class Sweep:
     def _weights_file(self, config: RunConfig) -> Path:
         return self._scratch / f"weights-{hashlib.sha256(config.spec.to_json().encode()).hexdigest()[:12]}.st"
 
-    def _reference(self, config: RunConfig, deadline: float) -> tuple[dict, dict | None]:
-        """torch eager fp32 (TF32 off) outputs, and torch eager's in the case's lower precision.
+    def _reference(self, config: RunConfig, deadline: float) -> tuple[dict, dict[str, float]]:
+        """torch eager fp32 (TF32 off) outputs, and torch eager's own error in the case's precision
+        (bench/gate.py): against fp64 for fp32, against fp32 for bf16 or TF32.
 
         The first reference worker of a spec writes the canonical weights file every worker loads.
         """
@@ -121,8 +123,11 @@ class Sweep:
                     return worker.outputs(task)
 
             reference = outputs(precision="fp32", tf32=False)
-            baseline = outputs(weights_file=str(weights)) if low_precision else None
-            self._references[key] = (reference, baseline)
+            if low_precision:
+                own = gate.noise(outputs(weights_file=str(weights)), reference, low_precision=True)
+            else:
+                own = gate.noise(reference, outputs(precision="fp64", weights_file=str(weights)), False)
+            self._references[key] = (reference, own)
         return self._references[key]
 
     def run(self, config: RunConfig, benchmark) -> dict[str, Any]:
@@ -131,9 +136,9 @@ class Sweep:
         started = time.perf_counter()
         deadline = time.monotonic() + self.case_timeout
         try:
-            reference, baseline = self._reference(config, deadline)
+            reference, own_noise = self._reference(config, deadline)
             config = config.replace(weights_file=str(self._weights_file(config)))
-            record.update(self._measure(config, benchmark, deadline, reference, baseline))
+            record.update(self._measure(config, benchmark, deadline, reference, own_noise))
             benchmark.extra_info.update(record)
             record["status"] = "ok"
         except CaseFailure as failure:
@@ -173,7 +178,7 @@ class Sweep:
         # The same graphs from now on: the cached worker must not pick the other form.
         return {**cold, "reused": False}, config.replace(upconv=cold["upconv"])
 
-    def _measure(self, config, benchmark, deadline, reference, baseline) -> dict[str, Any]:
+    def _measure(self, config, benchmark, deadline, reference, own_noise) -> dict[str, Any]:
         device_name = environment.device_name(config.device)
         entry = self.compile_cache / cache_key(config, device_name)
         cold = None
@@ -184,7 +189,7 @@ class Sweep:
         with Worker(config, compile_cache=entry, deadline=deadline) as worker:
             first_cached = worker.call("first_call")
             outputs = worker.outputs(gate_task(config))
-            result = gate.check(outputs, reference, baseline)
+            result = gate.check(outputs, reference, own_noise)
             parity = {"errors": result.errors, "allowed": result.allowed}
             if not result.passed:
                 raise CaseFailure(

@@ -42,6 +42,7 @@ from bench.runners.config import RunConfig
 START_TIMEOUT = 900.0  # seconds for a worker to start, build and connect
 CALL_TIMEOUT = 3600.0  # seconds for one command, compilation included
 LOG_TAIL = 2000  # characters of a failed worker's log quoted in the error
+EXIT_WAIT = 3.0  # seconds a worker asked to exit gets before it is killed
 WORKER_MARKER = "UNET_BENCH_WORKER"  # env: this worker's token
 OWNER_MARKER = "UNET_BENCH_OWNER"  # env: the pid of the process that started it
 OOM_TEXT = ("out of memory", "outofmemory", "resource_exhausted", "memoryerror", "unable to allocate")
@@ -279,8 +280,8 @@ class Worker:
         self._connections = {}
         self._listener.close()
         if self._process is not None:
-            try:
-                self._process.wait(timeout=10)
+            try:  # a worker in the middle of a command does not read "exit": not long
+                self._process.wait(timeout=EXIT_WAIT)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._process.pid, signal.SIGKILL)

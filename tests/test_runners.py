@@ -23,12 +23,21 @@ def _outputs(path: str, task: str, precision: str = "fp32", upconv: str = "auto"
 
 @pytest.fixture(scope="module")
 def references() -> dict:
-    """torch eager fp32 and bf16 outputs, per task."""
+    """torch eager fp64, fp32 and bf16 outputs, per task."""
     return {
         (task, precision): _outputs("torch-eager", task, precision, upconv="native")
         for task in ("infer", "train")
-        for precision in ("fp32", "bf16")
+        for precision in ("fp64", "fp32", "bf16")
     }
+
+
+def _check(outputs: dict, references: dict, task: str, precision: str = "fp32") -> gate.GateResult:
+    """As the sweep does: against torch eager fp32, within twice its own error in the precision."""
+    if precision == "fp32":
+        own = gate.noise(references[(task, "fp32")], references[(task, "fp64")], low_precision=False)
+    else:
+        own = gate.noise(references[(task, precision)], references[(task, "fp32")], low_precision=True)
+    return gate.check(outputs, references[(task, "fp32")], own)
 
 
 @pytest.mark.parametrize("task", ["infer", "train"])
@@ -44,8 +53,7 @@ def references() -> dict:
 )
 def test_paths_pass_the_parity_gate(references, path: str, precision: str, upconv: str, task: str) -> None:
     outputs = _outputs(path, task, precision, upconv)
-    baseline = references[(task, precision)] if precision != "fp32" else None
-    result = gate.check(outputs, references[(task, "fp32")], baseline)
+    result = _check(outputs, references, task, precision)
     assert result.passed, result.describe()
     assert set(outputs) == ({"logits"} if task == "infer" else {"logits", "loss", "gradients"})
     assert outputs["logits"].shape == (BATCH, SPEC.num_classes, SIZE, SIZE)
@@ -57,7 +65,7 @@ def test_paths_pass_the_parity_gate(references, path: str, precision: str, upcon
 
 def test_torch_compile_passes_the_parity_gate_forward_and_backward(references) -> None:
     for task in ("infer", "train"):
-        result = gate.check(_outputs("torch-compile", task), references[(task, "fp32")])
+        result = _check(_outputs("torch-compile", task), references, task)
         assert result.passed, result.describe()
 
 
@@ -69,7 +77,7 @@ def test_a_wrong_path_fails_the_gate(references, monkeypatch) -> None:
         return array.transpose(2, 3, 0, 1) if name.endswith("upconv.weight") else right(name, array, spec)
 
     monkeypatch.setattr(convert, "_to_flax_layout", unflipped)
-    result = gate.check(_outputs("jax", "infer", upconv="native"), references[("infer", "fp32")])
+    result = _check(_outputs("jax", "infer", upconv="native"), references, "infer")
     assert not result.passed
     assert result.errors["logits"] > 10 * gate.FP32_TOLERANCE
 
@@ -80,7 +88,7 @@ def test_a_wrong_backward_fails_the_gate(references) -> None:
     gradients = outputs["gradients"]
     largest = max(gradients, key=lambda name: np.abs(gradients[name]).max())
     gradients[largest] = gradients[largest] * 1.01
-    result = gate.check(outputs, references[("train", "fp32")])
+    result = _check(outputs, references, "train")
     assert not result.passed
     assert result.errors["gradients"] == pytest.approx(0.01, rel=1e-3)
 
