@@ -70,10 +70,16 @@ def default_compile_cache() -> Path:
 
 
 def cache_key(config: RunConfig, device_name: str) -> str:
-    """What a compiled artifact depends on: versions, device, the code, the spec and the case."""
+    """What a compiled artifact depends on: versions, device, the code, the spec and the case.
+
+    The tiled task compiles the forward at the tile's shape: it shares the infer case's folder
+    (and its cold figure, when that case ran first).
+    """
     case = config.to_dict()
-    for label in ("weights_file", "scaling"):  # the same graphs whatever the file or the label
+    for label in ("weights_file", "scaling", "image_size"):  # the same graphs whatever these are
         case.pop(label)
+    if case["task"] == "tiled":
+        case["task"] = "infer"
     text = json.dumps(
         [environment.versions(), device_name, environment.code_hash(), case], sort_keys=True, default=str
     )
@@ -106,7 +112,8 @@ class Sweep:
 
         The first reference worker of a spec writes the canonical weights file every worker loads.
         """
-        low_precision = config.precision == "bf16" or (config.tf32 and config.device != "cpu")
+        tf32 = config.tf32 and config.device != "cpu"
+        low_precision = config.precision == "bf16" or tf32
         task = gate_task(config)
         reference_config = config.replace(
             path="torch-eager", task=task, devices=None, scaling=None, upconv="native", weights_file=None
@@ -114,19 +121,18 @@ class Sweep:
         key = reference_config.replace(precision=config.precision if low_precision else "fp32").to_json()
         if key not in self._references:
             weights = self._weights_file(config)
-
-            def outputs(**changes: Any) -> dict:
-                case = reference_config.replace(**changes)
-                with Worker(case, deadline=deadline) as worker:
-                    if not weights.exists():
-                        worker.call("write_initial_weights", str(weights))
-                    return worker.outputs(task)
-
-            reference = outputs(precision="fp32", tf32=False)
-            if low_precision:
-                own = gate.noise(outputs(weights_file=str(weights)), reference, low_precision=True)
-            else:
-                own = gate.noise(reference, outputs(precision="fp64", weights_file=str(weights)), False)
+            with Worker(reference_config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
+                if not weights.exists():
+                    worker.call("write_initial_weights", str(weights))
+                reference = worker.outputs(task)
+                if not low_precision:
+                    own = gate.noise(reference, worker.call("outputs_in", "fp64", task), low_precision=False)
+                elif not tf32:
+                    own = gate.noise(worker.call("outputs_in", "bf16", task), reference, low_precision=True)
+            if tf32:  # TF32 is process-wide: a worker of its own
+                baseline = reference_config.replace(weights_file=str(weights))
+                with Worker(baseline, deadline=deadline) as worker:
+                    own = gate.noise(worker.outputs(task), reference, low_precision=True)
             self._references[key] = (reference, own)
         return self._references[key]
 
@@ -182,12 +188,14 @@ class Sweep:
         device_name = environment.device_name(config.device)
         entry = self.compile_cache / cache_key(config, device_name)
         cold = None
-        if self.timing:
+        if self.timing and config.path != "torch-eager":
             cold, config = self._cold(config, entry, deadline)
         else:
             entry.mkdir(parents=True, exist_ok=True)
         with Worker(config, compile_cache=entry, deadline=deadline) as worker:
             first_cached = worker.call("first_call")
+            if self.timing and cold is None:  # torch-eager compiles nothing, caches nothing: one worker
+                cold = {"first_call_seconds": first_cached, "reused": False, "no_compiler": True}
             outputs = worker.outputs(gate_task(config))
             result = gate.check(outputs, reference, own_noise)
             parity = {"errors": result.errors, "allowed": result.allowed}
@@ -206,7 +214,7 @@ class Sweep:
                 "settings": worker.settings,
             }
         info.update(self._extra_info(config, benchmark, device_name, cold, first_cached))
-        if cold is not None and not cold["reused"] and "compile_seconds_cold" in info:
+        if cold is not None and not cold["reused"] and not cold.get("no_compiler"):
             saved = {k: v for k, v in cold.items() if k != "reused"}
             saved["compile_seconds"] = info["compile_seconds_cold"]
             (entry / "cold.json").write_text(json.dumps(saved))

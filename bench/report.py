@@ -32,6 +32,7 @@ THROUGHPUT = {
     "infer": ("img_per_s", "images per second"),
     "tiled": ("megapixels_per_s", "megapixels per second"),
 }
+FAILURE_COLUMNS = ("path", "task", "size", "batch", "precision", "device", "devices", "scaling")
 UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole images"}
 
 
@@ -134,7 +135,11 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     # A record without a status is a case cut short by a version that did not name it so.
     failures = pd.DataFrame(
         [
-            {**f["case"], "status": f.get("status", "interrupted"), "message": f.get("message", "")}
+            {
+                **{k: f["case"].get(k) for k in FAILURE_COLUMNS if k in f["case"]},
+                "status": f.get("status", "interrupted"),
+                "message": f.get("message", ""),
+            }
             for f in section.get("failures", [])
         ]
     )

@@ -151,6 +151,18 @@ class Service:
     def __init__(self, config: RunConfig, runner: Any) -> None:
         self.config, self.runner = config, runner
 
+    def outputs_in(self, precision: str, task: str) -> dict[str, Any]:
+        """``outputs(task)`` of the same case in another precision (fp64 or bf16, which set the
+        process-wide precision as this one does), from a second runner: the parity gate's
+        references come from one worker."""
+        from bench.runners import build
+
+        if precision not in ("fp64", "bf16") or self.config.tf32:
+            raise ValueError(
+                f"outputs_in: {precision!r} next to {self.config.precision!r} with tf32 off only"
+            )
+        return build(self.config.replace(precision=precision)).outputs(task)
+
     def call(self) -> None:
         """What one timed round runs: one train step, one forward, or one whole image in tiles."""
         if self.config.task == "train":
@@ -198,6 +210,7 @@ class Service:
             "train_step": runner.train_step,
             "infer": runner.infer,
             "outputs": runner.outputs,
+            "outputs_in": self.outputs_in,
             "reset_state": runner.reset_state,
             "weights": runner.weights,
             "peak_memory_bytes": runner.peak_memory_bytes,
