@@ -98,9 +98,9 @@ def versions() -> dict[str, str]:
 
 
 def code_hash() -> str:
-    """A hash of the code that builds and runs a model: part of a compile cache's key."""
+    """A hash of the code that builds and runs a model and makes its data: part of a cache's key."""
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/runners/*.py")]):
+    for path in sorted([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/runners/*.py"), ROOT / "bench/cells.py"]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 

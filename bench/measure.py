@@ -33,12 +33,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench import environment, flops, gate
 from bench.runners.config import RunConfig
@@ -83,7 +84,30 @@ def cache_key(config: RunConfig, device_name: str) -> str:
     text = json.dumps(
         [environment.versions(), device_name, environment.code_hash(), case], sort_keys=True, default=str
     )
+    return _digest(text)
+
+
+def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _save_reference(file: Path, reference: dict[str, Any], own_noise: dict[str, float]) -> None:
+    """torch eager's reference outputs (and its own error) for a later run on the same key."""
+    arrays = {name: value for name, value in reference.items() if name != "gradients"}
+    arrays |= {f"gradients/{name}": value for name, value in reference.get("gradients", {}).items()}
+    temporary = file.with_suffix(".partial.npz")
+    np.savez(temporary, own_noise=json.dumps(own_noise), **arrays)
+    temporary.replace(file)  # a run killed while writing leaves no half file to be read
+
+
+def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    with np.load(file) as saved:
+        reference: dict[str, Any] = {n: saved[n] for n in saved.files if "/" not in n and n != "own_noise"}
+        gradients = {n.split("/", 1)[1]: saved[n] for n in saved.files if n.startswith("gradients/")}
+        own_noise = json.loads(str(saved["own_noise"]))
+    if gradients:
+        reference["gradients"] = gradients
+    return reference, own_noise
 
 
 @dataclass
@@ -98,13 +122,15 @@ class Sweep:
     max_time: float = 1.0
     records: list[dict[str, Any]] = field(default_factory=list)
     _references: dict[str, tuple] = field(default_factory=dict)
-    _scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="unet-bench-sweep-")))
 
-    def close(self) -> None:
-        shutil.rmtree(self._scratch, ignore_errors=True)
+    def _reference_folder(self, config: RunConfig) -> Path:
+        """Where a spec's canonical weights file and its references are kept between runs: they are
+        a function of the versions, the code (impls/, bench/runners/, bench/cells.py) and the spec."""
+        key = json.dumps([environment.versions(), environment.code_hash(), config.spec.to_json()])
+        return self.compile_cache / "references" / _digest(key)
 
     def _weights_file(self, config: RunConfig) -> Path:
-        return self._scratch / f"weights-{hashlib.sha256(config.spec.to_json().encode()).hexdigest()[:12]}.st"
+        return self._reference_folder(config) / "weights.safetensors"
 
     def _reference(self, config: RunConfig, deadline: float) -> tuple[dict, dict[str, float]]:
         """torch eager fp32 (TF32 off) outputs, and torch eager's own error in the case's precision
@@ -119,8 +145,12 @@ class Sweep:
             path="torch-eager", task=task, devices=None, scaling=None, upconv="native", weights_file=None
         )
         key = reference_config.replace(precision=config.precision if low_precision else "fp32").to_json()
+        weights = self._weights_file(config)
+        saved = weights.parent / f"{_digest(key + environment.device_name(config.device))}.npz"
+        if key not in self._references and weights.exists() and saved.exists():
+            self._references[key] = _load_reference(saved)
         if key not in self._references:
-            weights = self._weights_file(config)
+            weights.parent.mkdir(parents=True, exist_ok=True)
             with Worker(reference_config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
                 if not weights.exists():
                     worker.call("write_initial_weights", str(weights))
@@ -134,6 +164,7 @@ class Sweep:
                 with Worker(baseline, deadline=deadline) as worker:
                     own = gate.noise(worker.outputs(task), reference, low_precision=True)
             self._references[key] = (reference, own)
+            _save_reference(saved, reference, own)
         return self._references[key]
 
     def run(self, config: RunConfig, benchmark) -> dict[str, Any]:

@@ -315,9 +315,6 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    sweep = config.stash.get(SWEEP_KEY, None)
-    if sweep is not None:
-        sweep.close()
     leftovers = leftover_processes()
     if leftovers:  # a bug: every worker is ended with its case
         for process in leftovers:

@@ -149,6 +149,8 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 def _memory_note(measured: pd.DataFrame) -> str:
     """How each path's peak memory was measured, as its cases recorded it."""
     methods = measured.groupby("path", sort=False)["memory_method"].agg(lambda m: "; ".join(sorted(set(m))))
+    if methods.nunique() == 1:
+        return f"Peak memory, every path: {methods.iloc[0]}."
     return (
         "Peak memory, as each path measured it: "
         + "; ".join(f"{path}: {methods[path]}" for path in _path_order(methods.index))

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from bench import report, workers
-from bench.measure import CaseFailure, Sweep
+from bench.measure import CaseFailure, Sweep, cache_key
 from bench.runners import RunConfig
 from bench.workers import OWNER_MARKER, Worker, WorkerError, leftover_processes
 from impls.spec import UNetSpec
@@ -55,7 +55,7 @@ def test_each_fault_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> 
     sweep = Sweep(
         progress_file=tmp_path / "progress.jsonl",
         compile_cache=tmp_path / "cache",
-        case_timeout=30,
+        case_timeout=25,
         timing=False,
     )
     faults = {
@@ -64,14 +64,11 @@ def test_each_fault_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> 
         "oom": ("out-of-memory", "MemoryError: Unable to allocate"),
         "hang": ("timeout", "did not answer 'first_call' within the case's time limit (--case-timeout)"),
     }
-    try:
-        for action in faults:
-            monkeypatch.setenv("UNET_BENCH_FAULT", f"rank=0,path=jax,command=first_call,action={action}")
-            assert _run(sweep, _case("jax")) == faults[action][0]
-            assert _run(sweep, _case("torch-eager")) == "ok"  # the next case still runs
-            assert leftover_processes() == []
-    finally:
-        sweep.close()
+    for action in faults:
+        monkeypatch.setenv("UNET_BENCH_FAULT", f"rank=0,path=jax,command=first_call,action={action}")
+        assert _run(sweep, _case("jax")) == faults[action][0]
+        assert _run(sweep, _case("torch-eager")) == "ok"  # the next case still runs
+        assert leftover_processes() == []
     records = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == [s for status, _ in faults.values() for s in (status, "ok")]
     for record, (status, message) in zip(records[::2], faults.values(), strict=True):
@@ -208,3 +205,51 @@ def test_after_a_sigkill_nothing_is_left_and_the_report_is_rebuilt(tmp_path) -> 
     assert "Rebuilt from progress.jsonl" in text
     assert "## infer: images per second" in text  # the torch-eager case, measured before the kill
     assert report.load(run_dir)[0].path.tolist() == ["torch-eager"]
+
+
+# -- compile caches: one folder per case, cold figures reused by a later run --------------
+
+
+def test_each_case_has_its_own_compile_folder_and_tiles_share_the_forwards() -> None:
+    infer = _case("jax", "infer")
+    keys = {
+        "infer": cache_key(infer, "cpu"),
+        "tiled": cache_key(infer.replace(task="tiled", image_size=64), "cpu"),
+        "train": cache_key(_case("jax"), "cpu"),
+        "torch": cache_key(infer.replace(path="torch-compile"), "cpu"),
+        "other file": cache_key(infer.replace(weights_file="/elsewhere.safetensors"), "cpu"),
+        "other device": cache_key(infer, "another cpu"),
+    }
+    assert keys["tiled"] == keys["infer"] == keys["other file"]
+    assert len({keys[k] for k in ("infer", "train", "torch", "other device")}) == 4
+
+
+class _Stats:
+    def __init__(self, seconds: list[float]) -> None:
+        self.median = self.mean = self.min = self.max = sorted(seconds)[len(seconds) // 2]
+        self.iqr = self.stddev = 0.0
+        self.rounds = len(seconds)
+
+
+class _TimedBenchmark(_Benchmark):
+    """Times its rounds as pytest-benchmark does, without its machinery."""
+
+    def pedantic(self, fn, args=(), rounds: int = 1, iterations: int = 1) -> None:
+        seconds = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn(*args)
+            seconds.append(time.perf_counter() - start)
+        self.stats = type("Fixture", (), {"stats": _Stats(seconds)})()
+
+
+def test_a_second_run_reuses_the_measured_cold_compile(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("bench.environment.peak_tflops", lambda *a: 1.0)  # not what is tested here
+    records = []
+    for _ in range(2):
+        sweep = Sweep(compile_cache=tmp_path / "cache", timing=True, min_rounds=2, max_time=0.01)
+        records.append(sweep.run(_case("jax", "infer"), _TimedBenchmark()))
+    first, second = records
+    assert (first["compile_cold_reused"], second["compile_cold_reused"]) == (False, True)
+    assert second["compile_seconds_cold"] == pytest.approx(first["compile_seconds_cold"])
+    assert second["compile_seconds_cached"] < first["compile_seconds_cold"]

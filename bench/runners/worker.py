@@ -198,7 +198,9 @@ class Service:
         from bench.runners.workload import initial_weights
         from impls import convert
 
-        convert.save(file, initial_weights(self.config.spec), self.config.spec)
+        partial = f"{file}.partial"
+        convert.save(partial, initial_weights(self.config.spec), self.config.spec)
+        os.replace(partial, file)  # whole or not at all: later runs read it
 
     def handlers(self) -> dict[str, Any]:
         runner = self.runner
