@@ -217,7 +217,9 @@ class Sweep:
 
     def _measure(self, config, benchmark, deadline, reference, own_noise) -> dict[str, Any]:
         device_name = environment.device_name(config.device)
-        entry = self.compile_cache / cache_key(config, device_name)
+        # Untimed (--benchmark-disable, as in `make test`) nothing is measured: the cases share one
+        # folder, as a user's programs share the frameworks' caches, and compile once what they can.
+        entry = self.compile_cache / (cache_key(config, device_name) if self.timing else "untimed")
         cold = None
         if self.timing and config.path != "torch-eager":
             cold, config = self._cold(config, entry, deadline)
