@@ -121,6 +121,7 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                 "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
                 "compile_cold_s": info["compile_seconds_cold"],
                 "compile_cold_reused": bool(info.get("compile_cold_reused", False)),
+                "own_workers": "compile_cold_reused" in info,  # measured by the engine of per-case workers
                 "compile_cached_s": info["compile_seconds_cached"],
                 "devices": info.get("devices") or math.nan,
                 "scaling": info.get("scaling"),
@@ -144,6 +145,18 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         ]
     )
     return measured, failures, section
+
+
+COMPILE_NOTE = (
+    "Cold: a fresh worker with empty compile caches of its own; from the caches: a fresh worker that "
+    "finds what the cold one wrote (inductor's FX graph and AOTAutograd caches, JAX's persistent "
+    "cache). (reused): the cold figure of an earlier run with the same versions, device, code, spec "
+    "and case, whose caches this run kept."
+)
+OLD_COMPILE_NOTE = (
+    "Measured by an engine before cases ran in workers of their own: every case of the run shared one "
+    "compile cache folder, so a cold figure after the first case may be partly warm."
+)
 
 
 def _memory_note(measured: pd.DataFrame) -> str:
@@ -350,10 +363,7 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
             .where(~_pivot(measured, task, "compile_cold_reused").astype(bool), lambda t: t + " (reused)")
             .pipe(_md),
             "",
-            "Cold: a fresh worker with empty compile caches of its own; from the caches: a fresh worker "
-            "that finds what the cold one wrote (inductor's FX graph and AOTAutograd caches, JAX's "
-            "persistent cache). (reused): the cold figure of an earlier run with the same versions, "
-            "device, code, spec and case, whose caches this run kept.",
+            COMPILE_NOTE if measured.own_workers.all() else OLD_COMPILE_NOTE,
             "",
             f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)",
             "",
