@@ -35,6 +35,6 @@ lint: $(STAMP)
 lock:
 	rm -rf /tmp/unet-bench-lock && $(PYTHON) -m venv /tmp/unet-bench-lock
 	/tmp/unet-bench-lock/bin/pip install --quiet torch==2.13.0 jax==0.10.2 flax optax numpy safetensors \
-		ml_dtypes pandas tabulate scipy matplotlib pytest pytest-benchmark ruff
+		ml_dtypes pandas psutil tabulate scipy matplotlib pytest pytest-benchmark ruff
 	(echo '# Exact versions, made by `make lock`; every result records them.'; \
 		/tmp/unet-bench-lock/bin/pip freeze | sed 's/+cpu$$//') > requirements.lock
