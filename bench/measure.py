@@ -47,7 +47,6 @@ from bench.workers import Worker, WorkerError
 from impls.tiling import tile_positions
 
 ROUND_STATS = ("median", "iqr", "min", "max", "mean", "stddev", "rounds")  # benchmark.json's names
-STATUSES = ("ok", "parity-failed", "error", "out-of-memory", "crashed", "timeout", "interrupted", "skipped")
 
 
 class CaseFailure(Exception):
