@@ -57,9 +57,22 @@ def probe(*args: str) -> dict:
 
 
 @functools.cache
+def _gpus() -> dict:
+    return probe("gpus")
+
+
 def gpus() -> tuple[str, ...]:
     """The CUDA devices torch sees, by name."""
-    return tuple(probe("gpus")["gpus"])
+    return tuple(_gpus()["gpus"])
+
+
+def memory_bytes(device: str) -> int:
+    """What a device can hold: a GPU's total memory, or the memory a CPU has available now."""
+    if device == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().available
+    return _gpus()["memory"][int(device.partition(":")[2] or 0)]
 
 
 def default_device() -> str:
@@ -200,7 +213,10 @@ def main(argv: list[str]) -> int:
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        answer: dict = {"gpus": [torch.cuda.get_device_name(i) for i in range(count)]}
+        answer: dict = {
+            "gpus": [torch.cuda.get_device_name(i) for i in range(count)],
+            "memory": [torch.cuda.get_device_properties(i).total_memory for i in range(count)],
+        }
     elif command == "torch":
         answer = _torch_facts(args[0])
     elif command == "peak":

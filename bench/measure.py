@@ -1,29 +1,35 @@
-"""One benchmark case, measured the same way for every framework path, in fresh worker processes.
+"""The cases of one group, measured side by side in fresh worker processes.
 
-For a case (a RunConfig), with its compile caches in a folder of their own
-under ``--compile-cache`` (keyed by versions, device, code, spec and case):
+A group is the cases that compete: the same task, shape, precision and device,
+one per framework path. For each case of a group, with its compile caches in a
+folder of their own under ``--compile-cache`` (keyed by versions, device, code,
+spec and case):
 
 1. cold: a fresh worker with empty caches times its first call (compilation
    from nothing, plus one call). If an earlier run on the same key measured
    it, that figure is reused and marked so, and the caches it left are kept;
 2. cached: a fresh worker that finds the caches the cold one wrote times its
-   first call again, as a second run would;
+   first call again, as a second run would. It stays alive through the group;
 3. that worker's outputs from the initial weights go through the parity gate
    against torch eager fp32 (TF32 off), computed by a torch-eager worker: the
    forward, and for training the first step's gradients and the second
    step's loss, each within twice torch eager's own error in the case's
-   precision (bench/gate.py); a path that fails gets no number;
-4. the same worker's timed rounds: one call, timed, sets how many
-   (``--benchmark-min-rounds``, or more to fill ``--benchmark-max-time``),
-   then pytest-benchmark times rounds of exactly one call each, a train step,
-   a forward or a whole tiled image, over the worker's connection (whose
-   round trip, measured, is recorded as ``messaging_seconds``);
-5. peak memory: the worker's own, since it started (bench/runners/*).
+   precision (bench/gate.py); a path that fails gets no number.
 
-Compile seconds are a first call's time less the median call's. Every wait
-is bounded by ``--case-timeout``; whatever happens, the case is recorded in
-``progress.jsonl`` at once with its status (ok, parity-failed, error,
-out-of-memory, crashed, timeout, interrupted), and its workers are ended.
+Then the rounds: one call each (a train step, a forward or a whole tiled
+image), timed inside its worker with the device synchronised, the paths
+interleaved in rotated blocks (A B C, B C A, C A B, ...) so that a machine's
+drift falls on every path alike. Blocks are added until every case's median
+has a 95% bootstrap interval within ``target_ci`` of it, after at least
+``min_rounds`` blocks and at most ``max_time`` seconds of rounds per case.
+Where the device cannot hold every worker of a group at once, the group is
+measured in parts, one after the other, and the records say so. Peak memory
+is each worker's own, since it started (bench/runners/*).
+
+Compile seconds are a first call's time less the median round. Every wait is
+bounded by ``--case-timeout``; whatever happens, each case is recorded in
+``progress.jsonl`` with its status (ok, parity-failed, error, out-of-memory,
+crashed, timeout, interrupted, skipped), and its workers are ended.
 """
 
 from __future__ import annotations
@@ -35,18 +41,17 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import environment, flops, gate
-from bench.runners.config import RunConfig
+from bench import environment, flops, gate, stats
+from bench.runners.config import PLAIN_PATHS, RunConfig
 from bench.workers import Worker, WorkerError
 from impls.tiling import tile_positions
-
-ROUND_STATS = ("median", "iqr", "min", "max", "mean", "stddev", "rounds")  # benchmark.json's names
 
 
 class CaseFailure(Exception):
@@ -109,6 +114,73 @@ def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
     return reference, own_noise
 
 
+COMPILES_NOTHING = ("torch-eager", "torch-plain")  # one worker: no cold compile to measure
+PINNED_FORMS = {"torch": ("upconv", "memory_format"), "jax": ("upconv",)}
+MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
+MAX_ROUNDS = 1000  # per case, whatever the interval
+GUESS_SECONDS = {"cpu": 40.0, "cuda": 90.0}  # a case never run before, for the first estimate
+
+
+class CaseSkipped(Exception):
+    """A case not started: ``--max-minutes`` was reached."""
+
+
+def rotation(count: int, block: int) -> list[int]:
+    """The order of a group's paths in a block: A B C, then B C A, then C A B, ..."""
+    return [(block + i) % count for i in range(count)]
+
+
+def group_key(config: RunConfig) -> str:
+    """What the competing cases share: everything but the path."""
+    fields = config.to_dict()
+    for name in ("path", "weights_file", *{n for names in PINNED_FORMS.values() for n in names}):
+        fields.pop(name, None)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def round_stats(seconds: list[float]) -> dict[str, float]:
+    """The rounds' statistics, by benchmark.json's names, and the median's 95% interval."""
+    values = np.asarray(seconds, dtype=float)
+    q1, q3 = np.percentile(values, [25, 75])
+    interval = stats.median_interval(values)
+    return {
+        "median": interval.value,
+        "iqr": float(q3 - q1),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "stddev": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "rounds": int(values.size),
+        "median_interval": [interval.low, interval.high],
+    }
+
+
+def to_benchmark(benchmark, seconds: list[float]) -> None:
+    """Hand rounds timed in a worker to pytest-benchmark, which keeps them in benchmark.json and
+    its tables as if it had timed them (its own timer would also count the messaging)."""
+    benchmark._mode = "rounds timed in a worker"  # used once, as pedantic() would mark it
+    if not seconds:  # untimed (--benchmark-disable): nothing to keep
+        return
+    metadata = benchmark._make_stats(1)
+    for value in seconds:
+        metadata.update(value)
+
+
+@dataclass(eq=False)  # one per worker, told apart by identity
+class Prepared:
+    """A case whose worker has compiled, passed the gate and waits for its rounds."""
+
+    config: RunConfig
+    worker: Worker
+    record: dict[str, Any]
+    setup_seconds: float  # references, workers, compiles and the gate: its own, not its group's
+    cold: dict[str, Any] | None
+    first_cached: float
+    peak_memory_bytes: int | None
+    rounds: list[float] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+
+
 @dataclass
 class Sweep:
     """What the cases of one benchmark run share: options, references, the weights file, records."""
@@ -119,8 +191,17 @@ class Sweep:
     timing: bool = True  # False with --benchmark-disable: each case runs once, untimed, no cold compile
     min_rounds: int = 5
     max_time: float = 1.0
+    target_ci: float = 0.02
+    max_minutes: float | None = None
+    cases: list[RunConfig] = field(default_factory=list)  # the run's, for its groups and estimates
+    announce: Callable[[str], None] | None = None  # progress lines, to the terminal
     records: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
     _references: dict[str, tuple] = field(default_factory=dict)
+    _pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # measured, not yet handed over
+    _forms: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- references and the canonical weights ------------------------------------------------
 
     def _reference_folder(self, config: RunConfig) -> Path:
         """Where a spec's canonical weights file and its references are kept between runs: they are
@@ -141,7 +222,13 @@ class Sweep:
         low_precision = config.precision == "bf16" or tf32
         task = gate_task(config)
         reference_config = config.replace(
-            path="torch-eager", task=task, devices=None, scaling=None, upconv="native", weights_file=None
+            path="torch-eager",
+            task=task,
+            devices=None,
+            scaling=None,
+            upconv="native",
+            memory_format="contiguous",
+            weights_file=None,
         )
         key = reference_config.replace(precision=config.precision if low_precision else "fp32").to_json()
         weights = self._weights_file(config)
@@ -166,107 +253,304 @@ class Sweep:
             _save_reference(saved, reference, own)
         return self._references[key]
 
+    # -- a case as pytest sees it -----------------------------------------------------------
+
     def run(self, config: RunConfig, benchmark) -> dict[str, Any]:
-        """Measure one case into ``benchmark``; raise CaseFailure if it produced no number."""
-        record: dict[str, Any] = {"case": config.to_dict(), "id": config.id}
-        started = time.perf_counter()
-        deadline = time.monotonic() + self.case_timeout
-        try:
-            reference, own_noise = self._reference(config, deadline)
-            config = config.replace(weights_file=str(self._weights_file(config)))
-            record.update(self._measure(config, benchmark, deadline, reference, own_noise))
-            benchmark.extra_info.update(record)
-            record["status"] = "ok"
-        except CaseFailure as failure:
-            record.update(status=failure.status, message=str(failure))
-            raise
-        except WorkerError as error:
-            record.update(status=error.status, message=str(error))
-            raise CaseFailure(error.status, str(error)) from error
-        except Exception as error:
-            record.update(status="error", message=f"{type(error).__name__}: {error}")
-            record["traceback"] = traceback.format_exc(limit=8)
-            raise CaseFailure("error", record["message"]) from error
-        except BaseException:  # Ctrl-C, SIGTERM: recorded, then the run stops as asked
-            record.update(status="interrupted", message="the run was stopped during this case")
-            raise
-        finally:
-            record["case_wall_seconds"] = time.perf_counter() - started
-            self.record(record)
+        """Measure ``config``'s group if that is not done yet; ``config``'s record into ``benchmark``.
+        Raises CaseSkipped or CaseFailure for a case that produced no number."""
+        if config.id not in self._pending:
+            self.measure_group(self.group_of(config))
+        record = self._pending.pop(config.id)
+        if record["status"] == "skipped":
+            raise CaseSkipped(record["message"])
+        if record["status"] != "ok":
+            raise CaseFailure(record["status"], record["message"])
+        to_benchmark(benchmark, record.get("rounds_seconds", []))
+        benchmark.extra_info.update(record)
         return record
+
+    def group_of(self, config: RunConfig) -> list[RunConfig]:
+        """``config`` and the run's other cases that compete with it, not yet measured."""
+        key, measured = group_key(config), {r["id"] for r in self.records}
+        group = [c for c in self.cases if group_key(c) == key and c.id not in measured]
+        return group if config in group else [config]
 
     def record(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        self._pending[record["id"]] = record
         if self.progress_file is not None:
             with self.progress_file.open("a") as f:
                 f.write(json.dumps(record, default=str) + "\n")
+        if self.announce is not None:
+            self.announce(self._progress_line(record))
 
-    def _cold(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, RunConfig]:
-        """The cold first call, measured in a fresh worker with empty caches, or reused from ``entry``."""
-        saved = entry / "cold.json"
-        if saved.exists():
-            cold = json.loads(saved.read_text())
-            return {**cold, "reused": True}, config.replace(upconv=cold["upconv"])
-        shutil.rmtree(entry, ignore_errors=True)
-        entry.mkdir(parents=True)
-        with Worker(config, compile_cache=entry, deadline=deadline) as worker:
-            cold = {"first_call_seconds": worker.call("first_call"), "upconv": worker.settings["upconv"]}
-        # The same graphs from now on: the cached worker must not pick the other form.
-        return {**cold, "reused": False}, config.replace(upconv=cold["upconv"])
+    # -- a group ------------------------------------------------------------------------------
 
-    def _measure(self, config, benchmark, deadline, reference, own_noise) -> dict[str, Any]:
+    def measure_group(self, configs: list[RunConfig]) -> None:
+        """Set up each case of the group, then time their rounds interleaved; record every case."""
+        prepared: list[Prepared] = []
+        parts = 0
+        current: dict[str, Any] | None = None
+        try:
+            for config in configs:
+                current = {"case": config.to_dict(), "id": config.id, "group": config.group}
+                if self.out_of_time():
+                    self.record({**current, "status": "skipped", "message": self._skip_reason()})
+                    continue
+                crowded = self._crowded(prepared)
+                if crowded:  # measure what is set up, then go on with a device of its own
+                    parts += 1
+                    self._time_and_record(prepared, f"sequential: {crowded}")
+                    prepared = []
+                started = time.perf_counter()
+                try:
+                    prepared.append(self._prepare(config, current, started))
+                except WorkerError as error:
+                    if error.status != "out-of-memory" or not prepared:
+                        raise
+                    # it may not fit beside the others: they are measured first, then it alone
+                    parts += 1
+                    self._time_and_record(prepared, "sequential: out of memory beside the group's workers")
+                    prepared = []
+                    prepared.append(self._prepare(config, current, started))
+                current = None
+            schedule = "interleaved" if parts == 0 else "sequential: the group's workers did not fit at once"
+            self._time_and_record(prepared, schedule)
+        except BaseException as error:
+            recorded = {id(r) for r in self.records}
+            failed = [p.record for p in prepared if id(p.record) not in recorded]
+            if current is not None:
+                failed.append(current)
+            for p in prepared:
+                p.worker.close()
+            for record in failed:
+                self.record({**record, **self._failure(error)})
+            if not isinstance(error, Exception):
+                raise  # Ctrl-C, SIGTERM: recorded, then the run stops as asked
+
+    @staticmethod
+    def _failure(error: BaseException) -> dict[str, Any]:
+        if isinstance(error, CaseFailure | WorkerError):
+            return {"status": error.status, "message": str(error)}
+        if isinstance(error, Exception):
+            return {
+                "status": "error",
+                "message": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(limit=8),
+            }
+        return {"status": "interrupted", "message": "the run was stopped during this case"}
+
+    def _crowded(self, prepared: list[Prepared]) -> str:
+        """Why another worker would not fit beside the live ones ('' if it would): their peaks,
+        plus one more like the largest, against what the device holds."""
+        peaks = [p.peak_memory_bytes or 0 for p in prepared]
+        if not peaks:
+            return ""
+        device = prepared[0].config.device
+        capacity = environment.memory_bytes(device) + (sum(peaks) if device == "cpu" else 0)
+        needed = sum(peaks) + max(peaks)
+        if needed <= MEMORY_HEADROOM * capacity:
+            return ""
+        return (
+            f"{len(prepared) + 1} workers would need about {needed / 2**30:.1f} GiB of the "
+            f"{capacity / 2**30:.1f} GiB the device holds"
+        )
+
+    # -- one case's set-up ------------------------------------------------------------------
+
+    def _forms_key(self, config: RunConfig) -> str:
+        return _digest(
+            json.dumps(
+                [
+                    environment.versions(),
+                    environment.code_hash(),
+                    environment.device_name(config.device),
+                    group_key(config),
+                    config.framework,
+                ]
+            )
+        )
+
+    def forms(self, config: RunConfig) -> dict[str, Any] | None:
+        """The exact forms the first worker of ``config``'s framework chose for its group, with the
+        timings behind the choice: in this run, or in an earlier one on the same versions, code and
+        device (kept in the compile-cache folder, so that runs replicate rather than re-draw a
+        choice between forms within a few percent of each other)."""
+        key = self._forms_key(config)
+        if key not in self._forms:
+            saved = _read_json(self.compile_cache / "forms.json").get(key)
+            if saved is not None:
+                self._forms[key] = {**saved, "earlier_run": True}
+        return self._forms.get(key)
+
+    def _pin(self, config: RunConfig) -> RunConfig:
+        """``config`` with the group's chosen forms, so that every worker of the framework compiles
+        the same graphs; plain paths keep their fixed forms."""
+        chosen = self.forms(config)
+        if config.path in PLAIN_PATHS or chosen is None:
+            return config
+        forms = chosen["chosen"]
+        return config.replace(**{n: v for n, v in forms.items() if getattr(config, n) == "auto"})
+
+    def _remember(self, config: RunConfig, settings: dict[str, Any]) -> RunConfig:
+        if config.path not in PLAIN_PATHS and self.forms(config) is None:
+            names = PINNED_FORMS[config.framework]
+            entry = {
+                "chosen": {n: settings[n] for n in names if n in settings},
+                "seconds": {n: settings.get(f"{n}_seconds") for n in names},
+                "by": config.path,
+            }
+            file = self.compile_cache / "forms.json"
+            _write_json(file, {**_read_json(file), self._forms_key(config): entry})
+            self._forms[self._forms_key(config)] = {**entry, "earlier_run": False}
+        return self._pin(config)
+
+    def _prepare(self, config: RunConfig, record: dict[str, Any], started: float) -> Prepared:
+        deadline = time.monotonic() + self.case_timeout
+        lap = _Laps(record.setdefault("phase_seconds", {}))  # what the case's time went on
+        reference, own_noise = self._reference(config, deadline)
+        lap("reference")
         device_name = environment.device_name(config.device)
         # Untimed (--benchmark-disable, as in `make test`) nothing is measured: the cases share one
         # folder, as a user's programs share the frameworks' caches, and compile once what they can.
+        # Keyed by the case as asked for ("auto" forms): the choice is kept too, in forms.json.
         entry = self.compile_cache / (cache_key(config, device_name) if self.timing else "untimed")
+        config = self._pin(config.replace(weights_file=str(self._weights_file(config))))
         cold = None
-        if self.timing and config.path != "torch-eager":
+        if self.timing and config.path not in COMPILES_NOTHING:
             cold, config = self._cold(config, entry, deadline)
+            lap("cold_worker")
         else:
             entry.mkdir(parents=True, exist_ok=True)
-        with Worker(config, compile_cache=entry, deadline=deadline) as worker:
+        worker = Worker(config, compile_cache=entry, deadline=deadline)
+        try:
+            lap("worker_start")
+            config = self._remember(config, worker.settings)
             first_cached = worker.call("first_call")
-            if self.timing and cold is None:  # torch-eager compiles nothing, caches nothing: one worker
+            lap("first_call")
+            if self.timing and cold is None:  # compiles nothing, caches nothing: one worker
                 cold = {"first_call_seconds": first_cached, "reused": False, "no_compiler": True}
-            outputs = worker.outputs(gate_task(config))
-            result = gate.check(outputs, reference, own_noise)
-            parity = {"errors": result.errors, "allowed": result.allowed}
+            result = gate.check(worker.outputs(gate_task(config)), reference, own_noise)
             if not result.passed:
                 raise CaseFailure(
                     "parity-failed",
                     f"parity gate: {config.path} differs from torch eager fp32: {result.describe()}; "
                     "no number is reported for it",
                 )
-            messaging = worker.messaging_seconds()
-            self.time_rounds(worker, benchmark)
-            info = {
-                "parity": parity,
-                "messaging_seconds": messaging,
-                "peak_memory_bytes": worker.peak_memory_bytes(),
-                "settings": worker.settings,
-            }
-        info.update(self._extra_info(config, benchmark, device_name, cold, first_cached))
+            record.update(
+                forms=None if config.path in PLAIN_PATHS else self.forms(config),
+                parity={"errors": result.errors, "allowed": result.allowed},
+                messaging_seconds=worker.messaging_seconds(),
+                compile_folder=str(entry),
+            )
+            peak = worker.peak_memory_bytes()
+            lap("parity_gate")
+        except BaseException:
+            worker.close()
+            raise
+        return Prepared(config, worker, record, time.perf_counter() - started, cold, first_cached, peak)
+
+    def _cold(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, RunConfig]:
+        """The cold first call, measured in a fresh worker with empty caches, or reused from ``entry``."""
+        cold = _read_json(entry / "cold.json")
+        pinned = self._pin(config)
+        if cold and all(getattr(pinned, n) in ("auto", v) for n, v in cold["forms"].items()):
+            return {**cold, "reused": True}, self._remember(config, cold["forms"])
+        shutil.rmtree(entry, ignore_errors=True)
+        entry.mkdir(parents=True)
+        started = time.perf_counter()
+        with Worker(config, compile_cache=entry, deadline=deadline) as worker:
+            cold = {"first_call_seconds": worker.call("first_call"), "forms": worker.settings}
+        cold["forms"] = {n: cold["forms"][n] for n in PINNED_FORMS[config.framework] if n in cold["forms"]}
+        cold["worker_seconds"] = time.perf_counter() - started
+        # The same graphs from now on: the cached worker must not pick the other form.
+        return {**cold, "reused": False}, self._remember(config, cold["forms"])
+
+    # -- the rounds ---------------------------------------------------------------------------
+
+    def time_round(self, worker: Worker) -> float:
+        """One round: one call, timed inside the worker with the device synchronised."""
+        return worker.call("time_calls", 1)[0]
+
+    def _time_and_record(self, prepared: list[Prepared], schedule: str) -> None:
+        rounds_started = time.perf_counter()
+        failures = self._interleave(prepared) if self.timing else self._once(prepared)
+        share = (time.perf_counter() - rounds_started) / max(1, len(prepared))
+        for p in prepared:
+            try:
+                record = p.record
+                if p in failures:
+                    error = failures[p]
+                    record.update(status=error.status, message=str(error))
+                else:
+                    record.update(self._result(p, schedule))
+                    record["status"] = "ok"
+                record["case_wall_seconds"] = p.setup_seconds + share
+                record["phase_seconds"]["rounds"] = share
+            finally:
+                p.worker.close()
+            self._remember_wall(p)
+            self.record(record)
+
+    def _once(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
+        failures = {}
+        for p in prepared:
+            try:
+                p.worker.call("call")
+            except WorkerError as error:
+                failures[p] = error
+        return failures
+
+    def _interleave(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
+        """Blocks of one round per case, in rotated order, until every median is known to
+        ``target_ci`` (checked at growing intervals: the bootstrap is not free) or time is up."""
+        failures: dict[Prepared, WorkerError] = {}
+        for p in prepared:  # the rounds have a time limit of their own, whenever they come
+            p.worker.deadline = time.monotonic() + self.case_timeout
+        budget = self.max_time * len(prepared)
+        started = time.perf_counter()
+        live, block, next_check = list(prepared), 0, self.min_rounds
+        while live:
+            for index in rotation(len(live), block):
+                p = live[index]
+                try:
+                    p.rounds.append(self.time_round(p.worker))
+                    p.blocks.append(block)
+                except WorkerError as error:
+                    failures[p] = error
+            live = [p for p in live if p not in failures]
+            block += 1
+            if block < self.min_rounds or not live:
+                continue
+            if block >= MAX_ROUNDS or time.perf_counter() - started >= budget:
+                break
+            if block >= next_check:
+                next_check = math.ceil(block * 1.25)
+                if all(
+                    stats.median_interval(p.rounds).relative_half_width() <= self.target_ci for p in live
+                ):
+                    break
+        return failures
+
+    def _result(self, p: Prepared, schedule: str) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "peak_memory_bytes": p.worker.peak_memory_bytes(),
+            "settings": p.worker.settings,
+            "schedule": schedule,
+        }
+        if self.timing:
+            info.update(rounds_seconds=p.rounds, round_blocks=p.blocks)
+        info.update(self._extra_info(p))
+        cold = p.cold
         if cold is not None and not cold["reused"] and not cold.get("no_compiler"):
             saved = {k: v for k, v in cold.items() if k != "reused"}
             saved["compile_seconds"] = info["compile_seconds_cold"]
-            (entry / "cold.json").write_text(json.dumps(saved))
+            _write_json(Path(p.record["compile_folder"]) / "cold.json", saved)
         return info
 
-    def time_rounds(self, worker: Worker, benchmark, min_rounds: int = 0) -> None:
-        """Rounds of exactly one call each, timed by pytest-benchmark.
-
-        One timed call first sets how many: ``min_rounds`` (the sweep's if
-        larger), or more to fill ``max_time``.
-        """
-        rounds = 1
-        if self.timing:
-            start = time.perf_counter()
-            worker.call("call")
-            fill = math.ceil(self.max_time / (time.perf_counter() - start))
-            rounds = max(self.min_rounds, min_rounds, min(1000, fill))
-        benchmark.pedantic(worker.call, args=("call",), rounds=rounds, iterations=1)
-
-    def _extra_info(self, config, benchmark, device_name, cold, first_cached) -> dict:
+    def _extra_info(self, p: Prepared) -> dict:
+        config = p.config
+        device_name = environment.device_name(config.device)
         info: dict[str, Any] = {
             "path": config.path,
             "task": config.task,
@@ -277,7 +561,7 @@ class Sweep:
             "device_name": device_name,
             "devices": config.devices,
             "scaling": config.scaling,
-            "first_call_seconds_cached": first_cached,
+            "first_call_seconds_cached": p.first_cached,
         }
         if config.task == "tiled":
             positions = tile_positions((config.image_size,) * 2, config.spec, config.size)
@@ -287,12 +571,11 @@ class Sweep:
         else:
             gflop = flops.gflop_per_image(config.spec, config.size, config.task)
         info["gflop_per_image"] = gflop
-        stats = getattr(benchmark, "stats", None)
-        if stats is None:  # --benchmark-disable: ran once, untimed
+        if not self.timing:  # --benchmark-disable: ran once, untimed
             return info
         # as benchmark.json has them, so that progress.jsonl alone rebuilds the report
-        info["stats"] = {name: getattr(stats.stats, name) for name in ROUND_STATS}
-        median = stats.stats.median
+        info["stats"] = round_stats(p.rounds)
+        median = info["stats"]["median"]
         images_per_second = (1 if config.task == "tiled" else config.batch) / median
         if config.task == "tiled":
             info["megapixels_per_second"] = config.image_size**2 / 1e6 / median
@@ -305,8 +588,9 @@ class Sweep:
             tflops=tflops,
             device_peak_tflops=peak,
             utilization=tflops / peak,
-            compile_seconds_cached=max(first_cached - median, 0.0),
+            compile_seconds_cached=max(p.first_cached - median, 0.0),
         )
+        cold = p.cold
         if cold is not None:
             if cold["reused"]:
                 info["compile_seconds_cold"] = cold["compile_seconds"]
@@ -314,3 +598,104 @@ class Sweep:
                 info["compile_seconds_cold"] = max(cold["first_call_seconds"] - median, 0.0)
             info["compile_cold_reused"] = cold["reused"]
         return info
+
+    # -- time: --max-minutes, and what is left ---------------------------------------------------
+
+    def out_of_time(self) -> bool:
+        return self.max_minutes is not None and time.monotonic() - self.started >= 60 * self.max_minutes
+
+    def _skip_reason(self) -> str:
+        elapsed = (time.monotonic() - self.started) / 60
+        return (
+            f"--max-minutes {self.max_minutes:g} reached ({elapsed:.1f} min into the run) "
+            "before this case began"
+        )
+
+    def _walls_file(self) -> Path:
+        return self.compile_cache / "case-seconds.json"
+
+    def _wall_key(self, config: RunConfig) -> str:
+        return _digest(json.dumps([config.path, group_key(config), environment.versions()]))
+
+    def _remember_wall(self, p: Prepared) -> None:
+        """What this case took, and how much of it was its cold compile, for later estimates."""
+        if not self.timing or "case_wall_seconds" not in p.record:
+            return
+        file = self._walls_file()
+        walls = _read_json(file)
+        cold = 0.0 if p.cold is None or p.cold["reused"] else p.cold.get("worker_seconds", 0.0)
+        walls[self._wall_key(p.config)] = {
+            "wall": p.record["case_wall_seconds"],
+            "cold": cold,
+            "entry": p.record["compile_folder"],
+        }
+        _write_json(file, walls)
+
+    def estimate_seconds(self, config: RunConfig) -> float | None:
+        """A case's wall time as an earlier run measured it, less a cold compile it will now reuse;
+        None for a case never run."""
+        seen = _read_json(self._walls_file()).get(self._wall_key(config))
+        if seen is None:
+            return None
+        reused = (Path(seen["entry"]) / "cold.json").exists()
+        return seen["wall"] - (seen["cold"] if reused else 0.0)
+
+    def remaining(self) -> tuple[float, int]:
+        """Seconds the cases not yet measured should take, and how many of them are guesses: a
+        case never run counts as the mean of this run's cases so far, else GUESS_SECONDS."""
+        done = [r["case_wall_seconds"] for r in self.records if "case_wall_seconds" in r]
+        measured = {r["id"] for r in self.records}
+        total, guessed = 0.0, 0
+        for config in self.cases:
+            if config.id in measured:
+                continue
+            seconds = self.estimate_seconds(config) if self.timing else None
+            if seconds is None:
+                guessed += 1
+                guess = GUESS_SECONDS["cpu" if config.device == "cpu" else "cuda"]
+                seconds = float(np.mean(done)) if done else guess
+            total += seconds
+        return total, guessed
+
+    def _progress_line(self, record: dict[str, Any]) -> str:
+        count, done = len(self.cases) or len(self.records), len(self.records)
+        wall = record.get("case_wall_seconds")
+        took = f" in {wall:.0f} s" if wall is not None else ""
+        left, _ = self.remaining()
+        status = record["status"]
+        if status != "ok":
+            status += f": {record.get('message', '')}"
+        line = f"[{done}/{count}] {record['id']}: {status.splitlines()[0][:200]}{took}"
+        if done < count:
+            line += f"; about {_minutes(left)} left"
+        return line
+
+
+class _Laps:
+    """Seconds since the last lap, filed under a name."""
+
+    def __init__(self, laps: dict[str, float]) -> None:
+        self.laps, self.last = laps, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self.last
+        self.last = now
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: no estimate from it
+        return {}
+
+
+def _write_json(file: Path, value: dict) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = file.with_suffix(".partial")
+    temporary.write_text(json.dumps(value))
+    temporary.replace(file)

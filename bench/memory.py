@@ -8,6 +8,8 @@ by the same method for every framework.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from pathlib import Path
 
 CPU_METHOD = (
@@ -19,7 +21,8 @@ _STATUS = Path("/proc/self/status")
 
 
 def peak_rss() -> int | None:
-    """This process's peak resident size in bytes since it started; None where Linux does not say."""
+    """This process's peak resident size in bytes since it started (or since ``reset_peak_rss``);
+    None where Linux does not say."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -27,3 +30,14 @@ def peak_rss() -> int | None:
     except OSError:
         pass
     return None
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the resident size now (Linux's clear_refs 5), freed heap given
+    back first (glibc's malloc_trim); nothing where it cannot. Set-up work that is no part of a
+    case (timing throw-away models) then leaves almost no peak: measured 2-4% above a run
+    without it, against 25% without the reset."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")

@@ -7,39 +7,56 @@ in worker processes (bench/workers.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import json
 import shutil
 import signal
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from bench import environment, report
+from bench import environment, report, stats
 from bench.measure import Sweep, default_compile_cache
-from bench.runners.config import CUDA_ONLY_PATHS, LOSSES, PATHS, PRECISIONS, SCALINGS, TASKS, RunConfig
+from bench.runners.config import (
+    CUDA_ONLY_PATHS,
+    LOSSES,
+    MEMORY_FORMATS,
+    PATHS,
+    PRECISIONS,
+    SCALINGS,
+    TASKS,
+    RunConfig,
+)
 from bench.workers import leftover_processes
 from impls.spec import PADDINGS, UNetSpec
 
+DEFAULT_PATHS = ("torch-eager", "torch-plain", "torch-compile", "jax", "jax-plain")
 # The default matrix fits the machine: small images on a CPU, large ones on a GPU.
 # bf16 on a CPU (slow under XLA's CPU backend, rare in practice) is asked for with --precisions.
 DEFAULTS = {
     "cpu": {
         "sizes": [64, 128],
-        "batches": [1, 4],
+        "batches": [2],
         "precisions": ["fp32"],
-        "image_size": 512,
-        "paths": ["torch-eager", "torch-compile", "jax"],
+        "image_size": 256,
+        "paths": list(DEFAULT_PATHS),
         "case_timeout": 900,
+        "max_time": 4.0,
     },
+    # About 45 minutes from cold caches on one H200, an hour with margin on an H100 (README: measured
+    # per phase, then added up): the compiles and worker starts are most of it, so one batch and the
+    # default compile mode only (max-autotune and reduce-overhead when asked for with --paths).
     "cuda": {
         "sizes": [256, 512, 1024],
-        "batches": [1, 8, 32],
+        "batches": [8],
         "precisions": list(PRECISIONS),
         "image_size": 4096,
-        "paths": list(PATHS),
+        "paths": list(DEFAULT_PATHS),
         "case_timeout": 1800,
+        "max_time": 2.0,
     },
 }
 RUN_DIR_KEY = pytest.StashKey[Path]()
@@ -85,6 +102,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="form of the transposed convs (default auto: the faster, measured per device)",
     )
     group.addoption(
+        "--memory-format",
+        default="auto",
+        choices=MEMORY_FORMATS,
+        help="torch's memory format (default auto: the faster for the case's task, measured per device)",
+    )
+    group.addoption(
         "--loss",
         default="ce",
         choices=LOSSES,
@@ -112,6 +135,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seconds a case may take, all its workers together, before they are killed and the case "
         f"recorded as timeout (default {DEFAULTS['cpu']['case_timeout']} on a CPU, "
         f"{DEFAULTS['cuda']['case_timeout']} on a GPU: several times the slowest healthy default case)",
+    )
+    group.addoption(
+        "--target-ci",
+        type=float,
+        default=0.02,
+        help="rounds are added until each case's median has a 95%% interval within this share of it "
+        "(default 0.02: +-2%%), up to --benchmark-max-time of rounds per case (default here: "
+        f"{DEFAULTS['cpu']['max_time']:g} s on a CPU, {DEFAULTS['cuda']['max_time']:g} s on a GPU)",
+    )
+    group.addoption(
+        "--max-minutes",
+        type=float,
+        help="start no case after this many minutes; the rest are recorded as skipped (default: no limit)",
     )
     group.addoption(
         "--compile-cache",
@@ -155,11 +191,20 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     case_timeout = defaults["case_timeout"] if case_timeout is None else case_timeout
     if case_timeout <= 0:
         raise pytest.UsageError(f"--case-timeout {case_timeout:g}: expected a number of seconds > 0")
+    target_ci = option("target_ci")
+    if not 0 < target_ci < 1:
+        raise pytest.UsageError(f"--target-ci {target_ci:g}: expected a share between 0 and 1, e.g. 0.02")
+    max_minutes = option("max_minutes")
+    if max_minutes is not None and max_minutes <= 0:
+        raise pytest.UsageError(f"--max-minutes {max_minutes:g}: expected a number of minutes > 0")
+    if "--benchmark-max-time" not in " ".join(config.invocation_params.args):
+        config.option.benchmark_max_time = str(defaults["max_time"])
     shared = {
         "spec": spec,
         "device": device,
         "tf32": option("tf32"),
         "upconv": option("upconv"),
+        "memory_format": option("memory_format"),
         "loss": option("loss"),
         "sync_bn": option("sync_bn"),
     }
@@ -177,7 +222,14 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
         for task, precision, size, batch, path in itertools.product(tasks, precisions, sizes, batches, paths)
         if task != "tiled" or (size, batch) == (max(sizes), max(batches))
     ]
-    return cases, {**shared, "image_size": image_size, "case_timeout": case_timeout}
+    return cases, {
+        **shared,
+        "image_size": image_size,
+        "case_timeout": case_timeout,
+        "target_ci": target_ci,
+        "noise_threshold": stats.NOISE_THRESHOLD,
+        "max_minutes": max_minutes,
+    }
 
 
 def _scaling_matrix(config: pytest.Config, cases: list[RunConfig]) -> list[RunConfig]:
@@ -242,7 +294,7 @@ def pytest_configure(config: pytest.Config) -> None:
         run_dir.mkdir(parents=True)
         config.stash[RUN_DIR_KEY] = run_dir
         if not config.getoption("benchmark_json"):
-            config.option.benchmark_json = run_dir / "benchmark.json"
+            config.option.benchmark_json = _json_target(run_dir / "benchmark.json")
         # Read now, so that the run records the code it started with; kept beside progress.jsonl
         # for a report rebuilt after a sweep that was killed outright.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
@@ -255,7 +307,31 @@ def pytest_configure(config: pytest.Config) -> None:
         timing=timing,
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         max_time=float(config.getoption("benchmark_max_time")),
+        target_ci=options["target_ci"],
+        max_minutes=options["max_minutes"],
+        cases=cases + config.stash[SCALING_KEY],
+        announce=_announcer(config),
     )
+
+
+def _announcer(config: pytest.Config):
+    """Progress lines written to the terminal at once, past pytest's output capture."""
+
+    def announce(line: str) -> None:
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if terminal is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            terminal.write_line(f"unet-bench {line}")
+
+    return announce
+
+
+def _json_target(file: Path):
+    """What pytest-benchmark's --benchmark-json holds: a path from 5.3, an open file before."""
+    version = tuple(int(part) for part in metadata.version("pytest-benchmark").split(".")[:2])
+    return file if version >= (5, 3) else file.open("wb")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -290,6 +366,9 @@ def sweep(request: pytest.FixtureRequest) -> Sweep:
         cases = request.config.stash[CASES_KEY] + request.config.stash[SCALING_KEY]
         for case in sorted({(c.device, c.precision, c.tf32 and c.device != "cpu") for c in cases}):
             environment.peak_tflops(*case)
+        seconds, guessed = sweep.remaining()
+        basis = f"{guessed} of them never run here, guessed" if guessed else "from earlier runs"
+        sweep.announce(f"{len(sweep.cases)} cases, about {seconds / 60:.0f} min ({basis})")
     return sweep
 
 

@@ -1,12 +1,22 @@
-"""Comparison tables and plots, built with pandas from pytest-benchmark's JSON.
+"""Comparison tables with 95% intervals, verdicts and plots, built with pandas from pytest-benchmark's JSON.
 
-``python -m bench.report RUN_DIR`` rebuilds one run's tables; with several run
+``python -m bench.report RUN_DIR`` rebuilds one run's report; with several run
 directories (other machines, other GPUs) it merges them into one cross-device
-table. A run directory holds ``benchmark.json``: pytest-benchmark's own data,
-with this suite's ``extra_info`` per benchmark and a ``unet_bench`` section
-(spec, environment, options, failed cases). A sweep that was killed outright
+table. ``--compare RUN_A RUN_B`` says whether a second run reproduces a first;
+``--readme RUN_DIR...`` writes the README's result sections from runs, and
+``--check`` says whether the README still matches them.
+
+A run directory holds ``benchmark.json``: pytest-benchmark's own data, with
+this suite's ``extra_info`` per benchmark and a ``unet_bench`` section (spec,
+environment, options, failed cases). A sweep that was killed outright
 (SIGKILL, a lost machine) wrote no ``benchmark.json``; its ``progress.jsonl``,
 one record per case written as each case ended, rebuilds the same tables.
+
+Intervals and verdicts come from bench/stats.py: a case's median time with a
+bootstrap 95% interval over its rounds, speed-ups from the blocks of rounds
+that the engine measured side by side, and the tie rule. Runs of the older
+engines kept no rounds: their tables have values without intervals, and no
+verdicts.
 """
 
 from __future__ import annotations
@@ -14,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -24,19 +37,40 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from bench import stats
+from bench.runners.config import PLAIN_PATHS
+
 BASELINE = "torch-eager"
 CASE = ["size", "batch", "precision"]
+# The cases whose rounds the engine interleaved: every path at one task, case and placement.
+GROUP = ["task", *CASE, "devices", "scaling"]
+SPEEDUP = ["speedup", "speedup_low", "speedup_high"]
 # What a task's throughput is counted in: images, or for a tiled whole image its pixels.
 THROUGHPUT = {
     "train": ("img_per_s", "images per second"),
     "infer": ("img_per_s", "images per second"),
     "tiled": ("megapixels_per_s", "megapixels per second"),
 }
+README_TITLES = {
+    "train": "Training, images per second",
+    "infer": "Inference, images per second",
+    "tiled": "Whole image in tiles, megapixels per second",
+}
 FAILURE_COLUMNS = ("path", "task", "size", "batch", "precision", "device", "devices", "scaling")
 UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole images"}
-
-
 SUSPECT = 1.0  # of the device's measured peak: more is physically suspect, never explained away
+NO_ROUNDS = "this run has no interleaved rounds (older engine)"
+NAN = stats.Interval(math.nan, math.nan, math.nan)
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_COMMAND = "python -m bench.report --readme"
+README_BLOCK = re.compile(
+    r"<!-- begin generated: python -m bench\.report --readme (?P<runs>[^>]*?) -->\n.*?<!-- end generated -->",
+    re.DOTALL,
+)
+
+
+# -- reading a run -------------------------------------------------------------------------------
 
 
 def _from_progress(run_dir: Path) -> dict:
@@ -64,6 +98,10 @@ def _from_progress(run_dir: Path) -> dict:
 def _read(run_dir: Path) -> dict:
     path = Path(run_dir) / "benchmark.json"
     return json.loads(path.read_text()) if path.exists() else _from_progress(run_dir)
+
+
+def is_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in ("benchmark.json", "progress.jsonl"))
 
 
 def others(run_dir: Path) -> pd.DataFrame:
@@ -97,41 +135,80 @@ def _tf32_backward(info: dict) -> bool:
     )
 
 
+def _rounds(info: dict) -> tuple[tuple[float, ...], tuple[int, ...]] | None:
+    """(seconds, block) of every timed round; None from the older engines, which kept no rounds."""
+    if not info.get("rounds_seconds"):
+        return None
+    return tuple(info["rounds_seconds"]), tuple(info["round_blocks"])
+
+
+def _case_row(bench: dict) -> dict:
+    info, timing = bench["extra_info"], bench["stats"]
+    rounds = _rounds(info)
+    median = stats.median_interval(rounds[0]) if rounds else NAN
+    return {
+        **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
+        "img_per_s": info["images_per_second"],
+        "megapixels_per_s": info.get("megapixels_per_second", math.nan),
+        "median_ms": timing["median"] * 1e3,
+        "median_ms_low": median.low * 1e3,
+        "median_ms_high": median.high * 1e3,
+        "iqr_ms": timing["iqr"] * 1e3,
+        "min_ms": timing["min"] * 1e3,
+        "max_ms": timing["max"] * 1e3,
+        "rounds": timing["rounds"],
+        "schedule": info.get("schedule", ""),
+        "tflops": info["tflops"],
+        "utilization": info["utilization"],
+        "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
+        "compile_cold_s": info["compile_seconds_cold"],
+        "compile_cold_reused": bool(info.get("compile_cold_reused", False)),
+        "own_workers": "compile_cold_reused" in info,  # measured by the engine of per-case workers
+        "compile_cached_s": info["compile_seconds_cached"],
+        "devices": info.get("devices") or math.nan,
+        "scaling": info.get("scaling"),
+        "tf32_backward": _tf32_backward(info),
+        "memory_method": info.get("settings", {}).get("memory", "?"),
+        "round_seconds": rounds,
+    }
+
+
+def _group_keys(measured: pd.DataFrame) -> list[str]:
+    """A key per case that its group's cases share (as text: a missing devices or scaling is nan or None)."""
+    return [str(tuple(case)) for case in measured[GROUP].itertuples(index=False)]
+
+
+def _speedup(case: pd.Series, baseline: pd.Series | None) -> stats.Interval:
+    """The case against torch-eager of its group: paired blocks where both kept their rounds,
+    otherwise (older engines) the ratio of the medians alone."""
+    if baseline is None:
+        return NAN
+    if case.path == BASELINE:
+        return stats.Interval(1.0, math.nan, math.nan)
+    if case.round_seconds is None or baseline.round_seconds is None:
+        return stats.Interval(baseline.median_ms / case.median_ms, math.nan, math.nan)
+    return stats.speedup_interval(baseline.round_seconds, case.round_seconds)
+
+
+def _with_speedups(measured: pd.DataFrame) -> pd.DataFrame:
+    keys, cases = _group_keys(measured), [case for _, case in measured.iterrows()]
+    baselines = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
+    intervals = [_speedup(case, baselines.get(key)) for key, case in zip(keys, cases, strict=True)]
+    for column, field in zip(SPEEDUP, ("value", "low", "high"), strict=True):
+        measured[column] = [getattr(interval, field) for interval in intervals]
+    return measured
+
+
 def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(measured cases, failed cases, the run's unet_bench section)."""
     data = _read(run_dir)
-    rows = []
-    for bench in data["benchmarks"]:
-        info = bench["extra_info"]
-        if "images_per_second" not in info:  # see others()
-            continue
-        stats = bench["stats"]
-        rows.append(
-            {
-                **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
-                "img_per_s": info["images_per_second"],
-                "megapixels_per_s": info.get("megapixels_per_second", math.nan),
-                "median_ms": stats["median"] * 1e3,
-                "iqr_ms": stats["iqr"] * 1e3,
-                "min_ms": stats["min"] * 1e3,
-                "max_ms": stats["max"] * 1e3,
-                "rounds": stats["rounds"],
-                "tflops": info["tflops"],
-                "utilization": info["utilization"],
-                "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
-                "compile_cold_s": info["compile_seconds_cold"],
-                "compile_cold_reused": bool(info.get("compile_cold_reused", False)),
-                "own_workers": "compile_cold_reused" in info,  # measured by the engine of per-case workers
-                "compile_cached_s": info["compile_seconds_cached"],
-                "devices": info.get("devices") or math.nan,
-                "scaling": info.get("scaling"),
-                "tf32_backward": _tf32_backward(info),
-                "memory_method": info.get("settings", {}).get("memory", "?"),
-            }
-        )
-    measured = pd.DataFrame(rows)
+    # Other benchmarks (see others()) have no images per second.
+    measured = pd.DataFrame(
+        [_case_row(bench) for bench in data["benchmarks"] if "images_per_second" in bench["extra_info"]]
+    )
     if not measured.empty:
         measured["devices"] = measured["devices"].astype(float)
+        measured = _with_speedups(measured)
     section = data.get("unet_bench", {})
     # A record without a status is a case cut short by a version that did not name it so.
     failures = pd.DataFrame(
@@ -147,6 +224,246 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return measured, failures, section
 
 
+def _single_device(measured: pd.DataFrame) -> pd.DataFrame:
+    """The cases of one device; data-parallel ones have tables of their own (scaling_table)."""
+    return measured[measured.devices.isna()] if not measured.empty else measured
+
+
+def _threshold(section: dict) -> float:
+    """The noise threshold the run was measured against, or today's for runs that name none."""
+    value = section.get("options", {}).get("noise_threshold")
+    return stats.NOISE_THRESHOLD if value is None else float(value)
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def _path_order(paths) -> list[str]:
+    """torch-eager, torch-plain, the torch-compile paths, jax, jax-plain."""
+    return sorted(
+        paths, key=lambda p: (p.startswith("jax"), p not in (BASELINE, "jax"), p not in PLAIN_PATHS, p)
+    )
+
+
+def _pivot(measured: pd.DataFrame, task: str, value: str) -> pd.DataFrame:
+    """One column per path, one row per case of ``task``; empty cells where a path has none."""
+    table = measured[measured.task == task].groupby([*CASE, "path"])[value].first().unstack("path")
+    return table[_path_order(table.columns)]
+
+
+def _combine(render: Callable, *tables: pd.DataFrame) -> pd.DataFrame:
+    """Tables of the same shape as one, ``render`` taking a cell of each; None where the first has none."""
+    first = tables[0]
+    return pd.DataFrame(
+        {
+            column: [
+                render(*cells) if pd.notna(cells[0]) else None
+                for cells in zip(*(table[column] for table in tables), strict=True)
+            ]
+            for column in first
+        },
+        index=first.index,
+    )
+
+
+def _intervals(measured: pd.DataFrame, task: str, column: str) -> pd.DataFrame:
+    """stats.Interval cells from ``column`` and its ``_low`` and ``_high`` bounds."""
+    bounds = (_pivot(measured, task, name) for name in (column, f"{column}_low", f"{column}_high"))
+    return _combine(stats.Interval, *bounds)
+
+
+def _mark(table: pd.DataFrame, flags: pd.DataFrame, label: str) -> pd.DataFrame:
+    """``label`` after the text of each cell whose flag is set."""
+    return _combine(lambda text, flag: f"{text} {label}" if flag else text, table, flags)
+
+
+def _md(table: pd.DataFrame) -> str:
+    """Markdown with the case as plain columns (size, batch, precision), empty where there is no value."""
+    table = table.reset_index()
+    return table.astype(object).where(table.notna(), "").to_markdown(index=False)
+
+
+def _rate_and_speedup(rate: float, speedup: stats.Interval | None) -> str:
+    if speedup is None or not np.isfinite(speedup.value):
+        return f"{rate:.3g}"
+    return f"{rate:.3g} ({speedup.format()})"
+
+
+def throughput_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Throughput and speed-up against torch-eager and its 95% interval: ``5.79 (1.11x [1.05, 1.16])``."""
+    column = THROUGHPUT[task][0]
+    table = _combine(_rate_and_speedup, _pivot(measured, task, column), _intervals(measured, task, "speedup"))
+    return _mark(table, _pivot(measured, task, "tf32_backward"), "TF32-BACKWARD")
+
+
+def _decimals(value: float, digits: int) -> int:
+    """Decimals that show ``digits`` significant digits of ``value`` (times span orders of magnitude)."""
+    return max(0, digits - 1 - math.floor(math.log10(abs(value)))) if value else 0
+
+
+def _time_text(median: stats.Interval, iqr: float) -> str:
+    """``191 [188, 195] (34)``: the median to three significant digits, the IQR to two."""
+    return f"{median.format(_decimals(median.value, 3), '')} ({iqr:.{_decimals(iqr, 2)}f})"
+
+
+def time_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Milliseconds per call: median [95% interval] (IQR)."""
+    return _combine(
+        _time_text,
+        _intervals(measured, task, "median_ms"),
+        _pivot(measured, task, "iqr_ms"),
+    )
+
+
+def compile_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    table = _combine(
+        "{0:.1f} / {1:.1f}".format,
+        _pivot(measured, task, "compile_cold_s"),
+        _pivot(measured, task, "compile_cached_s"),
+    )
+    return _mark(table, _pivot(measured, task, "compile_cold_reused"), "(reused)")
+
+
+def memory_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    return _pivot(measured, task, "peak_memory_mib").round(0)
+
+
+def break_even_steps(
+    measured: pd.DataFrame, task: str, compile_column: str = "compile_cold_s", speedup: str = "speedup"
+) -> pd.DataFrame:
+    """Calls after which a path's extra compile time has paid for itself against eager.
+
+    (compile_path - compile_eager) / (eager's seconds per call x (1 - 1 / speed-up)): infinite
+    where the path is not faster per call, nan where its speed-up is unknown. ``speedup`` names the
+    column: the point, or a bound of its interval ("speedup_low", "speedup_high").
+    """
+    per_call = _pivot(measured, task, "median_ms") / 1e3
+    if BASELINE not in per_call:
+        return per_call * math.nan
+    ratio = _pivot(measured, task, speedup).to_numpy(float)
+    compile_s = _pivot(measured, task, compile_column)
+    extra = np.clip(compile_s.to_numpy(float) - compile_s[[BASELINE]].to_numpy(float), 0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        saving = per_call[[BASELINE]].to_numpy() * (1 - 1 / ratio)
+        # rounded first: 30 s at 0.1 s a call is 300 calls, not 301 from a rounding error
+        steps = np.where(ratio > 1, np.ceil(np.round(extra / saving, 6)), np.inf)
+    steps = np.where(np.isnan(ratio), np.nan, steps)
+    return pd.DataFrame(steps, index=per_call.index, columns=per_call.columns).drop(columns=BASELINE)
+
+
+def _steps_text(value: float, fewest: float, most: float) -> str:
+    """``120 [80, 300]``; "never" where even the speed-up's upper bound saves nothing per call."""
+    if np.isinf(fewest):
+        return "never"
+    text = "never" if np.isinf(value) else f"{value:.0f}"
+    if np.isnan(most):  # no interval (older engines)
+        return text
+    return f"{text} [{fewest:.0f}, {'never' if np.isinf(most) else f'{most:.0f}'}]"
+
+
+def break_even_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Break-even calls, with the range that the speed-up's 95% interval gives."""
+    # The fewest calls come with the largest speed-up.
+    bounds = (
+        break_even_steps(measured, task, speedup=column)
+        for column in ("speedup", "speedup_high", "speedup_low")
+    )
+    return _combine(_steps_text, *bounds)
+
+
+def utilization_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
+    table = _combine(
+        "{0:.3g} ({1:.0%})".format, _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization")
+    )
+    return _mark(table, _pivot(measured, task, "utilization") > SUSPECT, "SUSPECT")
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+
+
+def group_verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESHOLD) -> pd.DataFrame:
+    """Per group of single-device cases: its stats.Verdict over the paths that compete (the plain
+    references and TF32-backward rows never do), or None with the reason; and its schedule."""
+    rows = []
+    for key, group in measured.groupby(["task", *CASE], sort=False):
+        competing = group[~group.path.isin(PLAIN_PATHS) & ~group.tf32_backward & group.round_seconds.notna()]
+        verdict, reason = None, ""
+        if group.round_seconds.isna().all():
+            reason = NO_ROUNDS
+        elif len(competing) < 2:
+            reason = "fewer than two paths to compare"
+        else:
+            verdict = stats.decide(dict(zip(competing.path, competing.round_seconds, strict=True)), threshold)
+        sequential = sorted({s for s in group.schedule if s.startswith("sequential")})
+        rows.append(
+            {
+                **dict(zip(["task", *CASE], key, strict=True)),
+                "verdict": verdict,
+                "reason": reason,
+                "schedule": "; ".join(sequential),
+            }
+        )
+    return pd.DataFrame(rows, columns=["task", *CASE, "verdict", "reason", "schedule"])
+
+
+def _outcome(verdict: stats.Verdict) -> str:
+    """What a group's verdict counts as in a summary: one path faster, or a tie between named paths."""
+    return f"{verdict.winner} faster" if verdict.winner else f"tie ({', '.join(_path_order(verdict.tied))})"
+
+
+def _summary(verdicts: pd.DataFrame) -> str:
+    """``torch-compile faster in 2 of 4 groups, tie (torch-eager, torch-compile) in 2``."""
+    decided = [v for v in verdicts.verdict if v is not None]
+    counts = sorted(Counter(map(_outcome, decided)).items(), key=lambda item: -item[1])  # ties: in order met
+    (first, count), rest = counts[0], counts[1:]
+    text = f"{first} in {count} of {len(verdicts)} groups" + "".join(f", {label} in {n}" for label, n in rest)
+    undecided = len(verdicts) - len(decided)
+    return text + (f", no verdict in {undecided}" if undecided else "")
+
+
+def _group_line(row, break_even: pd.DataFrame, unit: str) -> str:
+    text = f"{row.size}px b{row.batch}: "
+    if row.verdict is None:
+        return text + f"no verdict: {row.reason}"
+    text += row.verdict.describe()
+    winner = row.verdict.winner
+    steps = break_even.get(winner, {}).get((row.size, row.batch, row.precision))
+    if steps:  # a compiling winner, with eager measured beside it
+        text += f"; its compile pays back after {steps} {unit}"
+    return text + (f" (rounds not interleaved: {row.schedule})" if row.schedule else "")
+
+
+def verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESHOLD) -> list[str]:
+    """Markdown bullets: per task and precision a summary over its groups, each group below it."""
+    if not _has_rounds(measured):
+        return [f"No verdict: {NO_ROUNDS}."]
+    table = group_verdicts(measured, threshold)
+    lines = []
+    for (task, precision), part in table.groupby(["task", "precision"], sort=False):
+        if part.verdict.isna().all():
+            lines.append(f"- **{task}, {precision}**: no verdict: {'; '.join(sorted(set(part.reason)))}.")
+            continue
+        lines.append(f"- **{task}, {precision}**: {_summary(part)}.")
+        break_even = break_even_table(measured, task)
+        lines += [f"  - {_group_line(row, break_even, UNITS[task])}" for row in part.itertuples()]
+    return lines
+
+
+def rule(threshold: float) -> str:
+    """The tie rule, as the report states it."""
+    return (
+        f"A path is called faster in a group (one task, size, batch and precision) only when its 95% "
+        f"speed-up interval over every other path lies wholly above {1 + threshold:.2f}x, the noise "
+        f"threshold being {threshold:.0%}; otherwise the group is a tie between the fastest path and every "
+        "path that does not clear that bar. Speed-ups pair the blocks of rounds that the paths ran side "
+        f"by side. {' and '.join(PLAIN_PATHS)}, plainly written references, are in the tables but in no "
+        "verdict."
+    )
+
+
+# -- the run's report ----------------------------------------------------------------------------
+
+
 COMPILE_NOTE = (
     "Cold: a fresh worker with empty compile caches of its own; from the caches: a fresh worker that "
     "finds what the cold one wrote (inductor's FX graph and AOTAutograd caches, JAX's persistent "
@@ -156,6 +473,20 @@ COMPILE_NOTE = (
 OLD_COMPILE_NOTE = (
     "Measured by an engine before cases ran in workers of their own: every case of the run shared one "
     "compile cache folder, so a cold figure after the first case may be partly warm."
+)
+TF32_NOTE = (
+    "TF32-BACKWARD: torch fp32 cases measured by an engine that turned TF32 off around the "
+    "forward only; the backward ran outside that context, where cuDNN's default lets fp32 "
+    "convs use TF32. They are not IEEE fp32 training, are left out of the verdicts, and should "
+    "be measured again with the current engine, which sets precision for the whole process."
+)
+SIMULATED_NOTE = (
+    "These devices share the same cores: the figures test the machinery and say nothing of real scaling."
+)
+SUSPECT_NOTE = (
+    "FLOPs are nominal, those of direct convolution. SUSPECT: above the device's peak measured "
+    "for this precision, which the case cannot honestly reach; look for a setting that computes "
+    "in a lower precision than the column says before trusting its time."
 )
 
 
@@ -171,52 +502,121 @@ def _memory_note(measured: pd.DataFrame) -> str:
     )
 
 
-def _md(table: pd.DataFrame) -> str:
-    """Markdown with the case as plain columns (size, batch, precision)."""
-    return table.reset_index().to_markdown(index=False)
+def _compile_note(measured: pd.DataFrame) -> str:
+    return COMPILE_NOTE if measured.own_workers.all() else OLD_COMPILE_NOTE
 
 
-def _pivot(measured: pd.DataFrame, task: str, value: str) -> pd.DataFrame:
-    table = measured[measured.task == task].pivot_table(
-        index=CASE, columns="path", values=value, aggfunc="first"
-    )
-    return table[[p for p in _path_order(table.columns)]]
+def _options_line(section: dict) -> list[str]:
+    """What the engine aimed for, as the run's options record it (runs of the older engines: nothing)."""
+    options = section.get("options", {})
+    if "target_ci" not in options:
+        return []
+    limit = options.get("max_minutes")
+    return [
+        f"Rounds: interleaved in blocks across each group's paths, until every median's 95% interval was "
+        f"within ±{options['target_ci']:.0%}; noise threshold {_threshold(section):.0%}; "
+        + (f"no case started after {limit:g} minutes." if limit else "no time limit."),
+        "",
+    ]
 
 
-def _path_order(paths) -> list[str]:
-    return sorted(paths, key=lambda p: (p != BASELINE, p != "torch-compile", p))
+def _failure_summary(failures: pd.DataFrame) -> str:
+    """``none without a number``, ``1 without a number (interrupted)``, ``3 ... (1 error, 2 skipped)``."""
+    if failures.empty:
+        return "none without a number"
+    counts = failures.status.value_counts().sort_index()
+    statuses = counts.index[0] if len(counts) == 1 else ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"{len(failures)} without a number ({statuses})"
 
 
-def speedups(measured: pd.DataFrame, task: str) -> pd.DataFrame:
-    throughput = _pivot(measured, task, "img_per_s")
-    return throughput.div(throughput[BASELINE], axis=0) if BASELINE in throughput else throughput * math.nan
+def _has_rounds(measured: pd.DataFrame) -> bool:
+    """Whether the run kept its rounds (the current engine), so that it has intervals and verdicts."""
+    return bool(measured.round_seconds.notna().any())
 
 
-def break_even_steps(
-    measured: pd.DataFrame, task: str, compile_column: str = "compile_cold_s"
-) -> pd.DataFrame:
-    """Calls after which a path's extra compile time has paid for itself against eager.
-
-    (compile_path - compile_eager) / (seconds per call of eager - of the path);
-    infinite where the path is not faster per call.
-    """
-    per_call = _pivot(measured, task, "median_ms") / 1e3
-    compile_s = _pivot(measured, task, compile_column)
-    if BASELINE not in per_call:
-        return per_call * math.nan
-    gain = per_call[[BASELINE]].to_numpy() - per_call.to_numpy()
-    extra = compile_s.to_numpy() - compile_s[[BASELINE]].to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        steps = np.where(gain > 0, np.ceil(np.clip(extra, 0, None) / gain), np.inf)
-    return pd.DataFrame(steps, index=per_call.index, columns=per_call.columns).drop(columns=BASELINE)
+def _against(measured: pd.DataFrame) -> str:
+    return f"speed-up against {BASELINE}" + (", 95% interval" if _has_rounds(measured) else "")
 
 
-def _cells(first: pd.DataFrame, second: pd.DataFrame, template: str) -> pd.DataFrame:
-    """Two tables of the same shape as one of text cells, e.g. template "{0:.3g} ({1:.2f}x)"."""
-    return pd.DataFrame(
-        {c: [template.format(a, b) for a, b in zip(first[c], second[c], strict=True)] for c in first},
-        index=first.index,
-    )
+def _task_sections(measured: pd.DataFrame, task: str) -> list[str]:
+    label, unit = THROUGHPUT[task][1], UNITS[task]
+    median = "median [95% interval]" if _has_rounds(measured) else "median"
+    return [
+        f"## {task}: {label} ({_against(measured)})",
+        "",
+        _md(throughput_table(measured, task)),
+        "",
+        f"## {task}: milliseconds per call, {median} (IQR)",
+        "",
+        _md(time_table(measured, task)),
+        "",
+        f"## {task}: peak memory, MiB",
+        "",
+        _md(memory_table(measured, task)),
+        "",
+        _memory_note(measured[measured.task == task]),
+        "",
+        f"## {task}: compile seconds, cold / from the caches",
+        "",
+        _md(compile_table(measured, task)),
+        "",
+        _compile_note(measured),
+        "",
+        f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)",
+        "",
+        _md(break_even_table(measured, task)),
+        "",
+        ("In brackets: the range that the speed-up's 95% interval gives. " if _has_rounds(measured) else "")
+        + "never: no saving per call.",
+        "",
+        f"## {task}: achieved TFLOP/s (utilization of the device's measured peak)",
+        "",
+        _md(utilization_table(measured, task)),
+        "",
+        SUSPECT_NOTE,
+        "",
+    ]
+
+
+def _tasks(measured: pd.DataFrame) -> list[str]:
+    return [task for task in THROUGHPUT if not measured.empty and task in set(measured.task)]
+
+
+def _scaling_sections(scaling: pd.DataFrame, section: dict) -> list[str]:
+    simulated = section.get("environment", {}).get("device") == "cpu"
+    parts = ["## Data-parallel scaling" + (" (SIMULATED devices sharing one CPU)" if simulated else ""), ""]
+    if simulated:
+        parts += [SIMULATED_NOTE, ""]
+    statistics = "global batch." if section.get("options", {}).get("sync_bn") else "per device."
+    return [*parts, f"BatchNorm statistics: {statistics}", "", scaling.round(3).to_markdown(index=False), ""]
+
+
+def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, other: pd.DataFrame) -> str:
+    env = section.get("environment", {})
+    scaling = scaling_table(measured) if not measured.empty else measured
+    measured = _single_device(measured)
+    threshold = _threshold(section)
+    parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
+    spec = section.get("spec")
+    if spec:
+        parts += [f"Spec: `{json.dumps(spec)}`. Versions: `{json.dumps(env.get('versions', {}))}`.", ""]
+    if section.get("rebuilt_from"):
+        parts += [f"Rebuilt from {section['rebuilt_from']}.", ""]
+    parts += _options_line(section)
+    if not measured.empty:
+        parts += ["## Which to pick", "", rule(threshold), "", *verdicts(measured, threshold), ""]
+    if not measured.empty and measured.tf32_backward.any():
+        parts += ["## Precision note", "", TF32_NOTE, ""]
+    for task in _tasks(measured):
+        parts += _task_sections(measured, task)
+    if not scaling.empty:
+        parts += _scaling_sections(scaling, section)
+    if not failures.empty:
+        parts += ["## Cases without a number", "", f"{_failure_summary(failures)}.", ""]
+        parts += [failures.to_markdown(index=False), ""]
+    if not other.empty:
+        parts += ["## Other benchmarks", "", other.round(3).to_markdown(index=False), ""]
+    return "\n".join(parts)
 
 
 def scaling_table(measured: pd.DataFrame) -> pd.DataFrame:
@@ -252,163 +652,6 @@ def plot_scaling(table: pd.DataFrame, file: Path, title: str) -> None:
     plt.close(fig)
 
 
-TIE = 1.03  # closer than this (geometric mean over the cases) is within a run's spread
-
-
-def verdicts(measured: pd.DataFrame) -> list[str]:
-    """A 'which to pick' line per task and precision.
-
-    The pick is the path with the best geometric-mean speed-up over the cases;
-    its margin is against the runner-up, its lead is lost where another path
-    is faster, and a path that compiles pays back after the break-even count.
-    """
-    lines = []
-    for (task, precision), group in measured.groupby(["task", "precision"], sort=False):
-        if group.tf32_backward.any():  # not the precision the verdict would claim: no verdict from them
-            group = group[~group.tf32_backward]
-            if BASELINE not in set(group.path):
-                lines.append(
-                    f"**{task}, {precision}**: no verdict: torch's rows ran their backward in TF32 "
-                    "(see the precision note), so they cannot be compared with full-fp32 ones."
-                )
-                continue
-        ratios = speedups(group, task)
-        score = ratios.apply(_geomean).sort_values(ascending=False)
-        best, runner_up = score.index[0], (score.index[1] if len(score) > 1 else None)
-        winners = _pivot(group, task, THROUGHPUT[task][0]).idxmax(axis=1)
-        unit = UNITS[task]
-        line = (
-            f"**{task}, {precision}**: {best}, {score[best]:.2f}x {BASELINE} (geometric mean over "
-            f"{len(winners)} cases; {ratios[best].min():.2f}x to {ratios[best].max():.2f}x), fastest in "
-            f"{int((winners == best).sum())} of them."
-        )
-        if runner_up is not None:
-            margin = score[best] / score[runner_up]
-            line += f" Runner-up {runner_up}, {margin:.2f}x behind"
-            line += f": within {TIE - 1:.0%}, a tie at this spread." if margin < TIE else "."
-        if best != BASELINE:
-            steps = break_even_steps(group, task)[best]
-            if np.isfinite(steps).all():
-                line += (
-                    f" Its compile time pays for itself after {int(steps.median())} {unit} (median; "
-                    f"{int(steps.min())} to {int(steps.max())}): for shorter runs {BASELINE} finishes first."
-                )
-            else:
-                line += f" In some cases it never pays back its compile time against {BASELINE}."
-        lost = winners[winners != best]
-        if len(lost):
-            where = ", ".join(f"{s}px b{b}" for s, b, _ in lost.index)
-            line += f" It loses its lead at {where} (to {', '.join(sorted(set(lost)))})."
-        lines.append(line)
-    return lines
-
-
-def _geomean(values) -> float:
-    values = np.asarray(values, float)
-    return float(np.exp(np.log(values).mean()))
-
-
-def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, other: pd.DataFrame) -> str:
-    env = section.get("environment", {})
-    scaling = scaling_table(measured) if not measured.empty else measured
-    measured = measured[measured.devices.isna()] if not measured.empty else measured
-    parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
-    spec = section.get("spec")
-    if spec:
-        parts += [f"Spec: `{json.dumps(spec)}`. Versions: `{json.dumps(env.get('versions', {}))}`.", ""]
-    if section.get("rebuilt_from"):
-        parts += [f"Rebuilt from {section['rebuilt_from']}.", ""]
-    if not measured.empty:
-        parts += ["## Which to pick", "", *[f"- {line}" for line in verdicts(measured)], ""]
-    if not measured.empty and measured.tf32_backward.any():
-        parts += [
-            "## Precision note",
-            "",
-            "TF32-BACKWARD: torch fp32 cases measured by an engine that turned TF32 off around the "
-            "forward only; the backward ran outside that context, where cuDNN's default lets fp32 "
-            "convs use TF32. They are not IEEE fp32 training, are left out of the verdicts, and should "
-            "be measured again with the current engine, which sets precision for the whole process.",
-            "",
-        ]
-    for task, (column, label) in THROUGHPUT.items():
-        if measured.empty or task not in set(measured.task):
-            continue
-        unit = UNITS[task]
-        parts += [
-            f"## {task}: {label} (speed-up against {BASELINE})",
-            "",
-            _cells(_pivot(measured, task, column), speedups(measured, task), "{0:.3g} ({1:.2f}x)")
-            .where(~_pivot(measured, task, "tf32_backward").astype(bool), lambda t: t + " TF32-BACKWARD")
-            .pipe(_md),
-            "",
-            f"## {task}: milliseconds per call (median ± IQR)",
-            "",
-            _cells(
-                _pivot(measured, task, "median_ms"), _pivot(measured, task, "iqr_ms"), "{0:.4g} ±{1:.2g}"
-            ).pipe(_md),
-            "",
-            f"## {task}: peak memory, MiB",
-            "",
-            _pivot(measured, task, "peak_memory_mib").round(0).pipe(_md),
-            "",
-            _memory_note(measured[measured.task == task]),
-            "",
-            f"## {task}: compile seconds, cold / from the caches",
-            "",
-            _cells(
-                _pivot(measured, task, "compile_cold_s"),
-                _pivot(measured, task, "compile_cached_s"),
-                "{0:.1f} / {1:.1f}",
-            )
-            .where(~_pivot(measured, task, "compile_cold_reused").astype(bool), lambda t: t + " (reused)")
-            .pipe(_md),
-            "",
-            COMPILE_NOTE if measured.own_workers.all() else OLD_COMPILE_NOTE,
-            "",
-            f"## {task}: {unit} until compiling pays back against {BASELINE} (cold compile)",
-            "",
-            break_even_steps(measured, task).pipe(_md),
-            "",
-            f"## {task}: achieved TFLOP/s (utilization of the device's measured peak)",
-            "",
-            _cells(
-                _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"), "{0:.3g} ({1:.0%})"
-            )
-            .where(_pivot(measured, task, "utilization") <= SUSPECT, lambda t: t + " SUSPECT")
-            .pipe(_md),
-            "",
-            "FLOPs are nominal, those of direct convolution. SUSPECT: above the device's peak measured "
-            "for this precision, which the case cannot honestly reach; look for a setting that computes "
-            "in a lower precision than the column says before trusting its time.",
-            "",
-        ]
-    if not scaling.empty:
-        simulated = env.get("device") == "cpu"
-        parts += [
-            "## Data-parallel scaling" + (" (SIMULATED devices sharing one CPU)" if simulated else ""),
-            "",
-            *(
-                [
-                    "These devices share the same cores: the figures test the machinery and say nothing of "
-                    "real scaling.",
-                    "",
-                ]
-                if simulated
-                else []
-            ),
-            "BatchNorm statistics: "
-            + ("global batch." if section.get("options", {}).get("sync_bn") else "per device."),
-            "",
-            scaling.round(3).to_markdown(index=False),
-            "",
-        ]
-    if not failures.empty:
-        parts += ["## Cases without a number", "", failures.to_markdown(index=False), ""]
-    if not other.empty:
-        parts += ["## Other benchmarks", "", other.round(3).to_markdown(index=False), ""]
-    return "\n".join(parts)
-
-
 def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
     """Throughput against image size, a line per path, a panel per precision and batch."""
     data = measured[measured.task == task]
@@ -438,23 +681,30 @@ def write_run(run_dir: Path) -> str:
     measured, failures, section = load(run_dir)
     text = markdown(measured, failures, section, others(run_dir))
     (run_dir / "report.md").write_text(text)
-    measured.to_csv(run_dir / "cases.csv", index=False)
+    # The rounds themselves stay in benchmark.json and progress.jsonl.
+    measured.drop(columns="round_seconds", errors="ignore").to_csv(run_dir / "cases.csv", index=False)
     scaling = scaling_table(measured) if not measured.empty else measured
     if not scaling.empty:
         scaling.to_csv(run_dir / "scaling.csv", index=False)
         simulated = section.get("environment", {}).get("device") == "cpu"
         plot_scaling(scaling, run_dir / "scaling.png", "SIMULATED devices on one CPU" if simulated else "")
-    measured = measured[measured.devices.isna()] if not measured.empty else measured
     if not failures.empty:
         failures.to_csv(run_dir / "failures.csv", index=False)
-    for task in sorted(set(measured.task) - {"tiled"}) if not measured.empty else []:
-        plot(measured, run_dir / f"throughput-{task}.png", task)
+    for task in sorted(set(_tasks(_single_device(measured))) - {"tiled"}):
+        plot(_single_device(measured), run_dir / f"throughput-{task}.png", task)
     write_index(run_dir.parent)
     return text
 
 
+def _versions(env: dict) -> str:
+    names = {"python": "Python", "torch": "torch", "jax": "jax", "flax": "flax"}
+    versions = env.get("versions", {})
+    return ", ".join(f"{label} {versions[name]}" for name, label in names.items() if name in versions)
+
+
 def write_index(results: Path) -> None:
-    """results/README.md: one line per run folder in ``results``, made from their JSON."""
+    """results/README.md: one line per run folder in ``results``, made from their JSON; a folder that
+    cannot be read (a half-written or corrupt file) is left out, and named on stderr."""
     lines = [
         "# Measured runs",
         "",
@@ -463,40 +713,263 @@ def write_index(results: Path) -> None:
         "| run | device | cases measured | cases without a number | versions |",
         "|---|---|---|---|---|",
     ]
-    runs = {p.parent for p in Path(results).glob("*/benchmark.json")}
-    runs |= {p.parent for p in Path(results).glob("*/progress.jsonl")}
-    for run_dir in sorted(runs):
-        measured, failures, section = load(run_dir)
+    for run_dir in sorted(p for p in Path(results).iterdir() if p.is_dir() and is_run(p)):
+        try:
+            measured, failures, section = load(run_dir)
+        except (OSError, ValueError, KeyError) as error:
+            print(f"results index: skipped {run_dir.name}, which cannot be read: {error!r}", file=sys.stderr)
+            continue
         env = section.get("environment", {})
-        versions = ", ".join(
-            f"{k} {v}" for k, v in env.get("versions", {}).items() if k in ("torch", "jax", "flax")
-        )
         lines.append(
             f"| [{run_dir.name}]({run_dir.name}/report.md) | {env.get('device_name', '?')} | {len(measured)} "
-            f"| {len(failures)} | {versions} |"
+            f"| {len(failures)} | {_versions(env)} |"
         )
     (Path(results) / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def merge(run_dirs: list[Path]) -> pd.DataFrame:
     """One table across runs: img/s per path, rows device x task x size x batch x precision."""
-    measured = pd.concat([load(d)[0] for d in run_dirs], ignore_index=True)
-    measured = measured[measured.devices.isna()]  # single-device cases; scaling has its own tables
+    measured = _single_device(pd.concat([load(d)[0] for d in run_dirs], ignore_index=True))
     table = measured.pivot_table(
         index=["device_name", "task", *CASE], columns="path", values="img_per_s", aggfunc="first"
     )
     return table[_path_order(table.columns)]
 
 
+# -- comparing two runs --------------------------------------------------------------------------
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def _speedup_pairs(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Every case in both runs (torch-eager, 1 by definition, aside): both speed-ups, and whether the
+    second lies inside the first's 95% interval (None where the first has no interval)."""
+    keys = ["task", *CASE, "path"]
+    pairs = first[keys + SPEEDUP].merge(second[keys + SPEEDUP], on=keys, suffixes=("_a", "_b"))
+    pairs = pairs[pairs.path != BASELINE]
+    a = [stats.Interval(*bounds) for bounds in pairs[[f"{c}_a" for c in SPEEDUP]].to_numpy(float)]
+    b = [stats.Interval(*bounds) for bounds in pairs[[f"{c}_b" for c in SPEEDUP]].to_numpy(float)]
+    inside = [
+        x.contains(y.value) if x.known and np.isfinite(y.value) else None for x, y in zip(a, b, strict=True)
+    ]
+    return pairs[keys].assign(a=a, b=b, inside=inside)
+
+
+def _verdict_pairs(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Every group in both runs: both verdicts, and whether they agree: the same winner, or a tie in
+    both (None where either run has no verdict)."""
+    pairs = first.merge(second, on=["task", *CASE], suffixes=("_a", "_b"))
+    agree = [
+        a.winner == b.winner if a is not None and b is not None else None
+        for a, b in zip(pairs.verdict_a, pairs.verdict_b, strict=True)
+    ]
+    return pairs.assign(agree=agree)
+
+
+def _verdict_text(verdict: stats.Verdict | None, reason: str) -> str:
+    return _outcome(verdict) if verdict is not None else f"no verdict: {reason}"
+
+
+def _agreement(speed: pd.DataFrame, verdict: pd.DataFrame, name_a: str, name_b: str) -> list[str]:
+    """The comparison's two summary lines."""
+    checked, decided = speed.inside.dropna(), verdict.agree.dropna()
+    if len(checked):
+        inside = f"{checked.mean():.0%} of {name_b}'s speed-ups lie inside {name_a}'s 95% intervals"
+    else:
+        inside = f"no 95% intervals in {name_a} to check {name_b}'s speed-ups against"
+    return [
+        f"- verdicts agree in {int(decided.sum())} of {len(decided)} groups",
+        f"- {inside} ({int(checked.sum())} of {len(checked)})",
+    ]
+
+
+def compare(run_a: Path, run_b: Path) -> str:
+    """Markdown: does RUN_B reproduce RUN_A? Its speed-ups against RUN_A's 95% intervals, and the
+    verdicts of the groups both measured."""
+    name_a, name_b = Path(run_a).name, Path(run_b).name
+    (a, _, section_a), (b, _, section_b) = load(run_a), load(run_b)
+    a, b = _single_device(a), _single_device(b)
+    if a.empty or b.empty:
+        return f"# {name_b} against {name_a}\n\nNo case measured in both runs.\n"
+    speed = _speedup_pairs(a, b)
+    threshold_a, threshold_b = _threshold(section_a), _threshold(section_b)
+    verdict = _verdict_pairs(group_verdicts(a, threshold_a), group_verdicts(b, threshold_b))
+    speed_table = speed.assign(
+        a=[x.format() for x in speed.a], b=[y.format() for y in speed.b], inside=speed.inside.map(_yes_no)
+    ).rename(columns={"a": name_a, "b": name_b, "inside": "second inside the first's interval"})
+    verdict_table = pd.DataFrame(
+        {
+            **{k: verdict[k] for k in ["task", *CASE]},
+            name_a: list(map(_verdict_text, verdict.verdict_a, verdict.reason_a)),
+            name_b: list(map(_verdict_text, verdict.verdict_b, verdict.reason_b)),
+            "agree": verdict.agree.map(_yes_no),
+        }
+    )
+    return "\n".join(
+        [
+            f"# {name_b} against {name_a}",
+            "",
+            *_agreement(speed, verdict, name_a, name_b),
+            "",
+            "Verdicts agree when they name the same winner, or both are ties; groups without a verdict in "
+            "either run are not counted, nor are speed-ups where the first run has no interval.",
+            "",
+            f"## Verdicts per group (noise threshold: {threshold_a:.0%} in {name_a}, {threshold_b:.0%} in "
+            f"{name_b})",
+            "",
+            verdict_table.to_markdown(index=False),
+            "",
+            f"## Speed-ups against {BASELINE}, 95% intervals",
+            "",
+            speed_table.to_markdown(index=False),
+            "",
+        ]
+    )
+
+
+def write_comparison(run_a: Path, run_b: Path) -> str:
+    """compare(), written to RUN_B/comparison-with-<RUN_A>.md; returns the Markdown."""
+    text = compare(run_a, run_b)
+    (Path(run_b) / f"comparison-with-{Path(run_a).name}.md").write_text(text)
+    return text
+
+
+# -- the README's result sections ----------------------------------------------------------------
+
+
+def _engine(measured: pd.DataFrame) -> str:
+    if _has_rounds(measured):
+        return "the current engine (rounds interleaved in blocks across the paths)"
+    engine = (
+        "an older engine"
+        if measured.own_workers.all()
+        else "the first engine (one compile cache for every case)"
+    )
+    return f"{engine}, without interleaved rounds: no intervals, no verdicts"
+
+
+def readme_run(run_dir: Path, link: str) -> str:
+    """One run's part of the README's results: environment, verdicts, the main tables, the plot."""
+    measured, failures, section = load(run_dir)
+    measured, env = _single_device(measured), section.get("environment", {})
+    threshold = _threshold(section)
+    engine = f"; measured by {_engine(measured)}" if not measured.empty else ""
+    parts = [
+        f"### {env.get('device_name', '?')}",
+        "",
+        f"[{Path(link).name}]({link}/report.md) (every table): {len(measured)} cases measured, "
+        f"{_failure_summary(failures)}; {_versions(env)}{engine}.",
+        "",
+    ]
+    if measured.empty:
+        return "\n".join(parts)
+    parts += [
+        f"**Which to pick** (noise threshold {threshold:.0%}):",
+        "",
+        *verdicts(measured, threshold),
+        "",
+    ]
+    if measured.tf32_backward.any():
+        parts += [TF32_NOTE, ""]
+    for task in _tasks(measured):
+        parts += [f"**{README_TITLES[task]} ({_against(measured)}):**", ""]
+        parts += [_md(throughput_table(measured, task)), ""]
+    if "train" in _tasks(measured):
+        parts += ["**Compile seconds, cold / from the caches (training):**", ""]
+        parts += [_md(compile_table(measured, "train")), "", _compile_note(measured), ""]
+        parts += ["**Peak memory, MiB (training):**", "", _md(memory_table(measured, "train")), ""]
+        parts += [_memory_note(measured[measured.task == "train"]), ""]
+    if (Path(run_dir) / "throughput-train.png").exists():
+        parts += [f"![training throughput against image size]({link}/throughput-train.png)", ""]
+    return "\n".join(parts)
+
+
+def readme_block(links: list[str], root: Path) -> str:
+    """The README's generated results, markers included; ``links``: run folders relative to ``root``."""
+    missing = [link for link in links if not is_run(root / link)]
+    if missing:
+        raise ValueError(f"not a run folder (no benchmark.json or progress.jsonl): {', '.join(missing)}")
+    begin = f"<!-- begin generated: {README_COMMAND} {' '.join(links)} -->"
+    runs = [readme_run(root / link, link) for link in links]
+    return "\n".join([begin, "", rule(stats.NOISE_THRESHOLD), "", *runs]) + "<!-- end generated -->"
+
+
+def _marked(text: str, readme: Path) -> re.Match:
+    match = README_BLOCK.search(text)
+    if match is None:
+        raise ValueError(f"{readme} has no '<!-- begin generated: {README_COMMAND} ... -->' section")
+    return match
+
+
+def readme_runs(readme: Path = README) -> list[str]:
+    """The run folders that the README's begin marker names."""
+    return _marked(readme.read_text(), readme)["runs"].split()
+
+
+def _link(run_dir: Path, root: Path) -> str:
+    """A run folder as the README names it: relative to the README's folder where it is under it."""
+    try:
+        return Path(run_dir).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return Path(run_dir).as_posix()
+
+
+def write_readme(run_dirs: list[Path] | None = None, readme: Path = README) -> None:
+    """Replace the README's generated results with those of ``run_dirs`` (default: the runs it names)."""
+    text = readme.read_text()
+    match = _marked(text, readme)
+    root = readme.parent
+    links = [_link(d, root) for d in run_dirs] if run_dirs else readme_runs(readme)
+    readme.write_text(text[: match.start()] + readme_block(links, root) + text[match.end() :])
+
+
+def readme_matches(readme: Path = README) -> bool:
+    """Whether the README's generated results are what ``--readme`` would write from the runs it names."""
+    return _marked(readme.read_text(), readme)[0] == readme_block(readme_runs(readme), readme.parent)
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="results/<date>-<device>/ folders")
+    parser.add_argument("run_dirs", nargs="*", type=Path, help="results/<date>-<device>/ folders")
     parser.add_argument("--out", type=Path, help="with several runs: write cross-device.md and .csv here")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--compare", action="store_true", help="RUN_A RUN_B: does RUN_B reproduce RUN_A?")
+    mode.add_argument("--readme", action="store_true", help="write README.md's results from these runs")
+    mode.add_argument(
+        "--check", action="store_true", help="exit 1 if README.md's results are not what its runs give now"
+    )
     args = parser.parse_args(argv)
-    sources = ("benchmark.json", "progress.jsonl")
-    missing = [str(d) for d in args.run_dirs if not any((d / f).exists() for f in sources)]
+    missing = [str(d) for d in args.run_dirs if not is_run(d)]
     if missing:
-        parser.error(f"no benchmark.json or progress.jsonl in: {', '.join(missing)}")
+        return _fail(f"not a run folder (no benchmark.json or progress.jsonl): {', '.join(missing)}")
+    try:
+        if args.check:
+            if readme_matches():
+                return 0
+            print(f"{README.name}'s results are not what `{README_COMMAND}` writes: run it", file=sys.stderr)
+            return 1
+        if args.readme:
+            write_readme(args.run_dirs)
+            return 0
+    except ValueError as error:  # no markers in the README, or they name a folder that is not a run
+        return _fail(str(error))
+    if args.compare:
+        if len(args.run_dirs) != 2:
+            return _fail("--compare takes two run folders: RUN_A RUN_B")
+        print(write_comparison(*args.run_dirs))
+        return 0
+    if not args.run_dirs:
+        return _fail("no run folder given")
     if len(args.run_dirs) == 1:
         print(write_run(args.run_dirs[0]))
         return 0

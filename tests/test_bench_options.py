@@ -38,6 +38,9 @@ def test_help_lists_every_axis() -> None:
         "--results-dir",
         "--case-timeout",
         "--compile-cache",
+        "--memory-format",
+        "--target-ci",
+        "--max-minutes",
     ):
         assert option in out, option
 
@@ -76,10 +79,10 @@ def test_the_main_command_collects_no_unit_test() -> None:
 def test_default_cpu_matrix() -> None:
     result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
-    # paths x (train and infer x sizes x batches, plus one tiled image) x fp32
-    assert len(ids) == 3 * (2 * 2 * 2 + 1)
-    assert "test_unet[train-torch-compile-128px-b4-fp32]" in result.stdout
-    assert "test_unet[tiled-jax-128px-b4-fp32]" in result.stdout
+    # paths (with the two plain ones) x (train and infer x sizes x batches, plus one tiled image) x fp32
+    assert len(ids) == 5 * (2 * 2 * 1 + 1)
+    assert "test_unet[train-torch-compile-128px-b2-fp32]" in result.stdout
+    assert "test_unet[tiled-jax-plain-128px-b2-fp32]" in result.stdout
 
 
 def test_scaling_cases_on_simulated_devices() -> None:
@@ -129,6 +132,8 @@ def test_the_sweeps_process_imports_no_framework() -> None:
         (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
         (("--width", "0"), "UNetSpec.width=0"),
         (("--case-timeout", "0"), "--case-timeout 0: expected a number of seconds > 0"),
+        (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
+        (("--max-minutes", "-1"), "--max-minutes -1: expected a number of minutes > 0"),
     ],
 )
 def test_bad_options_are_refused_with_the_fix(args: tuple, message: str) -> None:

@@ -1,8 +1,10 @@
-"""The report, built from a stored run (tests/data/tiny-cpu-run, made by `pytest --benchmark-only`)."""
+"""The report, built from a stored run of an older engine (tests/data/tiny-cpu-run, made by
+`pytest --benchmark-only`), and from synthetic runs of the current one (interleaved rounds)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,9 +12,60 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report
+from bench import report, stats
 
 STORED = Path(__file__).parent / "data" / "tiny-cpu-run"
+# torch-plain, the fastest here, must still never be named in a verdict.
+SPEEDUPS = {"torch-eager": 1.0, "torch-plain": 2.0, "torch-compile": 1.3, "jax": 0.5}
+GROUPS = [("train", 64, 1), ("train", 64, 2), ("infer", 64, 1), ("infer", 64, 2)]
+
+
+def _record(path: str, task: str, size: int, batch: int, seconds: np.ndarray) -> dict:
+    """A progress.jsonl record of the current engine, a round per block."""
+    median = float(np.median(seconds))
+    case = dict(path=path, task=task, size=size, batch=batch, precision="fp32", device="cpu")
+    return {
+        **case,
+        "case": case,
+        "id": f"{task}-{path}-{size}px-b{batch}-fp32",
+        "group": f"{task} {size}px b{batch} fp32 cpu",
+        "status": "ok",
+        "schedule": "interleaved",
+        "device_name": "Fake CPU",
+        "devices": None,
+        "scaling": None,
+        "gflop_per_image": 1.0,
+        "images_per_second": batch / median,
+        "tflops": batch / median / 1e3,
+        "utilization": 0.5,
+        "peak_memory_bytes": 2**30,
+        "compile_seconds_cold": 30.0 if path == "torch-compile" else 0.1,
+        "compile_seconds_cached": 1.0,
+        "compile_cold_reused": False,
+        "settings": {"framework": "jax" if path.startswith("jax") else "torch", "memory": "VmHWM"},
+        "rounds_seconds": [float(x) for x in seconds],
+        "round_blocks": list(range(len(seconds))),
+        "stats": {"median": median, "iqr": 0.001, "min": float(seconds.min()), "max": float(seconds.max())}
+        | {"mean": float(seconds.mean()), "stddev": float(seconds.std()), "rounds": len(seconds)},
+    }
+
+
+def fake_run(folder: Path, speedups: dict[tuple, dict[str, float]] | None = None, blocks: int = 12) -> Path:
+    """A run folder of the current engine (progress.jsonl, environment.json): per group of GROUPS,
+    every path's rounds ``speedups[group][path]`` times faster than torch-eager's 0.1 s (SPEEDUPS
+    unless given), each block's drift falling on all of them."""
+    folder.mkdir(parents=True)
+    records = []
+    for number, group in enumerate(GROUPS):
+        rng = np.random.default_rng(number)
+        drift = rng.uniform(1.0, 1.3, blocks)
+        for path, speedup in (speedups or {}).get(group, SPEEDUPS).items():
+            noise = 1 + 0.002 * rng.standard_normal(blocks)
+            records.append(_record(path, *group, 0.1 / speedup * drift * noise))
+    (folder / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    environment = {"device": "cpu", "device_name": "Fake CPU", "versions": {"python": "3.11.7", "torch": "2"}}
+    (folder / "environment.json").write_text(json.dumps(environment))
+    return folder
 
 
 @pytest.fixture
@@ -32,18 +85,17 @@ def test_write_run_makes_tables_plots_and_verdicts(run_dir: Path) -> None:
         cases
     )
     assert "## Which to pick" in text
-    assert text.count(" of them.") == 4  # a verdict per task and precision
-    assert "## train: images per second (speed-up against torch-eager)" in text
+    assert "No verdict: this run has no interleaved rounds (older engine)." in text
+    assert "## train: images per second (speed-up against torch-eager)" in text  # no intervals
     assert "| size |" in text.replace("   ", " ").replace("  ", " ")
 
 
 def test_speedups_are_against_torch_eager(run_dir: Path) -> None:
-    measured = report.load(run_dir)[0]
-    ratio = report.speedups(measured, "train")
-    np.testing.assert_allclose(ratio["torch-eager"], 1.0)
-    train = measured[measured.task == "train"].set_index(["size", "batch", "precision", "path"])["img_per_s"]
-    case = (32, 2, "fp32")
-    assert ratio.loc[case, "jax"] == pytest.approx(train[(*case, "jax")] / train[(*case, "torch-eager")])
+    measured = report.load(run_dir)[0].set_index(["task", "size", "batch", "precision", "path"])
+    np.testing.assert_allclose(measured.xs("torch-eager", level="path")["speedup"], 1.0)
+    eager, jax = (measured.loc[("train", 32, 2, "fp32", path)] for path in ("torch-eager", "jax"))
+    assert jax.speedup == pytest.approx(jax.img_per_s / eager.img_per_s)
+    assert np.isnan(jax.speedup_low)  # an older engine's run: no interval
 
 
 def test_break_even_steps() -> None:
@@ -55,12 +107,25 @@ def test_break_even_steps() -> None:
             "batch": 2,
             "precision": "fp32",
             "median_ms": [200.0, 100.0, 400.0],
+            "speedup": [1.0, 2.0, 0.5],
+            "speedup_low": [np.nan, 1.5, 0.4],
+            "speedup_high": [np.nan, 3.0, 1.2],
             "compile_cold_s": [0.0, 30.0, 1.0],
         }
     )
     steps = report.break_even_steps(measured, "train")
     assert steps.loc[(64, 2, "fp32"), "fast"] == 300  # 30 s / 0.1 s a step
     assert steps.loc[(64, 2, "fp32"), "slow"] == np.inf
+    text = report.break_even_table(measured, "train").loc[(64, 2, "fp32")]
+    # fast: 30 s over 0.2 s x (1 - 1/3) at best, x (1 - 1/1.5) at worst; slow: never, or 30 steps at best
+    assert text["fast"] == "300 [225, 450]"
+    assert text["slow"] == "never [30, never]"
+    assert (
+        report.break_even_table(measured.assign(speedup_high=[np.nan, 3.0, 0.9]), "train").loc[
+            (64, 2, "fp32"), "slow"
+        ]
+        == "never"
+    )  # no saving anywhere in its interval
 
 
 def test_failures_are_reported(run_dir: Path) -> None:
@@ -88,9 +153,11 @@ def test_merge_runs_across_devices(run_dir: Path, tmp_path: Path, capsys) -> Non
     assert "Images per second across devices" in capsys.readouterr().out
 
 
-def test_cli_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        report.main([str(tmp_path)])
+def test_cli_refuses_a_folder_without_a_run(tmp_path: Path, capsys) -> None:
+    for argv in ([str(tmp_path)], ["--compare", str(fake_run(tmp_path / "a")), str(tmp_path / "nothing")]):
+        assert report.main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "not a run folder" in error, error
 
 
 def test_scaling_table_speedup_and_efficiency() -> None:
@@ -160,3 +227,107 @@ def test_the_report_is_rebuilt_from_progress_without_benchmark_json(run_dir: Pat
     pd.testing.assert_frame_equal(before, after)
     assert failures.status.tolist() == ["crashed"]
     assert "Rebuilt from progress.jsonl" in report.write_run(run_dir)
+
+
+# -- the current engine: interleaved rounds, intervals, verdicts ---------------------------------
+
+
+def test_tables_show_speedups_with_intervals_and_plain_paths_only_there(tmp_path: Path) -> None:
+    text = report.write_run(fake_run(tmp_path / "run"))
+    table = text.split("## train: images per second")[1].split("##")[0]
+    header = [cell.strip() for cell in table.splitlines()[2].split("|")[4:-1]]
+    assert header == ["torch-eager", "torch-plain", "torch-compile", "jax"]
+    cells = re.findall(r"\((\d\.\d\dx \[\d\.\d\d, \d\.\d\d\])\)", table)
+    assert len(cells) == 2 * 3  # two cases, three paths against torch-eager
+    assert all(stats.Interval(*map(float, re.findall(r"\d\.\d\d", c))).known for c in cells)
+    # torch-eager's milliseconds: the median, its interval, the IQR
+    assert re.search(r"\| 1\d\d \[1\d\d, 1\d\d\] \(1\.0\) ", text)
+    verdict = text.split("## Which to pick")[1].split("## train")[0]
+    assert "- **train, fp32**: torch-compile faster in 2 of 2 groups." in verdict
+    assert "- **infer, fp32**: torch-compile faster in 2 of 2 groups." in verdict
+    assert "torch-plain" not in verdict.split("in no verdict.")[1]
+    # 30 s of compiling against about 0.12 s x (1 - 1/1.3) saved per step
+    winner = r"64px b1: torch-compile faster, 1\.\d\dx \[1\.\d\d, 1\.\d\d\] over torch-eager; "
+    assert re.search(winner + r"its compile pays back after 1\d{3} \[1\d{3}, 1\d{3}\] train steps", verdict)
+
+
+def test_a_group_within_the_noise_threshold_is_a_tie(tmp_path: Path) -> None:
+    level = {"torch-eager": 1.0, "torch-compile": 1.005, "jax": 0.5}
+    run = fake_run(tmp_path / "run", {("train", 64, 2): level})
+    lines = report.verdicts(report.load(run)[0])
+    assert lines[0] == (
+        "- **train, fp32**: torch-compile faster in 1 of 2 groups, tie (torch-eager, torch-compile) in 1."
+    )
+    assert lines[2].startswith("  - 64px b2: tie (torch-compile, torch-eager): torch-compile 1.0")
+
+
+def test_skipped_cases_are_listed(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    skipped = {"case": {"path": "jax", "task": "tiled"}, "id": "x", "status": "skipped"}
+    skipped["message"] = "--max-minutes 10 reached before this case started"
+    with (run / "progress.jsonl").open("a") as progress:
+        progress.write(json.dumps(skipped) + "\n")
+    text = report.write_run(run)
+    assert "1 without a number (skipped)" in text
+    assert "| skipped  | --max-minutes 10 reached before this case started |" in text
+
+
+def test_compare_two_runs(tmp_path: Path, capsys) -> None:
+    first = fake_run(tmp_path / "first")
+    # The same rounds, but in one group torch-compile is level with eager: that verdict differs, and
+    # its speed-up leaves the first run's interval.
+    level = {"torch-eager": 1.0, "torch-plain": 2.0, "torch-compile": 1.0, "jax": 0.5}
+    second = fake_run(tmp_path / "second", {("infer", 64, 1): level})
+    assert report.main(["--compare", str(first), str(second)]) == 0
+    text = capsys.readouterr().out
+    assert (second / "comparison-with-first.md").read_text().strip() == text.strip()
+    assert "- verdicts agree in 3 of 4 groups" in text
+    assert "- 92% of second's speed-ups lie inside first's 95% intervals (11 of 12)" in text
+
+
+def test_compare_with_an_older_run_counts_nothing_it_cannot_check(tmp_path: Path, run_dir: Path) -> None:
+    text = report.compare(run_dir, run_dir)
+    assert "- verdicts agree in 0 of 0 groups" in text
+    assert "- no 95% intervals in run to check run's speed-ups against (0 of 0)" in text
+
+
+def test_the_index_skips_a_run_folder_it_cannot_read(tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    run = fake_run(results / "good")
+    (results / "corrupt").mkdir()
+    (results / "corrupt" / "benchmark.json").write_text('{"benchmarks": [')
+    report.write_run(run)
+    index = (results / "README.md").read_text()
+    assert "[good]" in index and "corrupt" not in index
+    assert "skipped corrupt" in capsys.readouterr().err
+
+
+# -- the README's generated results ------------------------------------------------------------
+
+
+def test_readme_sections_are_written_between_the_markers(tmp_path: Path) -> None:
+    fake_run(tmp_path / "results" / "one")
+    readme = tmp_path / "README.md"
+    marker = "<!-- begin generated: python -m bench.report --readme results/one -->"
+    readme.write_text(f"# Title\n\nBefore.\n\n{marker}\nstale tables\n<!-- end generated -->\n\nAfter.\n")
+    assert not report.readme_matches(readme)
+    report.write_readme(readme=readme)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nBefore.\n\n" + marker) and text.endswith(
+        "<!-- end generated -->\n\nAfter.\n"
+    )
+    assert "stale" not in text and "[one](results/one/report.md)" in text
+    assert "torch-compile faster in 2 of 2 groups" in text and "1.3" in text
+    assert report.readme_matches(readme)
+    fake_run(tmp_path / "results" / "two")
+    report.write_readme([tmp_path / "results" / "two", tmp_path / "results" / "one"], readme)
+    assert report.readme_runs(readme) == ["results/two", "results/one"]
+    with pytest.raises(ValueError, match="no '<!-- begin generated"):
+        report.write_readme(readme=tmp_path / "results" / "one" / "environment.json")
+
+
+def test_the_repository_readme_matches_its_runs() -> None:
+    """The README's results are what `python -m bench.report --readme` writes from the runs its marker
+    names; after new runs: run that command (`--check` says whether it is needed)."""
+    assert report.readme_runs(), "README.md has no generated results"
+    assert report.readme_matches(), "README.md's results are stale: python -m bench.report --readme"

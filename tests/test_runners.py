@@ -1,18 +1,29 @@
-"""The runners behind the benchmarks: the interface, the parity gate, precision, the run configuration."""
+"""The runners behind the benchmarks: the interface, the parity gate, precision, the plain paths,
+the memory format, the run configuration."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import jax
 import numpy as np
 import pytest
 import torch
 
 from bench import gate
-from bench.runners import RunConfig, make_runner
+from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, torch_runner
+from bench.runners.config import framework
 from bench.runners.torch_runner import conv_fp32_precision
+from bench.runners.worker import Service
+from bench.runners.workload import workload
 from impls import convert
 from impls.spec import UNetSpec
 
 SPEC = UNetSpec(width=4, depth=2)
+SPEC_RGB = UNetSpec(width=4, depth=2, in_channels=3)  # one channel looks the same in either layout
 SIZE, BATCH = 16, 2
 
 
@@ -49,6 +60,9 @@ def _check(outputs: dict, references: dict, task: str, precision: str = "fp32") 
         ("jax", "fp32", "matmul"),
         ("torch-eager", "bf16", "auto"),
         ("jax", "bf16", "auto"),
+        ("torch-plain", "fp32", "matmul"),  # the plain paths ignore upconv: native
+        ("jax-plain", "fp32", "matmul"),
+        ("torch-plain", "bf16", "auto"),
     ],
 )
 def test_paths_pass_the_parity_gate(references, path: str, precision: str, upconv: str, task: str) -> None:
@@ -132,6 +146,7 @@ def test_tf32_inside_the_backward_is_what_was_asked_for(path: str, tf32: bool, d
         (dict(path="torch-compile-reduce-overhead"), "needs a CUDA device"),
         (dict(size=18), "height 18 is not a valid input size .* nearest valid: 16 and 20"),
         (dict(upconv="fft"), "upconv 'fft'"),
+        (dict(memory_format="nhwc"), "memory_format 'nhwc': expected one of auto, channels_last, contiguous"),
         (dict(batch=0), "batch 0: expected a whole number >= 1"),
         (dict(task="tiled"), "task 'tiled' needs image_size"),
         (dict(devices=2), "runs in worker processes"),
@@ -148,7 +163,131 @@ def test_run_config_round_trips_through_json() -> None:
     assert RunConfig.from_json(config.to_json()) == config
     assert config.id == "tiled-jax-16px-b4-bf16-2dev"
     assert config.replace(scaling="weak").id == "tiled-jax-16px-b4-bf16-weak-2dev"
+    pinned = config.replace(upconv="matmul", memory_format="contiguous")  # how, not which case
+    assert (pinned.id, pinned.group) == (config.id, config.group)
+    assert RunConfig.from_json(pinned.to_json()).memory_format == "contiguous"
     with pytest.raises(ValueError, match="unknown fields"):
         RunConfig.from_json(config.to_json().replace('"loss"', '"los"'))
     with pytest.raises(ValueError, match="batch 3 must split evenly over 2 devices"):
         config.replace(batch=3)
+
+
+# -- the plain paths ----------------------------------------------------------
+
+
+def test_the_plain_paths_are_paths_of_their_frameworks() -> None:
+    assert set(PLAIN_PATHS) <= set(PATHS)
+    assert [framework(path) for path in PLAIN_PATHS] == ["torch", "jax"]
+
+
+def test_torch_plain_uses_pytorchs_defaults() -> None:
+    """Whatever the case pins: NCHW, nn.ConvTranspose2d, Adam's defaults, no cuDNN autotuner."""
+    runner = make_runner(
+        "torch-plain", SPEC_RGB, batch=BATCH, size=SIZE, precision="fp32", device="cpu", upconv="matmul"
+    )
+    settings = runner.settings
+    assert settings["style"].startswith("plain: NCHW contiguous")
+    assert (settings["memory_format"], settings["memory_format_seconds"]) == ("contiguous", None)
+    assert (settings["upconv"], settings["compile"], settings["cudnn.benchmark"]) == (
+        "native",
+        "eager",
+        False,
+    )
+    assert settings["optimizer"] == "torch.optim.Adam(lr=0.0001)"
+    assert type(runner.model.up0.upconv) is torch.nn.ConvTranspose2d
+    assert (runner.optimizer.defaults["fused"], runner.optimizer.defaults["foreach"]) == (None, None)
+    for tensor in (runner.model.down1.conv1.weight, runner.images):
+        assert tensor.is_contiguous() and not tensor.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(("path", "donated"), [("jax", True), ("jax-plain", False)])
+def test_jax_plain_donates_nothing(path: str, donated: bool) -> None:
+    runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", upconv="matmul")
+    before = runner.params
+    runner.train_step()
+    assert any(leaf.is_deleted() for leaf in jax.tree.leaves(before)) == donated
+    assert runner.settings["upconv"] == ("native" if path == "jax-plain" else "matmul")
+    assert runner.settings["style"].startswith("plain" if path == "jax-plain" else "tuned")
+    assert runner.settings["memory_format"] == "NHWC (XLA chooses layouts)"
+
+
+@pytest.mark.parametrize("path", PLAIN_PATHS)
+def test_a_standalone_worker_runs_a_plain_path(tmp_path, path: str) -> None:
+    config = RunConfig(path, SPEC, SIZE, BATCH)
+    arguments = {**json.loads(config.to_json()), "steps": 2, "out": str(tmp_path / "run.json")}
+    command = [sys.executable, "-m", "bench.runners.worker", json.dumps(arguments)]
+    subprocess.run(command, check=True, timeout=120, capture_output=True)
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["config"]["path"] == path and len(summary["step_seconds"]) == 2
+    assert summary["settings"]["style"].startswith("plain")
+
+
+# -- the memory format ----------------------------------------------------------
+
+
+def _torch_runner(**options) -> torch_runner.TorchRunner:
+    return make_runner(
+        "torch-eager", SPEC_RGB, batch=BATCH, size=SIZE, precision="fp32", device="cpu", **options
+    )
+
+
+@pytest.mark.parametrize("task", ["train", "infer"])
+def test_memory_format_auto_takes_the_faster_whole_step_on_throw_away_runners(task: str) -> None:
+    runner = _torch_runner(task=task)
+    seconds = runner.settings["memory_format_seconds"]
+    assert set(seconds) == {"channels_last", "contiguous"} and min(seconds.values()) > 0
+    assert runner.settings["memory_format"] == forms.fastest(seconds)
+    assert runner.settings["memory_format_timed"].startswith("eager whole step")
+    # the case's own model and optimizer never saw the timing
+    assert not runner.optimizer.state
+    initial = workload(runner.config).weights
+    assert all(np.array_equal(value, initial[name]) for name, value in runner.weights().items())
+
+
+@pytest.mark.parametrize(
+    ("memory_format", "timed", "chosen"),
+    [
+        ("auto", {"channels_last": 1.0, "contiguous": 2.0}, "channels_last"),
+        ("auto", {"channels_last": 2.0, "contiguous": 1.0}, "contiguous"),
+        ("channels_last", None, "channels_last"),
+        ("contiguous", None, "contiguous"),
+    ],
+)
+def test_the_model_and_batch_are_in_the_chosen_memory_format(
+    monkeypatch, memory_format: str, timed: dict | None, chosen: str
+) -> None:
+    """A pinned format is used as it is, untimed: later workers of a case compile the same graph."""
+
+    def untimed(config: RunConfig) -> dict[str, float]:
+        raise AssertionError("a pinned memory format was timed")
+
+    monkeypatch.setattr(torch_runner, "time_memory_formats", untimed if timed is None else lambda _: timed)
+    runner = _torch_runner(memory_format=memory_format)
+    assert (runner.settings["memory_format"], runner.settings["memory_format_seconds"]) == (chosen, timed)
+    channels_last = chosen == "channels_last"
+    for tensor in (runner.model.down1.conv1.weight, runner.model.up0.conv2.weight, runner.images):
+        assert tensor.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert tensor.is_contiguous() != channels_last
+    # the parity gate's fp64 twin takes the same format, untimed
+    monkeypatch.setattr(torch_runner, "time_memory_formats", untimed)
+    twin = Service(runner.config, runner).outputs_in("fp64", "infer")
+    assert twin["logits"].dtype == np.float32 and twin["logits"].shape[0] == BATCH
+
+
+def test_time_forms_takes_turns_and_keeps_each_forms_best(monkeypatch) -> None:
+    """One warm-up call per form, then A B A B ...: drift falls on every form alike."""
+    clock = SimpleNamespace(now=0.0, calls=[])
+    durations = {"a": iter([9.0, 3.0, 1.0, 2.0]), "b": iter([9.0, 5.0, 6.0, 4.0])}
+
+    def form(name: str):
+        def run() -> None:
+            clock.calls.append(name)
+            clock.now += next(durations[name])
+
+        return run
+
+    monkeypatch.setattr(forms, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    seconds = forms.time_forms({"a": form("a"), "b": form("b")})
+    assert clock.calls == ["a", "b"] * (forms.WARM_UP + forms.REPEATS)
+    assert seconds == {"a": 1.0, "b": 4.0}
+    assert forms.fastest(seconds) == "a"

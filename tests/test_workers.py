@@ -30,14 +30,14 @@ SIZE, BATCH = 16, 2
 
 
 class _Benchmark:
-    """Stands in for pytest-benchmark's fixture with --benchmark-disable: one untimed call."""
+    """Stands in for pytest-benchmark's fixture: keeps the rounds the sweep hands it."""
 
     def __init__(self) -> None:
         self.extra_info: dict = {}
-        self.stats = None
+        self.rounds: list[float] = []
 
-    def pedantic(self, fn, args=(), rounds: int = 1, iterations: int = 1) -> None:
-        fn(*args)
+    def _make_stats(self, iterations: int):
+        return type("Metadata", (), {"update": lambda _, seconds: self.rounds.append(seconds)})()
 
 
 def _case(path: str, task: str = "train") -> RunConfig:
@@ -121,8 +121,9 @@ def test_a_worker_imports_only_its_own_framework(tmp_path) -> None:
 
 
 def _sweep(tmp_path: Path) -> subprocess.Popen:
-    """A benchmark run of two cases whose second (jax) hangs at its first call."""
-    env = {**os.environ, "UNET_BENCH_FAULT": "rank=0,path=jax,command=first_call,action=hang"}
+    """A benchmark run of two groups of two cases; the second group's jax case hangs at its first call."""
+    fault = f"rank=0,path=jax,size={2 * SIZE},command=first_call,action=hang"
+    env = {**os.environ, "UNET_BENCH_FAULT": fault}
     command = [
         sys.executable,
         "-m",
@@ -133,7 +134,7 @@ def _sweep(tmp_path: Path) -> subprocess.Popen:
         "bench/test_unet.py::test_unet",
         "--paths=torch-eager,jax",
         "--tasks=infer",
-        f"--sizes={SIZE}",
+        f"--sizes={SIZE},{2 * SIZE}",
         f"--batches={BATCH}",
         "--width=4",
         "--depth=2",
@@ -148,12 +149,12 @@ def _sweep(tmp_path: Path) -> subprocess.Popen:
 
 
 def _wait_for_the_hang(process: subprocess.Popen, tmp_path: Path) -> Path:
-    """The run folder, once the first case is recorded and the second one's worker hangs."""
+    """The run folder, once the first group is recorded and the second one's jax worker hangs."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         progress = list((tmp_path / "results").glob("*/progress.jsonl"))
         if progress and progress[0].read_text().strip():
-            time.sleep(8)  # the jax case's references and worker start, then the hang
+            time.sleep(15)  # the next group's references and workers start, then the hang
             return progress[0].parent
         assert process.poll() is None, process.communicate()[0]
         time.sleep(0.5)
@@ -181,12 +182,15 @@ def test_a_stopped_sweep_records_the_case_and_writes_its_report(tmp_path, stop) 
     output = process.communicate(timeout=120)[0]
     assert process.returncode != 0
     records = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
-    assert [(r["case"]["path"], r["status"]) for r in records] == [
-        ("torch-eager", "ok"),
-        ("jax", "interrupted"),
+    # the group in progress: the case set up and waiting for its rounds, and the hung one
+    assert sorted((r["case"]["size"], r["case"]["path"], r["status"]) for r in records) == [
+        (SIZE, "jax", "ok"),
+        (SIZE, "torch-eager", "ok"),
+        (2 * SIZE, "jax", "interrupted"),
+        (2 * SIZE, "torch-eager", "interrupted"),
     ]
     saved = json.loads((run_dir / "benchmark.json").read_text())
-    assert [f["status"] for f in saved["unet_bench"]["failures"]] == ["interrupted"]
+    assert [f["status"] for f in saved["unet_bench"]["failures"]] == ["interrupted"] * 2
     assert "| interrupted |" in (run_dir / "report.md").read_text(), output[-3000:]
     assert _workers_of(process.pid) == []
 
@@ -204,8 +208,8 @@ def test_after_a_sigkill_nothing_is_left_and_the_report_is_rebuilt(tmp_path) -> 
     assert report.main([str(run_dir)]) == 0
     text = (run_dir / "report.md").read_text()
     assert "Rebuilt from progress.jsonl" in text
-    assert "## infer: images per second" in text  # the torch-eager case, measured before the kill
-    assert report.load(run_dir)[0].path.tolist() == ["torch-eager"]
+    assert "## infer: images per second" in text  # the first group, measured before the kill
+    assert sorted(report.load(run_dir)[0].path.tolist()) == ["jax", "torch-eager"]
 
 
 # -- compile caches: one folder per case, cold figures reused by a later run --------------
@@ -225,31 +229,12 @@ def test_each_case_has_its_own_compile_folder_and_tiles_share_the_forwards() -> 
     assert len({keys[k] for k in ("infer", "train", "torch", "other device")}) == 4
 
 
-class _Stats:
-    def __init__(self, seconds: list[float]) -> None:
-        self.median = self.mean = self.min = self.max = sorted(seconds)[len(seconds) // 2]
-        self.iqr = self.stddev = 0.0
-        self.rounds = len(seconds)
-
-
-class _TimedBenchmark(_Benchmark):
-    """Times its rounds as pytest-benchmark does, without its machinery."""
-
-    def pedantic(self, fn, args=(), rounds: int = 1, iterations: int = 1) -> None:
-        seconds = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            fn(*args)
-            seconds.append(time.perf_counter() - start)
-        self.stats = type("Fixture", (), {"stats": _Stats(seconds)})()
-
-
 def test_a_second_run_reuses_the_measured_cold_compile(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("bench.environment.peak_tflops", lambda *a: 1.0)  # not what is tested here
     records = []
     for _ in range(2):
         sweep = Sweep(compile_cache=tmp_path / "cache", timing=True, min_rounds=2, max_time=0.01)
-        records.append(sweep.run(_case("jax", "infer"), _TimedBenchmark()))
+        records.append(sweep.run(_case("jax", "infer"), _Benchmark()))
     first, second = records
     assert (first["compile_cold_reused"], second["compile_cold_reused"]) == (False, True)
     assert second["compile_seconds_cold"] == pytest.approx(first["compile_seconds_cold"])

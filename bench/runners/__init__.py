@@ -17,9 +17,12 @@ import numpy as np
 
 from bench.runners.config import (
     CUDA_ONLY_PATHS,
+    JAX_PATHS,
     LEARNING_RATE,
     LOSSES,
+    MEMORY_FORMATS,
     PATHS,
+    PLAIN_PATHS,
     PRECISIONS,
     TASKS,
     TORCH_PATHS,
@@ -29,9 +32,12 @@ from impls.spec import UNetSpec
 
 __all__ = [
     "CUDA_ONLY_PATHS",
+    "JAX_PATHS",
     "LEARNING_RATE",
     "LOSSES",
+    "MEMORY_FORMATS",
     "PATHS",
+    "PLAIN_PATHS",
     "PRECISIONS",
     "TASKS",
     "TORCH_PATHS",
@@ -51,7 +57,7 @@ class Runner(Protocol):
 
     config: RunConfig
     device_name: str
-    settings: dict[str, Any]  # what was used (compile mode, TF32, channels_last, ...), recorded
+    settings: dict[str, Any]  # what was used (style, compile mode, TF32, memory format, ...), recorded
 
     def infer(self) -> None:
         """Eval-mode forward of the batch."""

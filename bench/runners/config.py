@@ -15,8 +15,18 @@ from typing import Any
 
 from impls.spec import UNetSpec
 
-TORCH_PATHS = ("torch-eager", "torch-compile", "torch-compile-max-autotune", "torch-compile-reduce-overhead")
-PATHS = (*TORCH_PATHS, "jax")
+TORCH_PATHS = (
+    "torch-eager",
+    "torch-compile",
+    "torch-compile-max-autotune",
+    "torch-compile-reduce-overhead",
+    "torch-plain",
+)
+JAX_PATHS = ("jax", "jax-plain")
+PATHS = (*TORCH_PATHS, *JAX_PATHS)
+# The same model written as each framework's tutorials write it, none of the project's tuned
+# choices: what those choices add. References, not contenders.
+PLAIN_PATHS = ("torch-plain", "jax-plain")
 CUDA_ONLY_PATHS = ("torch-compile-max-autotune", "torch-compile-reduce-overhead")
 # "tiled": one whole image predicted in tiles (impls/tiling.py); size is the tile side,
 # batch the tiles per call.
@@ -24,13 +34,14 @@ TASKS = ("train", "infer", "tiled")
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "weighted")  # softmax cross-entropy; the same weighted pixel by pixel
 UPCONVS = ("auto", "native", "matmul")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # torch's; "auto": the faster, measured
 SCALINGS = ("weak", "strong")
 LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
 
 
 def framework(path: str) -> str:
     """Which framework a path runs on: "torch" or "jax"."""
-    return "jax" if path == "jax" else "torch"
+    return "jax" if path in JAX_PATHS else "torch"
 
 
 def check_device(device: str) -> None:
@@ -46,7 +57,10 @@ class RunConfig:
     ``batch`` being the global batch, ``scaling`` "weak" or "strong" (a label
     of the sweep). ``tf32`` lets fp32 convs and matmuls use TF32 on CUDA (both
     frameworks alike; no effect on a CPU). ``upconv``: the transposed convs'
-    exact form, "native", "matmul" or "auto" (the faster, measured). ``loss``
+    exact form, "native", "matmul" or "auto" (the faster, measured). ``memory_format``:
+    torch's layout of the model and batch, "channels_last", "contiguous" or "auto" (the
+    faster whole eager step, measured); JAX ignores it. The plain paths ignore both and
+    use the frameworks' defaults (native up-conv, contiguous NCHW). ``loss``
     "weighted" trains on the paper's pixel-weighted cross-entropy.
     ``image_size``: the whole image of the "tiled" task. ``weights_file``: a
     canonical safetensors file to start from; None for PyTorch's default
@@ -65,6 +79,7 @@ class RunConfig:
     sync_bn: bool = False
     tf32: bool = False
     upconv: str = "auto"
+    memory_format: str = "auto"
     loss: str = "ce"
     learning_rate: float = LEARNING_RATE
     image_size: int | None = None
@@ -79,6 +94,7 @@ class RunConfig:
             ("precision", self.precision, (*PRECISIONS, "fp64")),  # fp64: equivalence tests only
             ("loss", self.loss, LOSSES),
             ("upconv", self.upconv, UPCONVS),
+            ("memory_format", self.memory_format, MEMORY_FORMATS),
         ):
             if value not in allowed:
                 shown = PRECISIONS if name == "precision" else allowed

@@ -13,16 +13,20 @@ WARM_UP, REPEATS = 1, 3
 
 
 def time_forms(forms: Mapping[str, Callable[[], object]]) -> dict[str, float]:
-    """Seconds per form: the best of REPEATS calls after WARM_UP (compilation, autotuning)."""
-    seconds = {}
-    for name, run in forms.items():
-        samples = []
-        for _ in range(WARM_UP + REPEATS):
+    """Seconds per form: the best of REPEATS calls after WARM_UP (compilation, autotuning).
+
+    The timed calls take turns (A B A B ...), so that the machine's drift falls on every form.
+    """
+    for run in forms.values():
+        for _ in range(WARM_UP):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(REPEATS):
+        for name, run in forms.items():
             start = time.perf_counter()
             run()
-            samples.append(time.perf_counter() - start)
-        seconds[name] = min(samples[WARM_UP:])
-    return seconds
+            samples[name].append(time.perf_counter() - start)
+    return {name: min(seconds) for name, seconds in samples.items()}
 
 
 def fastest(seconds: Mapping[str, float]) -> str:

@@ -1,8 +1,10 @@
-"""The JAX path: Flax NNX split into pure functions, each step one jax.jit with donated buffers."""
+"""The JAX paths: Flax NNX split into pure functions, each step one jax.jit with donated buffers;
+jax-plain the same jit as the tutorials write it, nothing donated, Flax's own up-conv."""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -13,7 +15,7 @@ from flax import nnx
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import RunConfig
+from bench.runners.config import PLAIN_PATHS, RunConfig
 from bench.runners.workload import workload
 from impls import convert, flax_unet
 from impls.spec import UNetSpec
@@ -29,6 +31,31 @@ def device_of(config: RunConfig) -> jax.Device:
     if config.device == "cpu":
         return jax.devices("cpu")[0]
     return jax.devices("gpu")[int(config.device.partition(":")[2] or 0)]
+
+
+@dataclass(frozen=True)
+class Style:
+    """What a path chooses around the shared model: the project's tuned choices or the plain ones."""
+
+    description: str
+    upconv: str  # a form, or "auto": the faster, measured
+    donate: bool  # the step's params, statistics and optimizer state, updated in place
+
+
+PLAIN = Style(
+    "plain: jax.jit of the step, nothing donated, nnx.ConvTranspose, "
+    "optax.softmax_cross_entropy_with_integer_labels, optax.adam",
+    "native",
+    donate=False,
+)
+
+
+def style(config: RunConfig) -> Style:
+    """The path's style: plain for the plain paths, else the tuned one with the case's choices."""
+    if config.path in PLAIN_PATHS:
+        return PLAIN
+    tuned = "tuned: up-conv form measured (unless given); params, statistics and optimizer state donated"
+    return Style(tuned, config.upconv, donate=True)
 
 
 class SingleDevice:
@@ -52,11 +79,12 @@ class JaxRunner:
         self.device = self.placement.device
         self.cuda = self.device.platform == "gpu"
         self.device_name = self.device.device_kind if self.cuda else "cpu"
+        self.style = style(config)
         tf32 = config.tf32 and self.cuda
         set_precision(config.tf32)
         compute_dtype = jnp.bfloat16 if config.precision == "bf16" else None
         param_dtype = jnp.float64 if config.precision == "fp64" else jnp.float32
-        upconv, upconv_seconds = config.upconv, None
+        upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
             upconv_seconds = time_upconv_forms(
                 config.spec, config.batch, config.size, self.device, compute_dtype
@@ -81,17 +109,19 @@ class JaxRunner:
                 in_specs=("replicated",) * 3 + ("batched",) * 3,
                 out_specs=("replicated",) * 4 + ("batched",),
             ),
-            donate_argnums=(0, 1, 2),
+            donate_argnums=(0, 1, 2) if self.style.donate else (),
         )
         self._infer = jax.jit(self._infer_fn)
         self.reset_state()
         self.settings = {
             "framework": "jax",
+            "style": self.style.description,
             "compile": "jax.jit of the whole step (forward, loss, grad, optax.adam), params, "
-            "statistics and optimizer state donated",
+            "statistics and optimizer state " + ("donated" if self.style.donate else "not donated"),
             "compute_dtype": "bfloat16" if compute_dtype else "float32",
             "param_dtype": np.dtype(param_dtype).name,
             "tf32": tf32,
+            "memory_format": "NHWC (XLA chooses layouts)",
             "matmul_precision": "process-wide: " + jax.config.jax_default_matmul_precision,
             "optimizer": f"optax.adam({config.learning_rate})",
             "loss": config.loss,

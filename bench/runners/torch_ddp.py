@@ -84,3 +84,9 @@ class DataParallel:
             batchnorm = "global batch (AllReduceBatchNorm2d: SyncBatchNorm runs on GPUs only)"
         self.settings["batchnorm"] = batchnorm
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
+
+    def agree(self, choice: str) -> str:
+        """Rank 0's choice, for every rank: their timings may differ, their models may not."""
+        chosen = [choice]
+        dist.broadcast_object_list(chosen, src=0)
+        return chosen[0]

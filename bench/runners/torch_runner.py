@@ -1,9 +1,12 @@
-"""PyTorch paths: eager, and torch.compile of the whole step in its modes."""
+"""PyTorch paths: eager, torch.compile of the whole step in its modes, and torch-plain (eager,
+written as PyTorch's tutorials write it)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +14,7 @@ import torch
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import RunConfig
+from bench.runners.config import PLAIN_PATHS, RunConfig
 from bench.runners.workload import workload
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
@@ -21,6 +24,9 @@ COMPILE_MODES = {
     "torch-compile-max-autotune": "max-autotune",
     "torch-compile-reduce-overhead": "reduce-overhead",
 }
+TORCH_MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+MEMORY_FORMAT_TIMED = "eager whole step (train step or forward), on throw-away runners, formats interleaved"
+PEAK_AFTER_TIMING = "; reset after the memory-format timing (throw-away runners)"
 
 
 def set_precision(tf32: bool) -> None:
@@ -52,6 +58,42 @@ def conv_fp32_precision() -> str:
     return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
+@dataclass(frozen=True)
+class Style:
+    """What a path chooses around the shared model: the project's tuned choices or the plain ones."""
+
+    description: str
+    upconv: str  # a form, or "auto": the faster, measured
+    memory_format: str  # likewise
+    adam: dict[str, Any]  # torch.optim.Adam's options besides the learning rate
+    cudnn_autotuner: bool
+
+
+PLAIN = Style(
+    "plain: NCHW contiguous, nn.ConvTranspose2d, F.cross_entropy, torch.optim.Adam's defaults "
+    "(foreach on CUDA, a loop on CPU), no cuDNN autotuner",
+    "native",
+    "contiguous",
+    adam={},
+    cudnn_autotuner=False,
+)
+
+
+def style(config: RunConfig, cuda: bool) -> Style:
+    """The path's style: plain for the plain paths, else the tuned one with the case's choices."""
+    if config.path in PLAIN_PATHS:
+        return PLAIN
+    return Style(
+        "tuned: up-conv form and memory format measured (unless given), fused Adam on eager paths, "
+        "cuDNN autotuner where its search is short",
+        config.upconv,
+        config.memory_format,
+        # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
+        adam={"fused": config.path not in COMPILE_MODES},
+        cudnn_autotuner=use_cudnn_autotuner(config, cuda),
+    )
+
+
 class SingleDevice:
     """Placement on the config's one device; bench/runners/torch_ddp.py has the data-parallel one."""
 
@@ -66,6 +108,10 @@ class SingleDevice:
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def agree(self, choice: str) -> str:
+        """One choice for every process of the placement: this one's."""
+        return choice
+
 
 class TorchRunner:
     def __init__(self, config: RunConfig, placement: Any = None) -> None:
@@ -74,27 +120,28 @@ class TorchRunner:
         self.device = self.placement.device
         self.cuda = self.device.type == "cuda"
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+        self.style = style(config, self.cuda)
         set_precision(config.tf32)
-        torch.backends.cudnn.benchmark = use_cudnn_autotuner(config, self.cuda)
+        torch.backends.cudnn.benchmark = self.style.cudnn_autotuner
         self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         dtype = torch.float64 if config.precision == "fp64" else torch.float32
         self.work = workload(config)
         images = self.placement.shard(self.work.images)
-        upconv, upconv_seconds = config.upconv, None
+        upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
             upconv_seconds = time_upconv_forms(
                 config.spec, len(images), config.size, self.device, self.autocast_dtype
             )
             upconv = forms.fastest(upconv_seconds)
+        memory_format, memory_format_seconds = self._memory_format(upconv, len(images))
+        self.memory_format = TORCH_MEMORY_FORMATS[memory_format]
 
         self.model = torch_unet.build(config.spec, dtype, upconv_matmul=upconv == "matmul")
         convert.to_torch(self.work.weights, self.model)
-        self.model.to(self.device, memory_format=torch.channels_last)
+        self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.placement.wrap(self.model)
-        # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
         self.compile_mode = COMPILE_MODES.get(config.path)
-        fused = self.compile_mode is None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, fused=fused)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, **self.style.adam)
         self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.images = self._to_device(images.astype(self._input_dtype))
         self.labels = self._to_device(self.placement.shard(self.work.labels).astype(np.int64))
@@ -107,8 +154,12 @@ class TorchRunner:
         if self.compile_mode is not None:
             self._train = torch.compile(self._train_fn, mode=self.compile_mode)
             self._infer = torch.compile(self._infer_fn, mode=self.compile_mode)
+        peak_method = (
+            "torch.cuda.max_memory_allocated since the worker started" if self.cuda else memory.CPU_METHOD
+        )
         self.settings = {
             "framework": "torch",
+            "style": self.style.description,
             "compile": f"torch.compile(mode={self.compile_mode!r}) of the whole step: forward, loss, "
             "backward (AOTAutograd), Adam"
             if self.compile_mode
@@ -117,17 +168,31 @@ class TorchRunner:
             "tf32": config.tf32 and self.cuda,
             "fp32_precision": "process-wide: " + conv_fp32_precision(),
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
-            "channels_last": True,
-            "optimizer": f"torch.optim.Adam(lr={config.learning_rate}, fused={fused})",
+            "memory_format": memory_format,
+            "memory_format_seconds": memory_format_seconds,
+            "memory_format_timed": MEMORY_FORMAT_TIMED if memory_format_seconds else None,
+            "optimizer": f"torch.optim.Adam(lr={config.learning_rate}"
+            + "".join(f", {k}={v}" for k, v in self.style.adam.items())
+            + ")",
             "loss": config.loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
             "threads": torch.get_num_threads(),
-            "memory": "torch.cuda.max_memory_allocated since the worker started"
-            if self.cuda
-            else memory.CPU_METHOD,
+            "memory": peak_method + (PEAK_AFTER_TIMING if memory_format_seconds else ""),
             **self.placement.settings,
         }
+
+    def _memory_format(self, upconv: str, batch: int) -> tuple[str, dict[str, float] | None]:
+        """The style's memory format, or the faster measured (and its seconds per format)."""
+        if self.style.memory_format != "auto":
+            return self.style.memory_format, None
+        # Eager for every path: timing each format compiled would cost a whole compile each.
+        eager = self.config.replace(
+            path="torch-eager", upconv=upconv, devices=None, scaling=None, batch=batch
+        )
+        seconds = time_memory_formats(eager)
+        self._reset_peak_memory()  # the throw-away runners' memory is no part of the case's peak
+        return self.placement.agree(forms.fastest(seconds)), seconds
 
     # -- the step functions; compiled whole when the path compiles --------------
 
@@ -158,7 +223,7 @@ class TorchRunner:
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-        return tensor.to(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
+        return tensor.to(memory_format=self.memory_format) if tensor.ndim == 4 else tensor
 
     def _mode(self, training: bool) -> None:
         if self.net.training != training:  # a walk over every module: not on every call
@@ -223,6 +288,12 @@ class TorchRunner:
             return torch.cuda.max_memory_allocated(self.device)
         return memory.peak_rss()
 
+    def _reset_peak_memory(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            memory.reset_peak_rss()
+
 
 @functools.cache
 def time_upconv_forms(
@@ -249,3 +320,16 @@ def time_upconv_forms(
         for form in ("native", "matmul")
     }
     return forms.time_forms({form: functools.partial(run, module) for form, module in modules.items()})
+
+
+@functools.cache
+def time_memory_formats(config: RunConfig) -> dict[str, float]:
+    """Seconds of the case's whole call (a train step, or a forward) in each memory format, on
+    throw-away runners of ``config`` (eager, one device), so the case's own weights and optimizer
+    state never see it."""
+    runners = {form: TorchRunner(config.replace(memory_format=form)) for form in TORCH_MEMORY_FORMATS}
+    call = "train_step" if config.task == "train" else "infer"
+    seconds = forms.time_forms({form: getattr(runner, call) for form, runner in runners.items()})
+    runners.clear()
+    gc.collect()  # a runner refers to itself (its step methods): freed now, before the case's model
+    return seconds

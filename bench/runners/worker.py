@@ -16,7 +16,8 @@ torchrun's rendezvous or ``jax.distributed``: two warm-up steps, then
 ``steps`` timed ones, and rank 0 writes their seconds to ``out``.
 
 ``UNET_BENCH_FAULT`` (tests only), "rank=R,path=P,command=C,action=A", makes
-rank R of a path-P worker fail at command C (``start`` for start-up):
+rank R of a path-P worker fail at command C (``start`` for start-up); any other
+RunConfig field narrows it further (``size=32``):
 ``exit`` (code 3), ``hang``, ``signal`` (SIGSEGV), ``oom`` (an allocation
 that fails). A worker dies with the process that started it, whatever it is
 doing (Linux's parent-death signal).
@@ -117,11 +118,14 @@ def warm_up(config: RunConfig) -> None:
     torch.nn.functional.conv2d(torch.ones(1, 2, 8, 8, device=device), w, padding=1).sum().backward()
 
 
-def _fault(rank: int, path: str) -> tuple[str | None, str | None]:
+def _fault(rank: int, config: RunConfig) -> tuple[str | None, str | None]:
     fields = dict(
         item.split("=", 1) for item in os.environ.get("UNET_BENCH_FAULT", "").split(",") if "=" in item
     )
-    if int(fields.get("rank", -1)) != rank or fields.get("path", path) != path:
+    if int(fields.get("rank", -1)) != rank:
+        return None, None
+    case = config.to_dict()  # any other field names the cases it applies to, e.g. path=jax,size=32
+    if any(str(case[name]) != value for name, value in fields.items() if name in case):
         return None, None
     return fields.get("command"), fields.get("action")
 
@@ -161,7 +165,10 @@ class Service:
             raise ValueError(
                 f"outputs_in: {precision!r} next to {self.config.precision!r} with tf32 off only"
             )
-        return build(self.config.replace(precision=precision)).outputs(task)
+        twin = self.config.replace(precision=precision)
+        if self.config.framework == "torch":  # the same layout, chosen once
+            twin = twin.replace(memory_format=self.runner.settings["memory_format"])
+        return build(twin).outputs(task)
 
     def call(self) -> None:
         """What one timed round runs: one train step, one forward, or one whole image in tiles."""
@@ -224,7 +231,7 @@ class Service:
 
 def serve(connection, service: Service, rank: int) -> int:
     handlers = service.handlers()
-    fault_command, fault_action = _fault(rank, service.config.path)
+    fault_command, fault_action = _fault(rank, service.config)
     while True:
         try:
             message = connection.recv()
@@ -270,7 +277,7 @@ def main(argv: list[str]) -> int:
         _redirect_output(Path(options["log_dir"]) / f"rank{rank}.log")
     if "address" in options:
         _die_with_parent()
-    fault_command, fault_action = _fault(rank, config.path)
+    fault_command, fault_action = _fault(rank, config)
     if fault_command == "start":
         _inject(rank, "start", fault_action)
     _set_environment(config, options.get("compile_cache"))

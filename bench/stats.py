@@ -1,0 +1,154 @@
+"""Confidence intervals from timed rounds, and the rule that turns them into a verdict.
+
+No framework here: numpy and scipy only. The bootstrap is scipy's; it is seeded,
+so that one run's figures are the same however often its report is rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+SEED = 0
+# A path is called faster only when its speed-up interval over the runner-up lies wholly above
+# 1 + NOISE_THRESHOLD; closer than that is a tie, whatever the intervals say.
+NOISE_THRESHOLD = 0.02
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% confidence interval (nan bounds when it has too few rounds)."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def known(self) -> bool:
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
+
+    def relative_half_width(self) -> float:
+        """The interval's larger side as a share of the value: +-2% is 0.02."""
+        if not self.known:
+            return float("inf")
+        return max(self.high - self.value, self.value - self.low) / self.value
+
+    def above(self, threshold: float) -> bool:
+        return self.known and self.low > threshold
+
+    def below(self, threshold: float) -> bool:
+        return self.known and self.high < threshold
+
+    def contains(self, value: float) -> bool:
+        return self.known and self.low <= value <= self.high
+
+    def format(self, digits: int = 2, suffix: str = "x") -> str:
+        """``1.05x [0.98, 1.12]``; without an interval, the value alone."""
+        text = f"{self.value:.{digits}f}{suffix}"
+        if self.known:
+            text += f" [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return text
+
+
+def _bootstrap(samples: tuple, statistic, paired: bool, resamples: int) -> tuple[float, float]:
+    result = stats.bootstrap(
+        samples,
+        statistic,
+        paired=paired,
+        vectorized=True,
+        confidence_level=CONFIDENCE,
+        n_resamples=resamples,
+        method="percentile",  # BCa is unstable for a median of few rounds
+        rng=np.random.default_rng(SEED),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def median_interval(seconds: Sequence[float], resamples: int = RESAMPLES) -> Interval:
+    """The median of the rounds with a bootstrap 95% interval over the rounds."""
+    samples = np.asarray(seconds, dtype=float)
+    median = float(np.median(samples))
+    if samples.size < 2 or np.ptp(samples) == 0:
+        return Interval(median, *((median, median) if samples.size >= 2 else (np.nan, np.nan)))
+    low, high = _bootstrap(
+        (samples,), lambda x, axis: np.median(x, axis=axis), paired=False, resamples=resamples
+    )
+    return Interval(median, low, high)
+
+
+def block_medians(seconds: Sequence[float], blocks: Sequence[int]) -> dict[int, float]:
+    """Each block's median round: the unit that pairs one path's rounds with another's."""
+    by_block: dict[int, list[float]] = {}
+    for value, block in zip(seconds, blocks, strict=True):
+        by_block.setdefault(int(block), []).append(float(value))
+    return {block: float(np.median(values)) for block, values in by_block.items()}
+
+
+def speedup_interval(
+    baseline: tuple[Sequence[float], Sequence[int]],
+    other: tuple[Sequence[float], Sequence[int]],
+    resamples: int = RESAMPLES,
+) -> Interval:
+    """How many times faster ``other`` is than ``baseline``: the ratio of their median times, with a
+    bootstrap interval that resamples the blocks the two share, keeping each block's pair together
+    (a machine's drift in one block falls on both)."""
+    first, second = block_medians(*baseline), block_medians(*other)
+    shared = sorted(set(first) & set(second))
+    a = np.array([first[b] for b in shared])
+    b = np.array([second[b] for b in shared])
+    if a.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    ratio = float(np.median(a) / np.median(b))
+    if a.size < 2:
+        return Interval(ratio, float("nan"), float("nan"))
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return Interval(ratio, ratio, ratio)
+    low, high = _bootstrap(
+        (a, b),
+        lambda x, y, axis: np.median(x, axis=axis) / np.median(y, axis=axis),
+        paired=True,
+        resamples=resamples,
+    )
+    return Interval(ratio, low, high)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The fastest path of a group, or the paths tied for it."""
+
+    winner: str | None  # None: a tie
+    tied: tuple[str, ...]  # the paths level with the fastest (the winner alone when there is one)
+    margin: Interval  # the fastest path's speed-up over the runner-up
+    runner_up: str | None = None  # None: a single path
+
+    def describe(self) -> str:
+        """``torch-compile faster, 1.08x [1.04, 1.12] over torch-eager``, or the tie with the same
+        figure for its fastest path."""
+        if self.runner_up is None:
+            return f"{self.tied[0]} alone"
+        margin = f"{self.margin.format()} over {self.runner_up}"
+        if self.winner is not None:
+            return f"{self.winner} faster, {margin}"
+        return f"tie ({', '.join(self.tied)}): {self.tied[0]} {margin}"
+
+
+def decide(
+    rounds: dict[str, tuple[Sequence[float], Sequence[int]]], threshold: float = NOISE_THRESHOLD
+) -> Verdict:
+    """The tie rule: the path with the lowest median is called faster only when its paired speed-up
+    interval over every other path lies wholly above 1 + ``threshold``. Otherwise it is a tie
+    between it and every path whose interval does not clear that bar."""
+    if not rounds:
+        raise ValueError("decide: no paths")
+    order = sorted(rounds, key=lambda path: float(np.median(rounds[path][0])))
+    fastest = order[0]
+    if len(order) == 1:
+        return Verdict(fastest, (fastest,), Interval(float("nan"), float("nan"), float("nan")))
+    margins = {path: speedup_interval(rounds[path], rounds[fastest]) for path in order[1:]}
+    tied = tuple([fastest] + [path for path in order[1:] if not margins[path].above(1 + threshold)])
+    return Verdict(fastest if len(tied) == 1 else None, tied, margins[order[1]], order[1])

@@ -1,0 +1,138 @@
+"""A group's cases measured side by side: rotated blocks, the stopping rule, the memory fallback,
+the forms a group shares, --max-minutes and the progress lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import environment, measure
+from bench.measure import CaseSkipped, Sweep, rotation
+from bench.runners import RunConfig
+from bench.workers import leftover_processes
+from impls.spec import UNetSpec
+
+SPEC = UNetSpec(width=4, depth=2)
+
+
+class _Benchmark:
+    """Stands in for pytest-benchmark's fixture: keeps the rounds the sweep hands it."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict = {}
+        self.rounds: list[float] = []
+
+    def _make_stats(self, iterations: int):
+        return type("Metadata", (), {"update": lambda _, seconds: self.rounds.append(seconds)})()
+
+
+def _cases(*paths: str, size: int = 16) -> list[RunConfig]:
+    return [RunConfig(path, SPEC, size, 2, task="infer") for path in paths]
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch) -> Sweep:
+    monkeypatch.setattr(environment, "peak_tflops", lambda *a: 1.0)  # not what is tested here
+    return Sweep(
+        progress_file=tmp_path / "progress.jsonl",
+        compile_cache=tmp_path / "cache",
+        min_rounds=4,
+        max_time=0.05,
+        announce=lambda line: None,
+    )
+
+
+def test_rotation_is_a_latin_square() -> None:
+    assert [rotation(3, block) for block in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
+def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkeypatch) -> None:
+    calls = []
+    time_round = Sweep.time_round
+
+    def logged(self, worker):
+        calls.append(worker.config.path)
+        return time_round(self, worker)
+
+    monkeypatch.setattr(Sweep, "time_round", logged)
+    sweep.cases = _cases("torch-eager", "torch-plain", "jax")
+    records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
+    a, b, c = (case.path for case in sweep.cases)
+    assert calls[:9] == [a, b, c, b, c, a, c, a, b]
+    blocks = records[0]["round_blocks"]
+    assert len(blocks) >= sweep.min_rounds and all(r["round_blocks"] == blocks for r in records)
+    for record in records:
+        assert record["status"] == "ok" and record["schedule"] == "interleaved"
+        assert len(record["rounds_seconds"]) == len(blocks) == record["stats"]["rounds"]
+        low, high = record["stats"]["median_interval"]
+        assert low <= record["stats"]["median"] <= high
+    assert leftover_processes() == []
+
+
+def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
+    sweep.cases = _cases("torch-eager")
+    sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
+    quick = sweep.run(sweep.cases[0], _Benchmark())["stats"]["rounds"]
+    assert quick == sweep.min_rounds
+    sweep.cases = _cases("torch-eager", size=32)
+    sweep.max_time, sweep.target_ci = 0.3, 1e-9  # never met: time decides
+    seconds = sweep.run(sweep.cases[0], _Benchmark())["rounds_seconds"]
+    assert len(seconds) >= sweep.min_rounds
+    assert len(seconds) == sweep.min_rounds or sum(seconds[:-1]) < sweep.max_time  # it stopped in time
+    if max(seconds) < sweep.max_time / (2 * sweep.min_rounds):  # quick rounds: time for more
+        assert len(seconds) > sweep.min_rounds
+
+
+def test_a_group_that_does_not_fit_is_measured_in_parts(sweep, monkeypatch) -> None:
+    monkeypatch.setattr(environment, "memory_bytes", lambda device: 1)
+    sweep.cases = _cases("torch-eager", "jax")
+    records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert all(r["schedule"].startswith("sequential: ") for r in records)
+    assert "workers would need about" in records[0]["schedule"]
+
+
+def test_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sweep) -> None:
+    sweep.timing = False  # no cold compile: the forms alone are tested
+    sweep.cases = _cases("torch-eager", "torch-compile", "torch-plain")
+    records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
+    eager, compiled, plain = (r["settings"] for r in records)
+    for form in ("upconv", "memory_format"):
+        assert compiled[form] == eager[form]
+    assert compiled["memory_format_seconds"] is None  # pinned, not measured again
+    assert (plain["upconv"], plain["memory_format"]) == ("native", "contiguous")
+    assert records[1]["forms"]["by"] == "torch-eager" and not records[1]["forms"]["earlier_run"]
+    assert set(records[0]["forms"]["seconds"]["memory_format"]) == {"channels_last", "contiguous"}
+    # a later run on the same versions, code and device takes the same choice, not a new draw
+    again = Sweep(compile_cache=sweep.compile_cache, timing=False, cases=sweep.cases[:1])
+    record = again.run(sweep.cases[0], _Benchmark())
+    assert record["forms"]["earlier_run"] and record["forms"]["chosen"] == records[0]["forms"]["chosen"]
+    assert record["settings"]["memory_format_seconds"] is None
+
+
+def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
+    lines: list[str] = []
+    sweep.announce = lines.append
+    sweep.max_minutes = 10
+    sweep.cases = _cases("torch-eager", "jax") + _cases("torch-eager", size=32)
+    for case in sweep.cases[:2]:
+        assert sweep.run(case, _Benchmark())["status"] == "ok"
+    sweep.started -= 11 * 60  # as if the first group had taken eleven minutes
+    with pytest.raises(CaseSkipped, match=r"--max-minutes 10 reached \(1\d\.\d min into the run\)"):
+        sweep.run(sweep.cases[2], _Benchmark())
+    records = [json.loads(line) for line in sweep.progress_file.read_text().splitlines()]
+    assert [r["status"] for r in records] == ["ok", "ok", "skipped"]
+    assert lines[0].startswith("[1/3] infer-torch-eager-16px-b2-fp32: ok in ")
+    assert "left" in lines[0] and "left" not in lines[2]
+    assert lines[2].startswith("[3/3] infer-torch-eager-32px-b2-fp32: skipped: --max-minutes 10")
+
+
+def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, tmp_path) -> None:
+    sweep.cases = _cases("jax")
+    assert sweep.remaining() == (measure.GUESS_SECONDS["cpu"], 1)
+    record = sweep.run(sweep.cases[0], _Benchmark())
+    later = Sweep(compile_cache=tmp_path / "cache", cases=sweep.cases)
+    seconds, guessed = later.remaining()
+    assert guessed == 0
+    assert seconds < record["case_wall_seconds"]  # the cold compile is now reused

@@ -1,0 +1,88 @@
+"""bench/stats.py: the intervals against known distributions, and the tie rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import stats
+
+
+def _rounds(speedups: dict[str, float], blocks: int = 12, noise: float = 0.002, seed: int = 0) -> dict:
+    """Each path's (seconds, blocks), a round per block, ``speedups[path]`` times faster than 0.1 s;
+    every block's drift (up to 30%) falls on all paths, and each round has a little noise of its own."""
+    rng = np.random.default_rng(seed)
+    drift = rng.uniform(1.0, 1.3, blocks)
+    return {
+        path: (list(0.1 / speedup * drift * (1 + noise * rng.standard_normal(blocks))), list(range(blocks)))
+        for path, speedup in speedups.items()
+    }
+
+
+def test_median_interval_covers_the_true_median_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(1)
+    sigma, true_median = 0.2, 1.0  # lognormal(0, sigma): median exp(0)
+    covered = [
+        stats.median_interval(rng.lognormal(0.0, sigma, 15), resamples=300).contains(true_median)
+        for _ in range(200)
+    ]
+    assert 0.88 <= np.mean(covered) <= 0.99
+
+
+def test_median_interval_without_enough_rounds() -> None:
+    assert not stats.median_interval([0.1]).known
+    assert stats.median_interval([0.1, 0.1, 0.1]) == stats.Interval(0.1, 0.1, 0.1)
+
+
+def test_a_constant_ratio_under_shared_drift_gives_a_tight_speedup_interval() -> None:
+    rounds = _rounds({"base": 1.0, "other": 1.25})
+    interval = stats.speedup_interval(rounds["base"], rounds["other"])
+    assert interval.contains(1.25)
+    assert interval.relative_half_width() < 0.01  # the drift, 30% across blocks, cancels in the pairs
+
+
+def test_speedup_pairs_only_the_blocks_both_paths_ran() -> None:
+    baseline = ([0.2, 0.2, 9.9], [0, 1, 2])  # block 2: the other path never ran beside it
+    other = ([0.1, 0.1], [0, 1])
+    assert stats.speedup_interval(baseline, other).value == pytest.approx(2.0)
+    assert np.isnan(stats.speedup_interval(baseline, ([0.1], [7])).value)
+
+
+def test_a_clear_winner() -> None:
+    verdict = stats.decide(_rounds({"torch-eager": 1.0, "torch-compile": 1.3}))
+    assert verdict.winner == "torch-compile" and verdict.runner_up == "torch-eager"
+    assert verdict.margin.above(1 + stats.NOISE_THRESHOLD)
+    assert verdict.describe().startswith("torch-compile faster, 1.3")
+
+
+def test_a_difference_within_the_noise_threshold_is_a_tie() -> None:
+    rounds = _rounds({"torch-eager": 1.0, "torch-compile": 1.01})  # a tight interval, not clear of 1.02
+    assert stats.speedup_interval(rounds["torch-eager"], rounds["torch-compile"]).low > 1.0
+    verdict = stats.decide(rounds)
+    assert verdict.winner is None
+    assert verdict.tied == ("torch-compile", "torch-eager")
+    assert verdict.describe().startswith("tie (torch-compile, torch-eager): torch-compile 1.01x [1.0")
+    assert stats.decide(rounds, threshold=0.001).winner == "torch-compile"
+
+
+def test_a_three_way_partial_tie_leaves_out_the_clearly_slower_path() -> None:
+    # jax within 0.5% of torch-compile, both clearly ahead of eager and of the slow path
+    verdict = stats.decide(
+        _rounds({"torch-eager": 1.0, "torch-compile": 1.3, "jax": 1.3 * 1.005, "slow": 0.6})
+    )
+    assert verdict.winner is None
+    assert verdict.tied == ("jax", "torch-compile")
+    assert verdict.runner_up == "torch-compile"
+
+
+def test_a_single_path_wins_alone() -> None:
+    verdict = stats.decide(_rounds({"jax": 1.0}))
+    assert verdict.winner == "jax" and verdict.tied == ("jax",) and verdict.runner_up is None
+    assert verdict.describe() == "jax alone"
+    with pytest.raises(ValueError, match="no paths"):
+        stats.decide({})
+
+
+def test_interval_format() -> None:
+    assert stats.Interval(1.05, 0.98, 1.12).format() == "1.05x [0.98, 1.12]"
+    assert stats.Interval(1.05, np.nan, np.nan).format() == "1.05x"
