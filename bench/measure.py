@@ -114,7 +114,9 @@ def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
     return reference, own_noise
 
 
-COMPILES_NOTHING = ("torch-eager", "torch-plain")  # one worker: no cold compile to measure
+COMPILES_NOTHING = ("torch-eager", "torch-plain")
+# The reference's own memory format first: its outputs are the reference; the other's error counts too.
+REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
 PINNED_FORMS = {"torch": ("upconv", "memory_format"), "jax": ("upconv",)}
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
 MAX_ROUNDS = 1000  # per case, whatever the interval
@@ -214,7 +216,8 @@ class Sweep:
 
     def _reference(self, config: RunConfig, deadline: float) -> tuple[dict, dict[str, float]]:
         """torch eager fp32 (TF32 off) outputs, and torch eager's own error in the case's precision
-        (bench/gate.py): against fp64 for fp32, against fp32 for bf16 or TF32.
+        (bench/gate.py): against fp64 for fp32, against fp32 for bf16 or TF32; the larger of its
+        errors in the memory formats torch eager may run in, since either is torch eager.
 
         The first reference worker of a spec writes the canonical weights file every worker loads.
         """
@@ -232,26 +235,42 @@ class Sweep:
         )
         key = reference_config.replace(precision=config.precision if low_precision else "fp32").to_json()
         weights = self._weights_file(config)
-        saved = weights.parent / f"{_digest(key + environment.device_name(config.device))}.npz"
+        name = _digest(json.dumps([key, environment.device_name(config.device), REFERENCE_FORMATS]))
+        saved = weights.parent / f"{name}.npz"
         if key not in self._references and weights.exists() and saved.exists():
             self._references[key] = _load_reference(saved)
         if key not in self._references:
             weights.parent.mkdir(parents=True, exist_ok=True)
-            with Worker(reference_config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
-                if not weights.exists():
-                    worker.call("write_initial_weights", str(weights))
-                reference = worker.outputs(task)
-                if not low_precision:
-                    own = gate.noise(reference, worker.call("outputs_in", "fp64", task), low_precision=False)
-                elif not tf32:
-                    own = gate.noise(worker.call("outputs_in", "bf16", task), reference, low_precision=True)
-            if tf32:  # TF32 is process-wide: a worker of its own
-                baseline = reference_config.replace(weights_file=str(weights))
-                with Worker(baseline, deadline=deadline) as worker:
-                    own = gate.noise(worker.outputs(task), reference, low_precision=True)
+            reference, own = None, {}
+            for memory_format in REFERENCE_FORMATS:
+                outputs, noise = self._eager_noise(
+                    reference_config.replace(memory_format=memory_format), weights, reference, deadline
+                )
+                reference = outputs if reference is None else reference
+                own = {name: max(own.get(name, 0.0), value) for name, value in noise.items()}
             self._references[key] = (reference, own)
             _save_reference(saved, reference, own)
         return self._references[key]
+
+    def _eager_noise(
+        self, config: RunConfig, weights: Path, reference: dict | None, deadline: float
+    ) -> tuple[dict, dict[str, float]]:
+        """torch eager's fp32 outputs in ``config``'s memory format, and its own error in the case's
+        precision: fp32 against its fp64 twin, bf16 or TF32 against ``reference`` (or these outputs)."""
+        task = config.task
+        tf32 = config.tf32 and config.device != "cpu"
+        with Worker(config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
+            if not weights.exists():
+                worker.call("write_initial_weights", str(weights))
+            outputs = worker.outputs(task)
+            exact = outputs if reference is None else reference
+            if config.precision != "bf16" and not tf32:
+                twin = worker.call("outputs_in", "fp64", task)
+                return outputs, gate.noise(outputs, twin, low_precision=False)
+            if not tf32:
+                return outputs, gate.noise(worker.call("outputs_in", "bf16", task), exact, low_precision=True)
+        with Worker(config.replace(weights_file=str(weights)), deadline=deadline) as worker:
+            return outputs, gate.noise(worker.outputs(task), exact, low_precision=True)  # TF32: process-wide
 
     # -- a case as pytest sees it -----------------------------------------------------------
 
@@ -304,15 +323,19 @@ class Sweep:
                     prepared = []
                 started = time.perf_counter()
                 try:
-                    prepared.append(self._prepare(config, current, started))
-                except WorkerError as error:
-                    if error.status != "out-of-memory" or not prepared:
-                        raise
-                    # it may not fit beside the others: they are measured first, then it alone
-                    parts += 1
-                    self._time_and_record(prepared, "sequential: out of memory beside the group's workers")
-                    prepared = []
-                    prepared.append(self._prepare(config, current, started))
+                    try:
+                        prepared.append(self._prepare(config, current, started))
+                    except WorkerError as error:
+                        if error.status != "out-of-memory" or not prepared:
+                            raise
+                        # it may not fit beside the others: they are measured first, then it alone
+                        parts += 1
+                        self._time_and_record(prepared, "sequential: out of memory beside the others")
+                        prepared = []
+                        prepared.append(self._prepare(config, current, started))
+                except Exception as error:  # this case alone fails: the group goes on
+                    current["case_wall_seconds"] = time.perf_counter() - started
+                    self.record({**current, **self._failure(error)})
                 current = None
             schedule = "interleaved" if parts == 0 else "sequential: the group's workers did not fit at once"
             self._time_and_record(prepared, schedule)

@@ -136,3 +136,15 @@ def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, 
     seconds, guessed = later.remaining()
     assert guessed == 0
     assert seconds < record["case_wall_seconds"]  # the cold compile is now reused
+
+
+def test_a_case_that_fails_in_a_group_fails_alone(sweep, monkeypatch) -> None:
+    monkeypatch.setenv("UNET_BENCH_FAULT", "rank=0,path=jax,command=first_call,action=exit")
+    sweep.cases = _cases("torch-eager", "jax", "torch-plain")
+    eager = sweep.run(sweep.cases[0], _Benchmark())
+    with pytest.raises(measure.CaseFailure, match="exited with code 3"):
+        sweep.run(sweep.cases[1], _Benchmark())
+    plain = sweep.run(sweep.cases[2], _Benchmark())
+    assert (eager["status"], plain["status"]) == ("ok", "ok")
+    assert eager["round_blocks"] == plain["round_blocks"]  # still interleaved, the two of them
+    assert leftover_processes() == []
