@@ -140,13 +140,14 @@ def group_key(config: RunConfig) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
-def round_stats(seconds: list[float]) -> dict[str, float]:
-    """The rounds' statistics, by benchmark.json's names, and the median's 95% interval."""
+def round_stats(seconds: list[float], workers: list[int]) -> dict[str, float]:
+    """The rounds' statistics, by benchmark.json's names, and the median's 95% interval (over the
+    worker processes' medians where there were several: bench/stats.py)."""
     values = np.asarray(seconds, dtype=float)
     q1, q3 = np.percentile(values, [25, 75])
-    interval = stats.median_interval(values)
+    interval = stats.median_interval(values, workers=workers)
     return {
-        "median": interval.value,
+        "median": float(np.median(values)),
         "iqr": float(q3 - q1),
         "min": float(values.min()),
         "max": float(values.max()),
@@ -181,6 +182,7 @@ class Prepared:
     peak_memory_bytes: int | None
     rounds: list[float] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
+    workers: list[int] = field(default_factory=list)  # the replicate (worker process) of each round
 
 
 @dataclass
@@ -194,6 +196,7 @@ class Sweep:
     min_rounds: int = 5
     max_time: float = 1.0
     target_ci: float = 0.02
+    replicates: int = 3  # fresh worker processes per case, one after another, for the process's luck
     max_minutes: float | None = None
     cases: list[RunConfig] = field(default_factory=list)  # the run's, for its groups and estimates
     announce: Callable[[str], None] | None = None  # progress lines, to the terminal
@@ -497,7 +500,13 @@ class Sweep:
 
     def _time_and_record(self, prepared: list[Prepared], schedule: str) -> None:
         rounds_started = time.perf_counter()
-        failures = self._interleave(prepared) if self.timing else self._once(prepared)
+        if self.timing:
+            failures = self._interleave(prepared, 0)
+            for replicate in range(1, self.replicates):
+                failures |= self._restart([p for p in prepared if p not in failures])
+                failures |= self._interleave([p for p in prepared if p not in failures], replicate)
+        else:
+            failures = self._once(prepared)
         share = (time.perf_counter() - rounds_started) / max(1, len(prepared))
         for p in prepared:
             try:
@@ -524,45 +533,65 @@ class Sweep:
                 failures[p] = error
         return failures
 
-    def _interleave(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
-        """Blocks of one round per case, in rotated order, until every median is known to
-        ``target_ci`` (checked at growing intervals: the bootstrap is not free) or time is up."""
+    def _restart(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
+        """Fresh workers for another replicate: each with its own luck of the process. They find
+        the compiled code in the cases' folders; their first call (loading it) is not timed."""
+        failures = {}
+        for p in prepared:
+            p.peak_memory_bytes = _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes())
+            p.worker.close()
+            deadline = time.monotonic() + self.case_timeout
+            try:
+                p.worker = Worker(p.config, compile_cache=p.record["compile_folder"], deadline=deadline)
+                p.worker.call("first_call")
+            except WorkerError as error:
+                failures[p] = error
+        return failures
+
+    def _interleave(self, prepared: list[Prepared], replicate: int) -> dict[Prepared, WorkerError]:
+        """Blocks of one round per case, in rotated order, until every median of this replicate
+        is known to ``target_ci`` (checked at growing intervals: the bootstrap is not free) or its
+        share of the time is up."""
         failures: dict[Prepared, WorkerError] = {}
         for p in prepared:  # the rounds have a time limit of their own, whenever they come
             p.worker.deadline = time.monotonic() + self.case_timeout
-        budget = self.max_time * len(prepared)
+        budget = self.max_time * len(prepared) / self.replicates
+        fewest = math.ceil(self.min_rounds / self.replicates)
+        first = 1 + max((b for p in prepared for b in p.blocks), default=-1)
         started = time.perf_counter()
-        live, block, next_check = list(prepared), 0, self.min_rounds
+        live, block, next_check = list(prepared), 0, fewest
         while live:
             for index in rotation(len(live), block):
                 p = live[index]
                 try:
                     p.rounds.append(self.time_round(p.worker))
-                    p.blocks.append(block)
+                    p.blocks.append(first + block)
+                    p.workers.append(replicate)
                 except WorkerError as error:
                     failures[p] = error
             live = [p for p in live if p not in failures]
             block += 1
-            if block < self.min_rounds or not live:
+            if block < fewest or not live:
                 continue
             if block >= MAX_ROUNDS or time.perf_counter() - started >= budget:
                 break
             if block >= next_check:
                 next_check = math.ceil(block * 1.25)
                 if all(
-                    stats.median_interval(p.rounds).relative_half_width() <= self.target_ci for p in live
+                    stats.median_interval(p.rounds[-block:]).relative_half_width() <= self.target_ci
+                    for p in live
                 ):
                     break
         return failures
 
     def _result(self, p: Prepared, schedule: str) -> dict[str, Any]:
         info: dict[str, Any] = {
-            "peak_memory_bytes": p.worker.peak_memory_bytes(),
+            "peak_memory_bytes": _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes()),
             "settings": p.worker.settings,
             "schedule": schedule,
         }
         if self.timing:
-            info.update(rounds_seconds=p.rounds, round_blocks=p.blocks)
+            info.update(rounds_seconds=p.rounds, round_blocks=p.blocks, round_workers=p.workers)
         info.update(self._extra_info(p))
         cold = p.cold
         if cold is not None and not cold["reused"] and not cold.get("no_compiler"):
@@ -597,7 +626,7 @@ class Sweep:
         if not self.timing:  # --benchmark-disable: ran once, untimed
             return info
         # as benchmark.json has them, so that progress.jsonl alone rebuilds the report
-        info["stats"] = round_stats(p.rounds)
+        info["stats"] = round_stats(p.rounds, p.workers)
         median = info["stats"]["median"]
         images_per_second = (1 if config.task == "tiled" else config.batch) / median
         if config.task == "tiled":
@@ -692,6 +721,10 @@ class Sweep:
         if done < count:
             line += f"; about {_minutes(left)} left"
         return line
+
+
+def _larger(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else max(a or 0, b or 0)
 
 
 class _Laps:

@@ -44,7 +44,7 @@ DEFAULTS = {
         "image_size": 256,
         "paths": list(DEFAULT_PATHS),
         "case_timeout": 900,
-        "max_time": 4.0,
+        "max_time": 3.0,
     },
     # About 45 minutes from cold caches on one H200, an hour with margin on an H100 (README: measured
     # per phase, then added up): the compiles and worker starts are most of it, so one batch and the
@@ -145,6 +145,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"{DEFAULTS['cpu']['max_time']:g} s on a CPU, {DEFAULTS['cuda']['max_time']:g} s on a GPU)",
     )
     group.addoption(
+        "--replicates",
+        type=int,
+        default=3,
+        help="fresh worker processes per case, one after another, sharing its rounds (default 3): the "
+        "intervals then cover each process's own luck, which moved a case by up to 7%% between runs",
+    )
+    group.addoption(
         "--max-minutes",
         type=float,
         help="start no case after this many minutes; the rest are recorded as skipped (default: no limit)",
@@ -194,6 +201,9 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     target_ci = option("target_ci")
     if not 0 < target_ci < 1:
         raise pytest.UsageError(f"--target-ci {target_ci:g}: expected a share between 0 and 1, e.g. 0.02")
+    replicates = option("replicates")
+    if replicates < 1:
+        raise pytest.UsageError(f"--replicates {replicates}: expected a number of workers >= 1")
     max_minutes = option("max_minutes")
     if max_minutes is not None and max_minutes <= 0:
         raise pytest.UsageError(f"--max-minutes {max_minutes:g}: expected a number of minutes > 0")
@@ -227,6 +237,9 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
         "image_size": image_size,
         "case_timeout": case_timeout,
         "target_ci": target_ci,
+        "replicates": replicates,
+        "max_time": float(config.option.benchmark_max_time),
+        "min_rounds": int(config.getoption("benchmark_min_rounds")),
         "noise_threshold": stats.NOISE_THRESHOLD,
         "max_minutes": max_minutes,
     }
@@ -308,6 +321,7 @@ def pytest_configure(config: pytest.Config) -> None:
         min_rounds=int(config.getoption("benchmark_min_rounds")),
         max_time=float(config.getoption("benchmark_max_time")),
         target_ci=options["target_ci"],
+        replicates=options["replicates"] if timing else 1,
         max_minutes=options["max_minutes"],
         cases=cases + config.stash[SCALING_KEY],
         announce=_announcer(config),

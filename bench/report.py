@@ -135,17 +135,19 @@ def _tf32_backward(info: dict) -> bool:
     )
 
 
-def _rounds(info: dict) -> tuple[tuple[float, ...], tuple[int, ...]] | None:
-    """(seconds, block) of every timed round; None from the older engines, which kept no rounds."""
+def _rounds(info: dict) -> tuple[tuple, ...] | None:
+    """(seconds, block, worker) of every timed round (one worker where the run names none); None
+    from the older engines, which kept no rounds."""
     if not info.get("rounds_seconds"):
         return None
-    return tuple(info["rounds_seconds"]), tuple(info["round_blocks"])
+    workers = info.get("round_workers") or [0] * len(info["rounds_seconds"])
+    return tuple(info["rounds_seconds"]), tuple(info["round_blocks"]), tuple(workers)
 
 
 def _case_row(bench: dict) -> dict:
     info, timing = bench["extra_info"], bench["stats"]
     rounds = _rounds(info)
-    median = stats.median_interval(rounds[0]) if rounds else NAN
+    median = stats.median_interval(rounds[0], workers=rounds[2]) if rounds else NAN
     return {
         **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
         "img_per_s": info["images_per_second"],
@@ -511,11 +513,13 @@ def _options_line(section: dict) -> list[str]:
     options = section.get("options", {})
     if "target_ci" not in options:
         return []
-    limit = options.get("max_minutes")
+    limit, budget = options.get("max_minutes"), options.get("max_time")
     return [
-        f"Rounds: interleaved in blocks across each group's paths, until every median's 95% interval was "
-        f"within ±{options['target_ci']:.0%}; noise threshold {_threshold(section):.0%}; "
-        + (f"no case started after {limit:g} minutes." if limit else "no time limit."),
+        f"Rounds: interleaved in blocks across each group's paths, added until every median's 95% "
+        f"interval was within ±{options['target_ci']:.0%}"
+        + (f" or a case had {budget:g} s of rounds" if budget else "")
+        + f"; noise threshold {_threshold(section):.0%}; "
+        + (f"no case started after {limit:g} minutes." if limit else "no --max-minutes."),
         "",
     ]
 

@@ -69,8 +69,44 @@ def _bootstrap(samples: tuple, statistic, paired: bool, resamples: int) -> tuple
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def median_interval(seconds: Sequence[float], resamples: int = RESAMPLES) -> Interval:
-    """The median of the rounds with a bootstrap 95% interval over the rounds."""
+def replicate_interval(values: Sequence[float]) -> Interval:
+    """The geometric mean of one estimate per worker process, with a 95% t interval on its log.
+
+    A worker process has its own luck (memory placement, threads, caches) that all of its rounds
+    share: seen here, one path 2-7% slower in the next run's processes, three times what the
+    rounds' own interval allowed. Fresh workers are the units that sample it; there are few of
+    them, hence Student's t rather than a bootstrap, which is too narrow on a handful of values.
+    """
+    logs = np.log(np.asarray(values, dtype=float))
+    centre = float(np.exp(logs.mean()))
+    if logs.size < 2:
+        return Interval(centre, float("nan"), float("nan"))
+    if np.ptp(logs) == 0:
+        return Interval(centre, centre, centre)
+    low, high = stats.t.interval(CONFIDENCE, logs.size - 1, loc=logs.mean(), scale=stats.sem(logs))
+    return Interval(centre, float(np.exp(low)), float(np.exp(high)))
+
+
+def _by_worker(rounds: Sequence[Sequence]) -> dict[int, tuple[list[float], list[int]]]:
+    """(seconds, blocks) of each worker process's rounds; one worker where none are named."""
+    seconds, blocks = rounds[0], rounds[1]
+    workers = rounds[2] if len(rounds) > 2 else [0] * len(seconds)
+    split: dict[int, tuple[list[float], list[int]]] = {}
+    for value, block, worker in zip(seconds, blocks, workers, strict=True):
+        split.setdefault(int(worker), ([], []))
+        split[int(worker)][0].append(float(value))
+        split[int(worker)][1].append(int(block))
+    return split
+
+
+def median_interval(
+    seconds: Sequence[float], resamples: int = RESAMPLES, workers: Sequence[int] | None = None
+) -> Interval:
+    """The median of the rounds with a bootstrap 95% interval over the rounds; where the rounds
+    came from several worker processes (``workers``), over the processes' medians instead."""
+    if workers is not None and len(set(workers)) > 1:
+        split = _by_worker((seconds, [0] * len(seconds), workers))
+        return replicate_interval([np.median(values) for values, _ in split.values()])
     samples = np.asarray(seconds, dtype=float)
     median = float(np.median(samples))
     if samples.size < 2 or np.ptp(samples) == 0:
@@ -90,13 +126,24 @@ def block_medians(seconds: Sequence[float], blocks: Sequence[int]) -> dict[int, 
 
 
 def speedup_interval(
-    baseline: tuple[Sequence[float], Sequence[int]],
-    other: tuple[Sequence[float], Sequence[int]],
-    resamples: int = RESAMPLES,
+    baseline: Sequence[Sequence], other: Sequence[Sequence], resamples: int = RESAMPLES
 ) -> Interval:
-    """How many times faster ``other`` is than ``baseline``: the ratio of their median times, with a
-    bootstrap interval that resamples the blocks the two share, keeping each block's pair together
-    (a machine's drift in one block falls on both)."""
+    """How many times faster ``other`` is than ``baseline``, each given as (seconds, blocks) of its
+    rounds, or (seconds, blocks, workers). The ratio of their median times, with a bootstrap
+    interval that resamples the blocks the two share, keeping each block's pair together (a
+    machine's drift in one block falls on both). Where the rounds came from several worker
+    processes, one ratio per process (its blocks paired likewise) and replicate_interval over them."""
+    first_split, second_split = _by_worker(baseline), _by_worker(other)
+    shared = sorted(set(first_split) & set(second_split))
+    if len(shared) > 1:
+        ratios = [_paired_ratio(first_split[w], second_split[w]).value for w in shared]
+        return replicate_interval([r for r in ratios if np.isfinite(r)])
+    return _paired_ratio(baseline[:2], other[:2], resamples)
+
+
+def _paired_ratio(
+    baseline: Sequence[Sequence], other: Sequence[Sequence], resamples: int = RESAMPLES
+) -> Interval:
     first, second = block_medians(*baseline), block_medians(*other)
     shared = sorted(set(first) & set(second))
     a = np.array([first[b] for b in shared])

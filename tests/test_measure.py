@@ -4,6 +4,7 @@ the forms a group shares, --max-minutes and the progress lines."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -59,12 +60,13 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
     sweep.cases = _cases("torch-eager", "torch-plain", "jax")
     records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
     a, b, c = (case.path for case in sweep.cases)
-    assert calls[:9] == [a, b, c, b, c, a, c, a, b]
+    assert calls[:9] == [a, b, c, b, c, a, c, a, b]  # the first worker of each; then fresh ones
     blocks = records[0]["round_blocks"]
     assert len(blocks) >= sweep.min_rounds and all(r["round_blocks"] == blocks for r in records)
     for record in records:
         assert record["status"] == "ok" and record["schedule"] == "interleaved"
         assert len(record["rounds_seconds"]) == len(blocks) == record["stats"]["rounds"]
+        assert sorted(set(record["round_workers"])) == list(range(sweep.replicates))
         low, high = record["stats"]["median_interval"]
         assert low <= record["stats"]["median"] <= high
     assert leftover_processes() == []
@@ -74,7 +76,8 @@ def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
     sweep.cases = _cases("torch-eager")
     sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
     quick = sweep.run(sweep.cases[0], _Benchmark())["stats"]["rounds"]
-    assert quick == sweep.min_rounds
+    assert quick == sweep.replicates * math.ceil(sweep.min_rounds / sweep.replicates)  # the fewest
+    sweep.replicates = 1
     sweep.cases = _cases("torch-eager", size=32)
     sweep.max_time, sweep.target_ci = 0.3, 1e-9  # never met: time decides
     seconds = sweep.run(sweep.cases[0], _Benchmark())["rounds_seconds"]
