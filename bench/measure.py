@@ -77,14 +77,13 @@ def default_compile_cache() -> Path:
 def cache_key(config: RunConfig, device_name: str) -> str:
     """What a compiled artifact depends on: versions, device, the code, the spec and the case.
 
-    The tiled task compiles the forward at the tile's shape: it shares the infer case's folder
-    (and its cold figure, when that case ran first).
+    The tiled task compiles the forward at the tile's shape, as the infer case does, but in a
+    folder of its own: its group may choose other exact forms, and a shared folder would then be
+    emptied and compiled afresh by each in turn.
     """
     case = config.to_dict()
     for label in ("weights_file", "scaling", "image_size"):  # the same graphs whatever these are
         case.pop(label)
-    if case["task"] == "tiled":
-        case["task"] = "infer"
     text = json.dumps(
         [environment.versions(), device_name, environment.code_hash(), case], sort_keys=True, default=str
     )

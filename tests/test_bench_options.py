@@ -79,10 +79,11 @@ def test_the_main_command_collects_no_unit_test() -> None:
 def test_default_cpu_matrix() -> None:
     result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
-    # paths (with the two plain ones) x (train and infer x sizes x batches, plus one tiled image) x fp32
-    assert len(ids) == 5 * (2 * 2 * 1 + 1)
+    # paths (with the two plain ones) x train and infer x sizes x batches x fp32; no tiled image
+    assert len(ids) == 5 * 2 * 2 * 1
     assert "test_unet[train-torch-compile-128px-b2-fp32]" in result.stdout
-    assert "test_unet[tiled-jax-plain-128px-b2-fp32]" in result.stdout
+    assert "test_unet[infer-jax-plain-64px-b2-fp32]" in result.stdout
+    assert "tiled" not in result.stdout
 
 
 def test_scaling_cases_on_simulated_devices() -> None:

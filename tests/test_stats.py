@@ -86,3 +86,28 @@ def test_a_single_path_wins_alone() -> None:
 def test_interval_format() -> None:
     assert stats.Interval(1.05, 0.98, 1.12).format() == "1.05x [0.98, 1.12]"
     assert stats.Interval(1.05, np.nan, np.nan).format() == "1.05x"
+
+
+def test_replicate_interval_covers_a_process_level_shift_about_95_percent_of_the_time() -> None:
+    """Three worker processes, each with its own luck (a lognormal factor on all of its rounds):
+    the t interval over their medians covers the true median in about 95% of runs, where a
+    bootstrap over the pooled rounds, blind to the processes, covers far less."""
+    rng = np.random.default_rng(2)
+    workers = np.repeat([0, 1, 2], 10)
+    by_process, pooled = [], []
+    for _ in range(300):
+        luck = rng.lognormal(0.0, 0.04, 3)[workers]  # 4% between processes
+        seconds = luck * rng.lognormal(0.0, 0.01, workers.size)  # 1% between rounds
+        by_process.append(stats.median_interval(seconds, workers=workers).contains(1.0))
+        pooled.append(stats.median_interval(seconds, resamples=200).contains(1.0))
+    assert 0.9 <= np.mean(by_process) <= 0.99
+    assert np.mean(pooled) < 0.8
+
+
+def test_speedups_from_several_workers_pair_blocks_within_each_and_are_taken_over_the_workers() -> None:
+    blocks, workers = list(range(30)), [w for w in range(3) for _ in range(10)]
+    baseline = [0.2] * 30
+    other = [0.1 * (1.0, 1.1, 0.9)[w] for w in workers]  # 2x, 1.82x, 2.22x in the three processes
+    interval = stats.speedup_interval((baseline, blocks, workers), (other, blocks, workers))
+    assert interval.value == pytest.approx(2.0, rel=0.01)  # their geometric mean
+    assert interval.low < 1.82 and interval.high > 2.22
