@@ -46,6 +46,7 @@ DEFAULTS = {
         "paths": list(DEFAULT_PATHS),
         "case_timeout": 900,
         "max_time": 3.0,
+        "replicates": 4,
     },
     # About 52 minutes from cold caches on one H200 (README: each phase measured there, then added
     # up): worker starts and compiles are most of it, so two sizes, one batch, and the default
@@ -59,6 +60,7 @@ DEFAULTS = {
         "paths": list(DEFAULT_PATHS),
         "case_timeout": 1800,
         "max_time": 2.0,
+        "replicates": 3,
     },
 }
 RUN_DIR_KEY = pytest.StashKey[Path]()
@@ -150,9 +152,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--replicates",
         type=int,
-        default=3,
-        help="fresh worker processes per case, one after another, sharing its rounds (default 3): the "
-        "intervals then cover each process's own luck, which moved a case by up to 7%% between runs",
+        help="fresh worker processes per case, one after another, sharing its rounds (default 4 on a CPU, "
+        "3 on a GPU): the intervals then cover each process's own luck, which moved a case by up to 7%% "
+        "between runs",
     )
     group.addoption(
         "--max-minutes",
@@ -204,7 +206,7 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     target_ci = option("target_ci")
     if not 0 < target_ci < 1:
         raise pytest.UsageError(f"--target-ci {target_ci:g}: expected a share between 0 and 1, e.g. 0.02")
-    replicates = option("replicates")
+    replicates = defaults["replicates"] if option("replicates") is None else option("replicates")
     if replicates < 1:
         raise pytest.UsageError(f"--replicates {replicates}: expected a number of workers >= 1")
     max_minutes = option("max_minutes")

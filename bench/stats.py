@@ -16,8 +16,10 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 SEED = 0
 # A path is called faster only when its speed-up interval over the runner-up lies wholly above
-# 1 + NOISE_THRESHOLD; closer than that is a tie, whatever the intervals say.
-NOISE_THRESHOLD = 0.02
+# 1 + NOISE_THRESHOLD; closer than that is a tie, whatever the intervals say. Measured basis: between
+# two consecutive default CPU runs (results/...-cores-5 and -6) the speed-ups' point estimates moved
+# by up to 5%; at 2% a group whose margin was 1.04-1.05x was called in one run and tied in the other.
+NOISE_THRESHOLD = 0.05
 
 
 @dataclass(frozen=True)
