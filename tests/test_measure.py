@@ -13,19 +13,9 @@ from bench.measure import CaseSkipped, Sweep, rotation
 from bench.runners import RunConfig
 from bench.workers import leftover_processes
 from impls.spec import UNetSpec
+from tests.fakes import FakeBenchmark
 
 SPEC = UNetSpec(width=4, depth=2)
-
-
-class _Benchmark:
-    """Stands in for pytest-benchmark's fixture: keeps the rounds the sweep hands it."""
-
-    def __init__(self) -> None:
-        self.extra_info: dict = {}
-        self.rounds: list[float] = []
-
-    def _make_stats(self, iterations: int):
-        return type("Metadata", (), {"update": lambda _, seconds: self.rounds.append(seconds)})()
 
 
 def _cases(*paths: str, size: int = 16) -> list[RunConfig]:
@@ -58,7 +48,7 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
 
     monkeypatch.setattr(Sweep, "time_round", logged)
     sweep.cases = _cases("torch-eager", "torch-plain", "jax")
-    records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     a, b, c = (case.path for case in sweep.cases)
     assert calls[:9] == [a, b, c, b, c, a, c, a, b]  # the first worker of each; then fresh ones
     blocks = records[0]["round_blocks"]
@@ -75,12 +65,12 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
 def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
     sweep.cases = _cases("torch-eager")
     sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
-    quick = sweep.run(sweep.cases[0], _Benchmark())["stats"]["rounds"]
+    quick = sweep.run(sweep.cases[0], FakeBenchmark())["stats"]["rounds"]
     assert quick == sweep.replicates * math.ceil(sweep.min_rounds / sweep.replicates)  # the fewest
     sweep.replicates = 1
     sweep.cases = _cases("torch-eager", size=32)
     sweep.max_time, sweep.target_ci = 0.3, 1e-9  # never met: time decides
-    seconds = sweep.run(sweep.cases[0], _Benchmark())["rounds_seconds"]
+    seconds = sweep.run(sweep.cases[0], FakeBenchmark())["rounds_seconds"]
     assert len(seconds) >= sweep.min_rounds
     assert len(seconds) == sweep.min_rounds or sum(seconds[:-1]) < sweep.max_time  # it stopped in time
     if max(seconds) < sweep.max_time / (2 * sweep.min_rounds):  # quick rounds: time for more
@@ -90,7 +80,7 @@ def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
 def test_a_group_that_does_not_fit_is_measured_in_parts(sweep, monkeypatch) -> None:
     monkeypatch.setattr(environment, "memory_bytes", lambda device: 1)
     sweep.cases = _cases("torch-eager", "jax")
-    records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     assert [r["status"] for r in records] == ["ok", "ok"]
     assert all(r["schedule"].startswith("sequential: ") for r in records)
     assert "workers would need about" in records[0]["schedule"]
@@ -99,7 +89,7 @@ def test_a_group_that_does_not_fit_is_measured_in_parts(sweep, monkeypatch) -> N
 def test_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sweep) -> None:
     sweep.timing = False  # no cold compile: the forms alone are tested
     sweep.cases = _cases("torch-eager", "torch-compile", "torch-plain")
-    records = [sweep.run(case, _Benchmark()) for case in sweep.cases]
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     eager, compiled, plain = (r["settings"] for r in records)
     for form in ("upconv", "memory_format"):
         assert compiled[form] == eager[form]
@@ -109,7 +99,7 @@ def test_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sweep) -> 
     assert set(records[0]["forms"]["seconds"]["memory_format"]) == {"channels_last", "contiguous"}
     # a later run on the same versions, code and device takes the same choice, not a new draw
     again = Sweep(compile_cache=sweep.compile_cache, timing=False, cases=sweep.cases[:1])
-    record = again.run(sweep.cases[0], _Benchmark())
+    record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["forms"]["earlier_run"] and record["forms"]["chosen"] == records[0]["forms"]["chosen"]
     assert record["settings"]["memory_format_seconds"] is None
 
@@ -120,10 +110,10 @@ def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
     sweep.max_minutes = 10
     sweep.cases = _cases("torch-eager", "jax") + _cases("torch-eager", size=32)
     for case in sweep.cases[:2]:
-        assert sweep.run(case, _Benchmark())["status"] == "ok"
+        assert sweep.run(case, FakeBenchmark())["status"] == "ok"
     sweep.started -= 11 * 60  # as if the first group had taken eleven minutes
     with pytest.raises(CaseSkipped, match=r"--max-minutes 10 reached \(1\d\.\d min into the run\)"):
-        sweep.run(sweep.cases[2], _Benchmark())
+        sweep.run(sweep.cases[2], FakeBenchmark())
     records = [json.loads(line) for line in sweep.progress_file.read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok", "skipped"]
     assert lines[0].startswith("[1/3] infer-torch-eager-16px-b2-fp32: ok in ")
@@ -134,7 +124,7 @@ def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
 def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, tmp_path) -> None:
     sweep.cases = _cases("jax")
     assert sweep.remaining() == (measure.GUESS_SECONDS["cpu"], 1)
-    record = sweep.run(sweep.cases[0], _Benchmark())
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
     later = Sweep(compile_cache=tmp_path / "cache", cases=sweep.cases)
     seconds, guessed = later.remaining()
     assert guessed == 0
@@ -144,10 +134,10 @@ def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, 
 def test_a_case_that_fails_in_a_group_fails_alone(sweep, monkeypatch) -> None:
     monkeypatch.setenv("UNET_BENCH_FAULT", "rank=0,path=jax,command=first_call,action=exit")
     sweep.cases = _cases("torch-eager", "jax", "torch-plain")
-    eager = sweep.run(sweep.cases[0], _Benchmark())
+    eager = sweep.run(sweep.cases[0], FakeBenchmark())
     with pytest.raises(measure.CaseFailure, match="exited with code 3"):
-        sweep.run(sweep.cases[1], _Benchmark())
-    plain = sweep.run(sweep.cases[2], _Benchmark())
+        sweep.run(sweep.cases[1], FakeBenchmark())
+    plain = sweep.run(sweep.cases[2], FakeBenchmark())
     assert (eager["status"], plain["status"]) == ("ok", "ok")
     assert eager["round_blocks"] == plain["round_blocks"]  # still interleaved, the two of them
     assert leftover_processes() == []

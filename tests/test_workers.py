@@ -23,21 +23,11 @@ from bench.measure import CaseFailure, Sweep, cache_key
 from bench.runners import RunConfig
 from bench.workers import OWNER_MARKER, Worker, WorkerError, leftover_processes
 from impls.spec import UNetSpec
+from tests.fakes import FakeBenchmark
 
 ROOT = Path(__file__).parent.parent
 SPEC = UNetSpec(width=4, depth=2)
 SIZE, BATCH = 16, 2
-
-
-class _Benchmark:
-    """Stands in for pytest-benchmark's fixture: keeps the rounds the sweep hands it."""
-
-    def __init__(self) -> None:
-        self.extra_info: dict = {}
-        self.rounds: list[float] = []
-
-    def _make_stats(self, iterations: int):
-        return type("Metadata", (), {"update": lambda _, seconds: self.rounds.append(seconds)})()
 
 
 def _case(path: str, task: str = "train") -> RunConfig:
@@ -46,7 +36,7 @@ def _case(path: str, task: str = "train") -> RunConfig:
 
 def _run(sweep: Sweep, case: RunConfig) -> str:
     try:
-        return sweep.run(case, _Benchmark())["status"]
+        return sweep.run(case, FakeBenchmark())["status"]
     except CaseFailure as failure:
         return failure.status
 
@@ -234,7 +224,7 @@ def test_a_second_run_reuses_the_measured_cold_compile(tmp_path, monkeypatch) ->
     records = []
     for _ in range(2):
         sweep = Sweep(compile_cache=tmp_path / "cache", timing=True, min_rounds=2, max_time=0.01)
-        records.append(sweep.run(_case("jax", "infer"), _Benchmark()))
+        records.append(sweep.run(_case("jax", "infer"), FakeBenchmark()))
     first, second = records
     assert (first["compile_cold_reused"], second["compile_cold_reused"]) == (False, True)
     assert second["compile_seconds_cold"] == pytest.approx(first["compile_seconds_cold"])
