@@ -682,10 +682,11 @@ class Sweep:
         }
         _write_json(file, walls)
 
-    def estimate_seconds(self, config: RunConfig) -> float | None:
-        """A case's wall time as an earlier run measured it, less a cold compile it will now reuse;
-        None for a case never run."""
-        seen = _read_json(self._walls_file()).get(self._wall_key(config))
+    def estimate_seconds(self, config: RunConfig, walls: dict | None = None) -> float | None:
+        """A case's wall time as an earlier run measured it (in ``walls``, the saved case times, read
+        here if not given), less a cold compile it will now reuse; None for a case never run."""
+        walls = _read_json(self._walls_file()) if walls is None else walls
+        seen = walls.get(self._wall_key(config))
         if seen is None:
             return None
         reused = (Path(seen["entry"]) / "cold.json").exists()
@@ -696,11 +697,12 @@ class Sweep:
         case never run counts as the mean of this run's cases so far, else GUESS_SECONDS."""
         done = [r["case_wall_seconds"] for r in self.records if "case_wall_seconds" in r]
         measured = {r["id"] for r in self.records}
+        walls = _read_json(self._walls_file())  # once, not once a case: this runs after every case
         total, guessed = 0.0, 0
         for config in self.cases:
             if config.id in measured:
                 continue
-            seconds = self.estimate_seconds(config) if self.timing else None
+            seconds = self.estimate_seconds(config, walls) if self.timing else None
             if seconds is None:
                 guessed += 1
                 guess = GUESS_SECONDS["cpu" if config.device == "cpu" else "cuda"]
