@@ -102,6 +102,7 @@ def device_slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
 
 
+@functools.cache  # asked for by every case's cache keys: the packages do not change in a run
 def versions() -> dict[str, str]:
     found = {"python": sys.version.split()[0]}
     for package in PACKAGES:
@@ -110,6 +111,7 @@ def versions() -> dict[str, str]:
     return found
 
 
+@functools.cache  # likewise: the code a run started with
 def code_hash() -> str:
     """A hash of the code that builds and runs a model and makes its data: part of a cache's key."""
     digest = hashlib.sha256()

@@ -7,7 +7,10 @@ spec and case):
 
 1. cold: a fresh worker with empty caches times its first call (compilation
    from nothing, plus one call). If an earlier run on the same key measured
-   it, that figure is reused and marked so, and the caches it left are kept;
+   it, that figure is reused and marked so, and the caches it left are kept.
+   A compiled torch path whose memory format is not yet chosen starts one
+   cold worker per format, each with empty caches of its own, times a few
+   rounds of each in turn and keeps the faster (``OWN_FORMS``);
 2. cached: a fresh worker that finds the caches the cold one wrote times its
    first call again, as a second run would. It stays alive through the group;
 3. that worker's outputs from the initial weights go through the parity gate
@@ -49,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, flops, gate, stats
-from bench.runners.config import PLAIN_PATHS, RunConfig
+from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, RunConfig
 from bench.workers import Worker, WorkerError
 from impls.tiling import tile_positions
 
@@ -117,6 +120,11 @@ COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The reference's own memory format first: its outputs are the reference; the other's error counts too.
 REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
 PINNED_FORMS = {"torch": ("upconv", "memory_format"), "jax": ("upconv",)}
+# Compiled code's best memory format is not eager's (run -7: eager chose NCHW for inference at
+# 64 px, where compiled NCHW took 94 ms and compiled channels_last 67 ms). So compiled torch paths
+# time it themselves, compiled; the up-conv form they take from their framework's first path.
+OWN_FORMS = {path: "memory_format" for path in TORCH_PATHS if path not in COMPILES_NOTHING}
+OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
 MAX_ROUNDS = 1000  # per case, whatever the interval
 GUESS_SECONDS = {"cpu": 40.0, "cuda": 90.0}  # a case never run before, for the first estimate
@@ -383,51 +391,69 @@ class Sweep:
 
     # -- one case's set-up ------------------------------------------------------------------
 
-    def _forms_key(self, config: RunConfig) -> str:
-        return _digest(
-            json.dumps(
-                [
-                    environment.versions(),
-                    environment.code_hash(),
-                    environment.device_name(config.device),
-                    group_key(config),
-                    config.framework,
-                ]
-            )
-        )
+    def _forms_key(self, config: RunConfig, owner: str) -> str:
+        device = environment.device_name(config.device)
+        stamp = [environment.versions(), environment.code_hash(), device, group_key(config), owner]
+        return _digest(json.dumps(stamp))
 
-    def forms(self, config: RunConfig) -> dict[str, Any] | None:
-        """The exact forms the first worker of ``config``'s framework chose for its group, with the
-        timings behind the choice: in this run, or in an earlier one on the same versions, code and
-        device (kept in the compile-cache folder, so that runs replicate rather than re-draw a
-        choice between forms within a few percent of each other)."""
-        key = self._forms_key(config)
+    def _owner(self, config: RunConfig, form: str) -> str:
+        """Who chooses ``form`` for ``config``: its path (``OWN_FORMS``) or its framework's first path."""
+        return config.path if OWN_FORMS.get(config.path) == form else config.framework
+
+    def _saved_forms(self, config: RunConfig, owner: str) -> dict[str, Any] | None:
+        key = self._forms_key(config, owner)
         if key not in self._forms:
             saved = _read_json(self.compile_cache / "forms.json").get(key)
             if saved is not None:
                 self._forms[key] = {**saved, "earlier_run": True}
         return self._forms.get(key)
 
+    def _save_forms(self, config: RunConfig, owner: str, entry: dict[str, Any]) -> None:
+        file = self.compile_cache / "forms.json"
+        key = self._forms_key(config, owner)
+        _write_json(file, {**_read_json(file), key: entry})
+        self._forms[key] = {**entry, "earlier_run": False}
+
+    def forms(self, config: RunConfig) -> dict[str, dict[str, Any]]:
+        """The exact forms chosen for ``config``'s group, by owner (its framework, and its path for
+        ``OWN_FORMS``), with the timings behind each choice: in this run, or in an earlier one on the
+        same versions, code and device (kept in the compile-cache folder, so that runs replicate
+        rather than re-draw a choice between forms within a few percent of each other)."""
+        owners = dict.fromkeys([config.framework, config.path])
+        return {o: entry for o in owners if (entry := self._saved_forms(config, o)) is not None}
+
     def _pin(self, config: RunConfig) -> RunConfig:
         """``config`` with the group's chosen forms, so that every worker of the framework compiles
-        the same graphs; plain paths keep their fixed forms."""
-        chosen = self.forms(config)
-        if config.path in PLAIN_PATHS or chosen is None:
+        the same graphs (a path's own choice before its framework's); plain paths keep their fixed
+        forms."""
+        if config.path in PLAIN_PATHS:
             return config
-        forms = chosen["chosen"]
-        return config.replace(**{n: v for n, v in forms.items() if getattr(config, n) == "auto"})
+        chosen: dict[str, str] = {}
+        for entry in self.forms(config).values():
+            chosen.update(entry["chosen"])
+        return config.replace(**{n: v for n, v in chosen.items() if getattr(config, n) == "auto"})
 
     def _remember(self, config: RunConfig, settings: dict[str, Any]) -> RunConfig:
-        if config.path not in PLAIN_PATHS and self.forms(config) is None:
-            names = PINNED_FORMS[config.framework]
-            entry = {
-                "chosen": {n: settings[n] for n in names if n in settings},
-                "seconds": {n: settings.get(f"{n}_seconds") for n in names},
-                "by": config.path,
-            }
-            file = self.compile_cache / "forms.json"
-            _write_json(file, {**_read_json(file), self._forms_key(config): entry})
-            self._forms[self._forms_key(config)] = {**entry, "earlier_run": False}
+        """Keep the forms a worker chose for its framework's group, where none were chosen yet."""
+        if config.path in PLAIN_PATHS:
+            return config
+        owner = config.framework
+        entry = self._saved_forms(config, owner) or {"chosen": {}, "seconds": {}, "by": {}}
+        new = [
+            n
+            for n in PINNED_FORMS[owner]
+            if n in settings and n not in entry["chosen"] and self._owner(config, n) == owner
+        ]
+        if new:
+            self._save_forms(
+                config,
+                owner,
+                {
+                    "chosen": {**entry["chosen"], **{n: settings[n] for n in new}},
+                    "seconds": {**entry["seconds"], **{n: settings.get(f"{n}_seconds") for n in new}},
+                    "by": {**entry["by"], **dict.fromkeys(new, config.path)},
+                },
+            )
         return self._pin(config)
 
     def _prepare(self, config: RunConfig, record: dict[str, Any], started: float) -> Prepared:
@@ -435,19 +461,19 @@ class Sweep:
         lap = _Laps(record.setdefault("phase_seconds", {}))  # what the case's time went on
         reference, own_noise = self._reference(config, deadline)
         lap("reference")
-        device_name = environment.device_name(config.device)
+        asked = config.replace(weights_file=str(self._weights_file(config)))
+        config = self._pin(asked)
         # Untimed (--benchmark-disable, as in `make test`) nothing is measured: the cases share one
         # folder, as a user's programs share the frameworks' caches, and compile once what they can.
-        # Keyed by the case as asked for ("auto" forms): the choice is kept too, in forms.json.
-        entry = self.compile_cache / (cache_key(config, device_name) if self.timing else "untimed")
-        config = self._pin(config.replace(weights_file=str(self._weights_file(config))))
+        folder = self.compile_cache / "untimed"
         cold = None
         if self.timing and config.path not in COMPILES_NOTHING:
-            cold, config = self._cold(config, entry, deadline)
+            cold, config, folder = self._cold(asked, deadline)
             lap("cold_worker")
-        else:
-            entry.mkdir(parents=True, exist_ok=True)
-        worker = Worker(config, compile_cache=entry, deadline=deadline)
+        elif self.timing:
+            folder = self._entry(asked)
+        folder.mkdir(parents=True, exist_ok=True)
+        worker = Worker(config, compile_cache=folder, deadline=deadline)
         try:
             lap("worker_start")
             config = self._remember(config, worker.settings)
@@ -466,7 +492,7 @@ class Sweep:
                 forms=None if config.path in PLAIN_PATHS else self.forms(config),
                 parity={"errors": result.errors, "allowed": result.allowed},
                 messaging_seconds=worker.messaging_seconds(),
-                compile_folder=str(entry),
+                compile_folder=str(folder),
             )
             peak = worker.peak_memory_bytes()
             lap("parity_gate")
@@ -475,21 +501,83 @@ class Sweep:
             raise
         return Prepared(config, worker, record, time.perf_counter() - started, cold, first_cached, peak)
 
-    def _cold(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, RunConfig]:
-        """The cold first call, measured in a fresh worker with empty caches, or reused from ``entry``."""
-        cold = _read_json(entry / "cold.json")
-        pinned = self._pin(config)
-        if cold and all(getattr(pinned, n) in ("auto", v) for n, v in cold["forms"].items()):
-            return {**cold, "reused": True}, self._remember(config, cold["forms"])
+    def _entry(self, asked: RunConfig) -> Path:
+        """The compile folder of a case as asked for ("auto" forms: the choices are kept in
+        forms.json), but with a compiled path's own form as chosen: each form compiles its own."""
+        form = OWN_FORMS.get(asked.path)
+        own = self._saved_forms(asked, asked.path) if form else None
+        if own is not None and getattr(asked, form) == "auto":
+            asked = asked.replace(**{form: own["chosen"][form]})
+        return self.compile_cache / cache_key(asked, environment.device_name(asked.device))
+
+    def _cold(self, asked: RunConfig, deadline: float) -> tuple[dict, RunConfig, Path]:
+        """The cold first call, measured in a fresh worker with empty caches, or reused from an
+        earlier run's folder; the case pinned to the forms it compiled, and its folder."""
+        config = self._pin(asked)
+        form = OWN_FORMS.get(asked.path)
+        if form and getattr(asked, form) == "auto" and not self._saved_forms(asked, asked.path):
+            cold = self._cold_per_form(asked, config, form, deadline)
+        else:
+            saved = _read_json(self._entry(asked) / "cold.json")
+            if saved and all(getattr(config, n) in ("auto", v) for n, v in saved["forms"].items()):
+                return {**saved, "reused": True}, self._remember(asked, saved["forms"]), self._entry(asked)
+            cold, worker = self._cold_worker(config, self._entry(asked), deadline)
+            worker.close()
+        # The same graphs from now on: the cached worker must not pick the other form.
+        return {**cold, "reused": False}, self._remember(asked, cold["forms"]), self._entry(asked)
+
+    def _cold_worker(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:
+        """A fresh worker in an emptied folder, after its first call; the worker is left open."""
         shutil.rmtree(entry, ignore_errors=True)
         entry.mkdir(parents=True)
         started = time.perf_counter()
-        with Worker(config, compile_cache=entry, deadline=deadline) as worker:
-            cold = {"first_call_seconds": worker.call("first_call"), "forms": worker.settings}
-        cold["forms"] = {n: cold["forms"][n] for n in PINNED_FORMS[config.framework] if n in cold["forms"]}
-        cold["worker_seconds"] = time.perf_counter() - started
-        # The same graphs from now on: the cached worker must not pick the other form.
-        return {**cold, "reused": False}, self._remember(config, cold["forms"])
+        worker = Worker(config, compile_cache=entry, deadline=deadline)
+        try:
+            first_call = worker.call("first_call")
+        except BaseException:
+            worker.close()
+            raise
+        cold = {
+            "first_call_seconds": first_call,
+            "forms": {n: worker.settings[n] for n in PINNED_FORMS[config.framework] if n in worker.settings},
+            "worker_seconds": time.perf_counter() - started,
+        }
+        return cold, worker
+
+    def _cold_per_form(self, asked: RunConfig, config: RunConfig, form: str, deadline: float) -> dict:
+        """``form`` chosen compiled: one cold worker per value, each in an empty folder of its own,
+        then ``OWN_FORM_ROUNDS`` rounds of each in turn. The choice and its timings go to forms.json;
+        the faster's cold call is returned, and its folder is the case's from now on."""
+        values = [v for v in MEMORY_FORMATS if v != "auto"]
+        colds: dict[str, dict[str, Any]] = {}
+        workers: dict[str, Worker] = {}
+        try:
+            for value in values:
+                candidate, entry = (
+                    config.replace(**{form: value}),
+                    self._entry(asked.replace(**{form: value})),
+                )
+                colds[value], workers[value] = self._cold_worker(candidate, entry, deadline)
+            rounds: dict[str, list[float]] = {value: [] for value in values}
+            for _ in range(OWN_FORM_ROUNDS):
+                for value, worker in workers.items():
+                    rounds[value].append(self.time_round(worker))
+        finally:
+            for worker in workers.values():
+                worker.close()
+        seconds = {value: float(np.median(r)) for value, r in rounds.items()}
+        chosen = min(seconds, key=seconds.__getitem__)
+        for value in values:
+            if value != chosen:  # caches no worker will read
+                shutil.rmtree(self._entry(asked.replace(**{form: value})), ignore_errors=True)
+        choice = {
+            "chosen": {form: chosen},
+            "seconds": {form: seconds},
+            "by": {form: config.path},
+            "timed": f"compiled, one cold worker per {form}, median of {OWN_FORM_ROUNDS} rounds each in turn",
+        }
+        self._save_forms(asked, asked.path, choice)
+        return colds[chosen]
 
     # -- the rounds ---------------------------------------------------------------------------
 

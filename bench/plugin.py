@@ -46,7 +46,7 @@ DEFAULTS = {
         "paths": list(DEFAULT_PATHS),
         "case_timeout": 900,
         "max_time": 3.0,
-        "replicates": 4,
+        "replicates": 3,
     },
     # About 52 minutes from cold caches on one H200 (README: each phase measured there, then added
     # up): worker starts and compiles are most of it, so two sizes, one batch, and the default

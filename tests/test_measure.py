@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -86,8 +87,8 @@ def test_a_group_that_does_not_fit_is_measured_in_parts(sweep, monkeypatch) -> N
     assert "workers would need about" in records[0]["schedule"]
 
 
-def test_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sweep) -> None:
-    sweep.timing = False  # no cold compile: the forms alone are tested
+def test_untimed_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sweep) -> None:
+    sweep.timing = False  # no cold workers: the forms torch eager keeps are tested
     sweep.cases = _cases("torch-eager", "torch-compile", "torch-plain")
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     eager, compiled, plain = (r["settings"] for r in records)
@@ -95,13 +96,50 @@ def test_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sweep) -> 
         assert compiled[form] == eager[form]
     assert compiled["memory_format_seconds"] is None  # pinned, not measured again
     assert (plain["upconv"], plain["memory_format"]) == ("native", "contiguous")
-    assert records[1]["forms"]["by"] == "torch-eager" and not records[1]["forms"]["earlier_run"]
-    assert set(records[0]["forms"]["seconds"]["memory_format"]) == {"channels_last", "contiguous"}
+    torch_forms = records[1]["forms"]["torch"]
+    assert torch_forms["by"] == {"upconv": "torch-eager", "memory_format": "torch-eager"}
+    assert not torch_forms["earlier_run"]
+    assert set(torch_forms["seconds"]["memory_format"]) == {"channels_last", "contiguous"}
     # a later run on the same versions, code and device takes the same choice, not a new draw
     again = Sweep(compile_cache=sweep.compile_cache, timing=False, cases=sweep.cases[:1])
     record = again.run(sweep.cases[0], FakeBenchmark())
-    assert record["forms"]["earlier_run"] and record["forms"]["chosen"] == records[0]["forms"]["chosen"]
+    assert record["forms"]["torch"]["earlier_run"]
+    assert record["forms"]["torch"]["chosen"] == torch_forms["chosen"]
     assert record["settings"]["memory_format_seconds"] is None
+
+
+def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep, monkeypatch) -> None:
+    # torch eager stands in for a compiled path: the mechanism is tested, without minutes of compiling
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": "memory_format"})
+    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
+    seconds = {"channels_last": 0.02, "contiguous": 0.01}
+    calls: list[str] = []
+
+    def time_round(self, worker) -> float:
+        calls.append(worker.config.memory_format)
+        return seconds[worker.config.memory_format]
+
+    monkeypatch.setattr(Sweep, "time_round", time_round)
+    sweep.cases = _cases("torch-eager")
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    rounds = measure.OWN_FORM_ROUNDS
+    assert calls[: 2 * rounds] == ["channels_last", "contiguous"] * rounds  # the two cold workers in turn
+    assert set(calls[2 * rounds :]) == {"contiguous"}  # then the chosen form alone
+    choice = record["forms"]["torch-eager"]
+    assert (
+        choice["chosen"] == {"memory_format": "contiguous"} and choice["seconds"]["memory_format"] == seconds
+    )
+    assert record["settings"]["memory_format"] == "contiguous" and not record["compile_cold_reused"]
+    folder = Path(record["compile_folder"])
+    assert (folder / "cold.json").exists()
+    kept = {p.name for p in sweep.compile_cache.iterdir() if p.is_dir() and p.name != "references"}
+    assert kept == {folder.name}  # the slower form's caches are gone
+    # the next run keeps the choice and its cold figure: no cold workers, no rounds of the other form
+    calls.clear()
+    again = Sweep(compile_cache=sweep.compile_cache, cases=sweep.cases, min_rounds=2, max_time=0.01)
+    record = again.run(sweep.cases[0], FakeBenchmark())
+    assert record["compile_cold_reused"] and record["forms"]["torch-eager"]["earlier_run"]
+    assert record["compile_folder"] == str(folder) and set(calls) == {"contiguous"}
 
 
 def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
