@@ -152,8 +152,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--replicates",
         type=int,
-        help="fresh worker processes per case, one after another, sharing its rounds (default 4 on a CPU, "
-        "3 on a GPU): the intervals then cover each process's own luck, which moved a case by up to 7%% "
+        help="fresh worker processes per case, one after another, sharing its rounds (default 3): "
+        "the intervals then cover each process's own luck, which moved a case by up to 7%% "
         "between runs",
     )
     group.addoption(
