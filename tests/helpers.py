@@ -1,12 +1,13 @@
-"""Shared by the tests: random canonical weights, the error measure, train steps."""
+"""Shared by the tests: random canonical weights, the error measure, refusals, train steps."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
@@ -35,6 +36,16 @@ def random_weights(spec: UNetSpec, seed: int = 0, dtype: type = np.float32) -> d
             value = rng.normal(0.0, 0.2, shape)
         weights[name] = value.astype(dtype)
     return weights
+
+
+def assert_refused(call: Callable[[], object], *parts: str, error: type[Exception] = ValueError) -> str:
+    """``call()`` raises ``error`` with a one-line message that holds every one of ``parts``."""
+    with pytest.raises(error) as info:
+        call()
+    message = str(info.value)
+    missing = [part for part in parts if part not in message]
+    assert not missing and "\n" not in message, f"{missing} not in the one-line message {message!r}"
+    return message
 
 
 def input_sides(spec: UNetSpec, count: int = 2) -> list[int]:

