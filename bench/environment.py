@@ -58,12 +58,20 @@ def probe(*args: str) -> dict:
 
 @functools.cache
 def _gpus() -> dict:
+    # torch (seconds to import) is asked only where NVIDIA device files exist
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return {"gpus": [], "memory": []}
     return probe("gpus")
 
 
 def gpus() -> tuple[str, ...]:
     """The CUDA devices torch sees, by name."""
     return tuple(_gpus()["gpus"])
+
+
+def devices() -> tuple[str, ...]:
+    """The devices a run may name here: cpu, then cuda:N for each GPU."""
+    return ("cpu", *(f"cuda:{i}" for i in range(len(gpus()))))
 
 
 def memory_bytes(device: str) -> int:
@@ -76,8 +84,8 @@ def memory_bytes(device: str) -> int:
 
 
 def default_device() -> str:
-    """cuda if torch sees a GPU (asked only where NVIDIA device files exist), else cpu."""
-    return "cuda" if any(Path("/dev").glob("nvidia[0-9]*")) and gpus() else "cpu"
+    """cuda if torch sees a GPU, else cpu."""
+    return "cuda" if gpus() else "cpu"
 
 
 def cpu_name() -> str:

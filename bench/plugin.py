@@ -7,14 +7,19 @@ in worker processes (bench/workers.py).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
+import difflib
 import itertools
 import json
+import re
 import shutil
 import signal
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +36,10 @@ from bench.runners.config import (
     RunConfig,
 )
 from bench.workers import leftover_processes
-from impls.spec import PADDINGS, UNetSpec
+from impls.files import check_folder
+from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
 
+DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
 DEFAULT_PATHS = ("torch-eager", "torch-plain", "torch-compile", "jax", "jax-plain")
 # The default matrix fits the machine: small images on a CPU, large ones on a GPU.
 # bf16 on a CPU (slow under XLA's CPU backend, rare in practice) is asked for with --precisions.
@@ -74,9 +81,12 @@ OPTIONS_KEY = pytest.StashKey[dict]()
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _csv(kind=str):
+def _csv(kind: type = str) -> Callable[[str], list]:
     def parse(text: str) -> list:
-        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+        try:
+            return [kind(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError:  # only whole numbers can be malformed
+            raise argparse.ArgumentTypeError(f"{text}: expected comma-separated whole numbers") from None
 
     return parse
 
@@ -96,9 +106,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--batches", type=_csv(int), help="batch sizes (default: 1,4 on CPU; 1,8,32 on GPU)")
     group.addoption("--precisions", type=_csv(), help="fp32, bf16 (default: fp32 on CPU, both on GPU)")
     group.addoption("--device", help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
-    group.addoption("--width", type=int, default=64, help="channels of the first level (default 64)")
-    group.addoption("--depth", type=int, default=4, help="number of poolings (default 4)")
-    group.addoption("--padding", default="same", help=f"one of {', '.join(PADDINGS)} (default same)")
+    group.addoption(
+        "--width",
+        type=int,
+        default=DEFAULT_SPEC.width,
+        help=f"channels of the first level (default {DEFAULT_SPEC.width})",
+    )
+    group.addoption(
+        "--depth",
+        type=int,
+        default=DEFAULT_SPEC.depth,
+        help=f"number of poolings (default {DEFAULT_SPEC.depth})",
+    )
+    group.addoption(
+        "--padding",
+        default=DEFAULT_SPEC.padding,
+        help=f"one of {', '.join(PADDINGS)} (default {DEFAULT_SPEC.padding})",
+    )
     group.addoption("--tf32", action="store_true", help="let fp32 convs use TF32 on CUDA, in every framework")
     group.addoption(
         "--upconv",
@@ -168,50 +192,150 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_known(name: str, value: str, allowed: Sequence[str], how_many: str = "one") -> None:
+    """A usage error for a value not in ``allowed``, naming the nearest allowed ones."""
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed)
+        raise pytest.UsageError(
+            f"{_flag(name)} {value}: expected {how_many} of {', '.join(allowed)}"
+            + (f"; nearest valid: {', '.join(close)}" if close else "")
+        )
+
+
+def _listed(
+    config: pytest.Config, name: str, default: Sequence, allowed: Sequence[str] | None = None
+) -> list:
+    """A list option's values, ``default`` where it is not given: names out of ``allowed``, or
+    counts >= 1 where ``allowed`` is None. An empty list (an unset shell variable) is refused, not
+    read as "the default", and a repeated value, not run twice."""
+    values = config.getoption(name)
+    if values is None:
+        return list(default)
+    flag = _flag(name)
+    if allowed is None:
+        example = f", e.g. {','.join(map(str, default))}" if default else ""
+        expected = f"whole numbers >= 1{example}"
+    else:
+        expected = f"some of {', '.join(allowed)}"
+    if not values:
+        raise pytest.UsageError(f"{flag} is empty: expected {expected}")
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise pytest.UsageError(
+                f"{flag} {','.join(map(str, values))}: {value} repeats; expected each value once"
+            )
+        if allowed is not None:
+            _check_known(name, value, allowed, "some")
+        elif value < 1:
+            raise pytest.UsageError(f"{flag} {value}: expected {expected}")
+    return values
+
+
+def _positive(config: pytest.Config, name: str, default: Any, unit: str) -> Any:
+    """A number option's value, ``default`` where it is not given; refused unless above 0 (a whole
+    number >= 1 for an integer option). NaN is refused too."""
+    value = config.getoption(name)
+    if value is None:
+        return default
+    if isinstance(value, int) and value < 1:
+        raise pytest.UsageError(f"{_flag(name)} {value}: expected a number of {unit} >= 1")
+    if not value > 0:
+        raise pytest.UsageError(f"{_flag(name)} {value:g}: expected a number of {unit} > 0")
+    return value
+
+
+def _folder(config: pytest.Config, name: str, default: Path) -> Path:
+    """A folder option's value, ``default`` where it is not given; refused if it could not be
+    written into, before anything runs."""
+    text = config.getoption(name)
+    if text == "":
+        raise pytest.UsageError(f"{_flag(name)} is empty: expected a folder (default {default})")
+    try:
+        return check_folder(default if text is None else text, what=_flag(name))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def _check_device(device: str) -> None:
+    """A usage error for a device this machine lacks, naming those it has."""
+    here = environment.devices()
+    if device in here or (device == "cuda" and len(here) > 1):
+        return
+    problem = "no CUDA device on this machine" if len(here) == 1 else "no such device"
+    raise pytest.UsageError(f"--device {device}: {problem}; devices here: {', '.join(here)}")
+
+
+def _device(config: pytest.Config) -> str:
+    device = config.getoption("device")
+    if device is None:
+        return environment.default_device()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise pytest.UsageError(f"--device {device}: expected cpu, cuda or cuda:N")
+    _check_device(device)
+    return device
+
+
+def _spec(config: pytest.Config) -> UNetSpec:
+    padding = config.getoption("padding")
+    _check_known("padding", padding, PADDINGS)
+    spec = UNetSpec(
+        width=_positive(config, "width", DEFAULT_SPEC.width, "channels"),
+        depth=_positive(config, "depth", DEFAULT_SPEC.depth, "poolings"),
+        padding=padding,
+    )
+    if spec.smallest_valid_size() is None:  # blamed on --depth, not on every size tried
+        raise pytest.UsageError(
+            f"--depth {spec.depth}: with --padding {padding} no input side below {SEARCH_LIMIT} px is "
+            f"valid; expected a depth from 1 to {spec.max_depth()}"
+        )
+    return spec
+
+
+def _check_sizes(config: pytest.Config, spec: UNetSpec, sizes: list[int]) -> None:
+    """A usage error for a size the network cannot take, naming the nearest valid sizes and the option
+    at fault: --sizes if given, else the --depth or --padding that the default sizes do not fit."""
+    for size in sizes:
+        try:
+            spec.check_side(size)
+        except ValueError as error:
+            if config.getoption("sizes") is not None:
+                raise pytest.UsageError(f"--sizes {size}: {error}") from None
+            changed = " ".join(
+                f"{_flag(name)} {getattr(spec, name)}"
+                for name in ("depth", "padding")
+                if getattr(spec, name) != getattr(DEFAULT_SPEC, name)
+            )
+            raise pytest.UsageError(
+                f"{changed}: the default sizes {','.join(map(str, sizes))} do not fit it: {error}; "
+                "give valid ones with --sizes"
+            ) from None
+
+
 def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     """The cases of the command line, and the options every case shares."""
     option = config.getoption
-    try:
-        spec = UNetSpec(width=option("width"), depth=option("depth"), padding=option("padding"))
-    except ValueError as error:
-        raise pytest.UsageError(str(error)) from error
-    device = option("device") or environment.default_device()
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise pytest.UsageError(f"--device {device}: expected cpu, cuda or cuda:N")
+    spec = _spec(config)
+    device = _device(config)
     defaults = DEFAULTS["cpu" if device == "cpu" else "cuda"]
-    paths = option("paths") or defaults["paths"]
-    tasks = option("tasks") or defaults["tasks"]
-    precisions = option("precisions") or defaults["precisions"]
-    sizes = option("sizes") or defaults["sizes"]
-    batches = option("batches") or defaults["batches"]
-    for name, values, allowed in (
-        ("paths", paths, PATHS),
-        ("tasks", tasks, TASKS),
-        ("precisions", precisions, PRECISIONS),
-    ):
-        unknown = [v for v in values if v not in allowed]
-        if unknown:
-            raise pytest.UsageError(f"--{name} {','.join(unknown)}: expected some of {','.join(allowed)}")
+    paths = _listed(config, "paths", defaults["paths"], PATHS)
+    tasks = _listed(config, "tasks", defaults["tasks"], TASKS)
+    precisions = _listed(config, "precisions", defaults["precisions"], PRECISIONS)
+    sizes = _listed(config, "sizes", defaults["sizes"])
+    batches = _listed(config, "batches", defaults["batches"])
     if device == "cpu" and any(p in CUDA_ONLY_PATHS for p in paths):
         raise pytest.UsageError(f"--paths: {', '.join(CUDA_ONLY_PATHS)} need a CUDA device")
-    for size in sizes:
-        try:
-            spec.output_size(size, size)
-        except ValueError as error:
-            raise pytest.UsageError(f"--sizes {size}: {error}") from error
-    case_timeout = option("case_timeout")
-    case_timeout = defaults["case_timeout"] if case_timeout is None else case_timeout
-    if case_timeout <= 0:
-        raise pytest.UsageError(f"--case-timeout {case_timeout:g}: expected a number of seconds > 0")
+    _check_sizes(config, spec, sizes)
+    case_timeout = _positive(config, "case_timeout", defaults["case_timeout"], "seconds")
     target_ci = option("target_ci")
     if not 0 < target_ci < 1:
         raise pytest.UsageError(f"--target-ci {target_ci:g}: expected a share between 0 and 1, e.g. 0.02")
-    replicates = defaults["replicates"] if option("replicates") is None else option("replicates")
-    if replicates < 1:
-        raise pytest.UsageError(f"--replicates {replicates}: expected a number of workers >= 1")
-    max_minutes = option("max_minutes")
-    if max_minutes is not None and max_minutes <= 0:
-        raise pytest.UsageError(f"--max-minutes {max_minutes:g}: expected a number of minutes > 0")
+    replicates = _positive(config, "replicates", defaults["replicates"], "workers")
+    max_minutes = _positive(config, "max_minutes", None, "minutes")
+    image_size = _positive(config, "image_size", defaults["image_size"], "pixels")
     if "--benchmark-max-time" not in " ".join(config.invocation_params.args):
         config.option.benchmark_max_time = str(defaults["max_time"])
     shared = {
@@ -223,7 +347,6 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
         "loss": option("loss"),
         "sync_bn": option("sync_bn"),
     }
-    image_size = option("image_size") or defaults["image_size"]
     cases = [
         RunConfig(
             path,
@@ -254,14 +377,15 @@ def _scaling_matrix(config: pytest.Config, cases: list[RunConfig]) -> list[RunCo
     """Data-parallel training cases: weak scaling keeps the batch per device, strong the global batch."""
     option = config.getoption
     device = cases[0].device if cases else "cpu"
-    counts = option("devices")
-    if counts is None:
-        gpus = len(environment.gpus()) if device != "cpu" else 0
-        counts = [2**k for k in range(gpus.bit_length()) if 2**k <= gpus] if gpus > 1 else []
-    modes = option("scaling") or list(SCALINGS)
-    unknown = [m for m in modes if m not in SCALINGS]
-    if unknown:
-        raise pytest.UsageError(f"--scaling {','.join(unknown)}: expected weak and/or strong")
+    gpus = len(environment.gpus()) if device != "cpu" else 0
+    counts = _listed(
+        config, "devices", [2**k for k in range(gpus.bit_length()) if 2**k <= gpus] if gpus > 1 else []
+    )
+    if gpus and max(counts, default=0) > gpus:  # on a CPU, any number of devices is simulated
+        raise pytest.UsageError(
+            f"--devices {max(counts)}: this machine has {gpus} GPU(s); expected counts from 1 to {gpus}"
+        )
+    modes = _listed(config, "scaling", SCALINGS, SCALINGS)
     paths = [p for p in (option("paths") or SCALING_PATHS) if p in SCALING_PATHS]
     sizes = sorted({c.size for c in cases})
     batches = sorted({c.batch for c in cases if c.task == "train"})
@@ -296,19 +420,20 @@ def _stop_on_sigterm(signum, frame) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # Every option is checked here, before anything runs: a mistake is one line, not a traceback.
     cases, options = _matrix(config)
     config.stash[CASES_KEY] = cases
     config.stash[OPTIONS_KEY] = options
     config.stash[SCALING_KEY] = _scaling_matrix(config, cases)
+    results_dir = _folder(config, "results_dir", Path("results"))
+    compile_cache = _folder(config, "compile_cache", default_compile_cache())
     timing = not config.getoption("benchmark_disable")
     # A run is saved by the main command, `pytest --benchmark-only`.
     run_dir = None
     if config.getoption("benchmark_only") and cases and not config.option.collectonly:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         simulated = cases[0].device == "cpu" and any((c.devices or 1) > 1 for c in config.stash[SCALING_KEY])
-        run_dir = _new_run_dir(
-            Path(config.getoption("results_dir")), cases[0].device, "-simulated-devices" if simulated else ""
-        )
+        run_dir = _new_run_dir(results_dir, cases[0].device, "-simulated-devices" if simulated else "")
         run_dir.mkdir(parents=True)
         config.stash[RUN_DIR_KEY] = run_dir
         if not config.getoption("benchmark_json"):
@@ -317,10 +442,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # for a report rebuilt after a sweep that was killed outright.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
         (run_dir / "environment.json").write_text(json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
-    compile_cache = config.getoption("compile_cache")
     config.stash[SWEEP_KEY] = Sweep(
         progress_file=run_dir / "progress.jsonl" if run_dir else None,
-        compile_cache=Path(compile_cache) if compile_cache else default_compile_cache(),
+        compile_cache=compile_cache,
         case_timeout=options["case_timeout"],
         timing=timing,
         min_rounds=int(config.getoption("benchmark_min_rounds")),

@@ -21,6 +21,24 @@ def _umask() -> int:
     return mask
 
 
+def _refuse_unwritable(folder: Path, subject: str) -> None:
+    """A ValueError, about ``subject``, for a folder that is a file, lies under one, or whose nearest
+    existing folder cannot be written to (so it could not be made either)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{subject}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{subject}: {existing} is not writable")
+
+
+def check_folder(folder: str | Path, what: str = "folder") -> Path:
+    """``folder`` as a Path, after refusing one that could not be written into; a missing one is
+    left to whoever writes into it, so that checking creates nothing."""
+    folder = Path(folder)
+    _refuse_unwritable(folder, f"{what} {folder}")
+    return folder
+
+
 def check_output(target: str | Path, *inputs: str | Path, what: str = "output") -> Path:
     """``target`` as a Path, after refusing one that is also an input or cannot be written; a
     missing folder above it is created."""
@@ -34,15 +52,11 @@ def check_output(target: str | Path, *inputs: str | Path, what: str = "output") 
     if target.is_dir():
         raise ValueError(f"{what} {target} is a folder: give a file name inside it")
     folder = target.parent
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{what} {target}: {existing} is a file, not a folder")
+    _refuse_unwritable(folder, f"{what} {target}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"{what} {target}: cannot create its folder {folder} ({error.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {target}: the folder {folder} is not writable")
     return target
 
 

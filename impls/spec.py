@@ -20,8 +20,9 @@ UPSAMPLES = ("transpose", "bilinear")
 KERNEL = 3
 VALID_CONV_SHRINK = KERNEL - 1
 # Sizes are searched this far on either side of a rejected one for the nearest
-# valid sizes; valid sizes recur every 2**depth pixels, far inside this.
-_SEARCH_LIMIT = 1 << 16
+# valid sizes; valid sizes recur every 2**depth pixels, far inside this. A depth
+# that takes no side below it is of no practical use.
+SEARCH_LIMIT = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,26 @@ class UNetSpec:
                 return None
         return side
 
-    def _nearest_valid(self, side: int) -> tuple[int | None, int | None]:
+    def nearest_valid_sizes(self, side: int) -> tuple[int, ...]:
+        """The valid input sides nearest ``side``: the one below it and the one above it, of those
+        that exist (none below 2**depth; none above within ``SEARCH_LIMIT``)."""
         below = next((s for s in range(side - 1, 0, -1) if self._side_out(s)), None)
-        above = next((s for s in range(side + 1, side + _SEARCH_LIMIT) if self._side_out(s)), None)
-        return below, above
+        above = next((s for s in range(side + 1, side + SEARCH_LIMIT) if self._side_out(s)), None)
+        return tuple(s for s in (below, above) if s is not None)
+
+    def smallest_valid_size(self) -> int | None:
+        """The smallest input side the network takes; None if it takes none below ``SEARCH_LIMIT``."""
+        return next((s for s in range(1, SEARCH_LIMIT) if self._side_out(s)), None)
+
+    def max_depth(self) -> int:
+        """The deepest network of this kind (all else equal) that takes a side below ``SEARCH_LIMIT``."""
+        depth = 1
+        while dataclasses.replace(self, depth=depth + 1).smallest_valid_size() is not None:
+            depth += 1
+        return depth
 
     def _side_error(self, axis: str, side: int) -> str:
-        below, above = self._nearest_valid(side)
-        nearest = " and ".join(str(s) for s in (below, above) if s is not None)
+        nearest = " and ".join(map(str, self.nearest_valid_sizes(side)))
         if self.pad_to_skip:
             rule = f"every pool needs at least one row: at least 2**depth = {2**self.depth}"
         elif self.padding == "same":
@@ -116,6 +129,16 @@ class UNetSpec:
                 "after every unpadded conv"
             )
         return f"{axis} {side} is not a valid input size ({rule}); nearest valid: {nearest}"
+
+    def check_side(self, side: int) -> int:
+        """The output side for a square input of ``side``; ValueError, naming the nearest valid sides,
+        if the network cannot take it."""
+        out = self._side_out(side)
+        if out is None:
+            raise ValueError(
+                f"UNetSpec(depth={self.depth}, padding={self.padding!r}): " + self._side_error("side", side)
+            )
+        return out
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """Output (height, width) for an input of (h, w); ValueError if invalid."""

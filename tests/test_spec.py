@@ -68,6 +68,21 @@ def test_wrong_size_names_nearest_valid_sizes(padding: str, side: int, below: in
             spec.output_size(size, size)  # the named sizes really are valid
 
 
+@pytest.mark.parametrize(("padding", "smallest", "deepest"), [("same", 16, 15), ("valid", 188, 12)])
+def test_smallest_valid_size_and_the_deepest_useful_depth(padding: str, smallest: int, deepest: int) -> None:
+    spec = UNetSpec(padding=padding)
+    assert spec.smallest_valid_size() == smallest
+    assert spec.nearest_valid_sizes(smallest)[0] > smallest  # nothing valid below the smallest
+    assert spec.check_side(smallest) == spec.output_size(smallest, smallest)[0]
+    with pytest.raises(
+        ValueError, match=rf"side {smallest - 1} is not a valid input size .*; nearest valid: {smallest}$"
+    ):
+        spec.check_side(smallest - 1)
+    assert spec.max_depth() == deepest
+    assert UNetSpec(depth=deepest, padding=padding).smallest_valid_size() is not None
+    assert UNetSpec(depth=deepest + 1, padding=padding).smallest_valid_size() is None
+
+
 def test_both_sides_reported() -> None:
     with pytest.raises(ValueError, match=r"height 570.*width 571"):
         UNetSpec(padding="valid").output_size(570, 571)
