@@ -91,6 +91,15 @@ def _csv(kind: type = str) -> Callable[[str], list]:
     return parse
 
 
+def _defaults(name: str) -> str:
+    """An axis's defaults as the help shows them: "64,128 on a CPU, 256,1024 on a GPU"."""
+
+    def shown(value) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return f"{shown(DEFAULTS['cpu'][name])} on a CPU, {shown(DEFAULTS['cuda'][name])} on a GPU"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("unet-bench", "unet-bench benchmark axes (comma-separated lists)")
     group.addoption("--paths", type=_csv(), help=f"framework paths, of: {', '.join(PATHS)}")
@@ -100,10 +109,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="train, infer, tiled (a whole image in tiles of the largest size and batch); default: "
         "train,infer on a CPU, all on a GPU",
     )
-    group.addoption(
-        "--sizes", type=_csv(int), help="input sides in pixels (default: 64,128 on CPU; 256,512,1024 on GPU)"
-    )
-    group.addoption("--batches", type=_csv(int), help="batch sizes (default: 1,4 on CPU; 1,8,32 on GPU)")
+    group.addoption("--sizes", type=_csv(int), help=f"input sides in pixels (default: {_defaults('sizes')})")
+    group.addoption("--batches", type=_csv(int), help=f"batch sizes (default: {_defaults('batches')})")
     group.addoption("--precisions", type=_csv(), help="fp32, bf16 (default: fp32 on CPU, both on GPU)")
     group.addoption("--device", help="cpu, cuda or cuda:N (default: cuda if there is one, else cpu)")
     group.addoption(
@@ -145,7 +152,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--image-size",
         type=int,
-        help="side of the tiled task's whole image (default 512 on CPU, 4096 on GPU)",
+        help=f"side of the tiled task's whole image (default: {_defaults('image_size')})",
     )
     group.addoption(
         "--devices",
