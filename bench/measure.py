@@ -54,6 +54,7 @@ import numpy as np
 from bench import environment, flops, gate, stats
 from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, RunConfig
 from bench.workers import Worker, WorkerError
+from impls.files import atomic_output, write_text
 from impls.tiling import tile_positions
 
 
@@ -101,9 +102,9 @@ def _save_reference(file: Path, reference: dict[str, Any], own_noise: dict[str, 
     """torch eager's reference outputs (and its own error) for a later run on the same key."""
     arrays = {name: value for name, value in reference.items() if name != "gradients"}
     arrays |= {f"gradients/{name}": value for name, value in reference.get("gradients", {}).items()}
-    temporary = file.with_suffix(".partial.npz")
-    np.savez(temporary, own_noise=json.dumps(own_noise), **arrays)
-    temporary.replace(file)  # a run killed while writing leaves no half file to be read
+    # A file object: given a path, np.savez would add ".npz" to the temporary file's name.
+    with atomic_output(file, what="reference") as temporary, temporary.open("wb") as handle:
+        np.savez(handle, own_noise=json.dumps(own_noise), **arrays)
 
 
 def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
@@ -840,7 +841,4 @@ def _read_json(file: Path) -> dict:
 
 
 def _write_json(file: Path, value: dict) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = file.with_suffix(".partial")
-    temporary.write_text(json.dumps(value))
-    temporary.replace(file)
+    write_text(file, json.dumps(value))  # whole or not at all: the next run reads it back

@@ -36,7 +36,7 @@ from bench.runners.config import (
     RunConfig,
 )
 from bench.workers import leftover_processes
-from impls.files import check_folder
+from impls.files import check_folder, write_text
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
 
 DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
@@ -448,7 +448,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Read now, so that the run records the code it started with; kept beside progress.jsonl
         # for a report rebuilt after a sweep that was killed outright.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
-        (run_dir / "environment.json").write_text(json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
+        write_text(run_dir / "environment.json", json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
     config.stash[SWEEP_KEY] = Sweep(
         progress_file=run_dir / "progress.jsonl" if run_dir else None,
         compile_cache=compile_cache,
@@ -556,10 +556,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run_dir = config.stash.get(RUN_DIR_KEY, None)
     if run_dir is None:
         return
-    if not any((run_dir / name).exists() for name in ("benchmark.json", "progress.jsonl")):
+    if not report.is_run(run_dir):
         shutil.rmtree(run_dir)  # nothing was measured
         return
-    config.stash[REPORT_KEY] = report.write_run(run_dir) + "\n" + config.stash.get(REPORT_KEY, "")
+    try:
+        text = report.write_run(run_dir)
+    except report.UnreadableRun as error:  # its own record (a broken sibling is only named in the index)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        text = f"ERROR: no report: {error}"
+    config.stash[REPORT_KEY] = text + "\n" + config.stash.get(REPORT_KEY, "")
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables

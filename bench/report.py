@@ -10,7 +10,11 @@ A run directory holds ``benchmark.json``: pytest-benchmark's own data, with
 this suite's ``extra_info`` per benchmark and a ``unet_bench`` section (spec,
 environment, options, failed cases). A sweep that was killed outright
 (SIGKILL, a lost machine) wrote no ``benchmark.json``; its ``progress.jsonl``,
-one record per case written as each case ended, rebuilds the same tables.
+one record per case written as each case ended, rebuilds the same tables; a
+last line cut short (a sweep stopped while writing it) is left out, with a note.
+A run folder that cannot be read (a corrupt or half-written file, a missing
+field) is left out of results/README.md and named there; named on the command
+line, it is a one-line error that says which file and what is wrong with it.
 
 Intervals and verdicts come from bench/stats.py: a case's median time with a
 bootstrap 95% interval over its rounds, speed-ups from the blocks of rounds
@@ -28,7 +32,9 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -39,6 +45,7 @@ import pandas as pd
 
 from bench import stats
 from bench.runners.config import PLAIN_PATHS
+from impls.files import atomic_output, write_text
 
 BASELINE = "torch-eager"
 CASE = ["size", "batch", "precision"]
@@ -73,52 +80,183 @@ README_BLOCK = re.compile(
 # -- reading a run -------------------------------------------------------------------------------
 
 
-def _from_progress(run_dir: Path) -> dict:
-    """benchmark.json's shape, from the records of progress.jsonl (a run that never finished)."""
-    lines = (Path(run_dir) / "progress.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    benchmarks = [
-        {"name": f"test_unet[{r['id']}]", "stats": r["stats"], "extra_info": r}
-        for r in records
-        if r.get("status") == "ok" and "stats" in r
-    ]
-    section = {
-        "failures": [r for r in records if r.get("status") != "ok"],
-        "rebuilt_from": "progress.jsonl (the sweep ended before it wrote benchmark.json)",
-    }
+class UnreadableRun(ValueError):
+    """A run folder whose files cannot be read as a run: which file, and what is wrong with it."""
+
+    def __init__(self, file: Path, problem: str) -> None:
+        super().__init__(f"{file} {problem}")
+        self.file, self.problem = Path(file), problem
+
+
+@dataclass
+class _Run:
+    """A run as benchmark.json has it, each benchmark and failure labelled with where it is in ``file``."""
+
+    file: Path  # benchmark.json, or progress.jsonl where the sweep ended before writing it
+    benchmarks: list[tuple[str, Any]]
+    failures: list[tuple[str, Any]]
+    section: dict  # unet_bench
+
+
+def _text(file: Path) -> str:
+    try:
+        return file.read_text()
+    except OSError as error:
+        raise UnreadableRun(file, f"cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise UnreadableRun(file, f"is not text ({error.reason} at byte {error.start})") from None
+
+
+def _loads(file: Path, text: str, line: int | None = None) -> Any:
+    """``text`` parsed: ``file``'s, or its ``line``th line's (JSON Lines)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno if line is None else line} column {error.colno}"
+        raise UnreadableRun(file, f"is not valid JSON ({where}): {error.msg}") from None
+
+
+def _json_object(file: Path) -> dict:
+    data = _loads(file, _text(file))
+    if not isinstance(data, dict):
+        raise UnreadableRun(file, "is not a JSON object")
+    return data
+
+
+def _member(file: Path, data: dict, key: str, kind: type, default: Any = None) -> Any:
+    """``data[key]`` (``default`` where it has none), refused unless a ``kind``."""
+    value = data.get(key, default)
+    if not isinstance(value, kind):
+        raise UnreadableRun(file, f"has no {key!r} {'object' if kind is dict else kind.__name__}")
+    return value
+
+
+def _labelled(kind: str, items: list, numbers: list[int] | None = None) -> list[tuple[str, Any]]:
+    """``items`` with where each is: ``benchmark 3 (test_unet[...])``, ``line 7 (train-jax-...)``."""
+    labelled = []
+    for number, item in zip(numbers or range(1, len(items) + 1), items, strict=True):
+        name = (item.get("name") or item.get("id")) if isinstance(item, dict) else None
+        labelled.append((f"{kind} {number}" + (f" ({name})" if name else ""), item))
+    return labelled
+
+
+def _each(file: Path, items: list[tuple[str, Any]], convert: Callable[[Any], Any]) -> list[tuple[str, Any]]:
+    """``convert`` of every item, labelled as the item, None results left out; a missing key or a
+    value of the wrong kind is an UnreadableRun that names the item."""
+    results = []
+    for where, item in items:
+        try:
+            result = convert(item)
+        except KeyError as error:
+            raise UnreadableRun(file, f"has no {error} in {where}") from None
+        except (TypeError, AttributeError, ValueError) as error:
+            raise UnreadableRun(file, f"has a malformed {where} ({error})") from None
+        if result is not None:
+            results.append((where, result))
+    return results
+
+
+def _records(file: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """progress.jsonl's records, labelled with their lines, and notes on what was left out: a last
+    line cut short, by a sweep killed while writing it (or one still running). Any other line that
+    is not a JSON object makes the file unreadable."""
+    lines = _text(file).splitlines()
+    last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
+    records, numbers, notes = [], [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = _loads(file, line, number)
+        except UnreadableRun as error:
+            if number != last:
+                raise
+            notes.append(
+                f"skipped the last line of {file.name}, cut short (the sweep stopped while writing it, or "
+                f"is still running): it {error.problem}"
+            )
+            continue
+        if not isinstance(record, dict):
+            raise UnreadableRun(file, f"has a line {number} that is not a JSON object")
+        records.append(record)
+        numbers.append(number)
+    return _labelled("line", records, numbers), notes
+
+
+def _progress_benchmark(record: dict) -> dict | None:
+    """A finished case's record as benchmark.json has it; None for a case without a number."""
+    if record.get("status") != "ok" or "stats" not in record:
+        return None
+    return {"name": f"test_unet[{record['id']}]", "stats": record["stats"], "extra_info": record}
+
+
+def _from_progress(run_dir: Path) -> _Run:
+    """The run, from the records of progress.jsonl (a sweep that never wrote benchmark.json)."""
+    file = Path(run_dir) / "progress.jsonl"
+    records, notes = _records(file)
+    rebuilt = "progress.jsonl (the sweep ended before it wrote benchmark.json)"
+    section: dict[str, Any] = {"rebuilt_from": rebuilt}
     environment = Path(run_dir) / "environment.json"
     if environment.exists():  # written when the sweep started
-        section["environment"] = json.loads(environment.read_text())
-    specs = [r["case"]["spec"] for r in records if "spec" in r.get("case", {})]
+        try:
+            section["environment"] = _json_object(environment)
+        except UnreadableRun as error:  # the tables do without it
+            notes.append(f"environment.json {error.problem}: the device and versions are unknown")
+    specs = [spec for _, spec in _each(file, records, lambda record: record.get("case", {}).get("spec"))]
     if specs:
         section["spec"] = specs[0]
-    return {"benchmarks": benchmarks, "unet_bench": section}
+    if notes:
+        section["notes"] = notes
+    return _Run(
+        file,
+        _each(file, records, _progress_benchmark),
+        [(where, record) for where, record in records if record.get("status") != "ok"],
+        section,
+    )
 
 
-def _read(run_dir: Path) -> dict:
-    path = Path(run_dir) / "benchmark.json"
-    return json.loads(path.read_text()) if path.exists() else _from_progress(run_dir)
+def _read(run_dir: Path) -> _Run:
+    file = Path(run_dir) / "benchmark.json"
+    if not file.exists():
+        return _from_progress(run_dir)
+    data = _json_object(file)
+    section = _member(file, data, "unet_bench", dict, {})
+    return _Run(
+        file,
+        _labelled("benchmark", _member(file, data, "benchmarks", list)),
+        _labelled("failure", _member(file, section, "failures", list, [])),
+        section,
+    )
 
 
 def is_run(run_dir: Path) -> bool:
     return any((Path(run_dir) / name).exists() for name in ("benchmark.json", "progress.jsonl"))
 
 
+def _is_case(bench: dict) -> bool:
+    """A U-Net case; other benchmarks (the timer check, the weight map) have no images per second."""
+    return "images_per_second" in bench["extra_info"]
+
+
+def _other_row(bench: dict) -> dict | None:
+    if _is_case(bench):
+        return None
+    return {
+        "benchmark": bench["name"],
+        "median_ms": bench["stats"]["median"] * 1e3,
+        "iqr_ms": bench["stats"]["iqr"] * 1e3,
+        "rounds": bench["stats"]["rounds"],
+        "details": json.dumps(bench["extra_info"]),
+    }
+
+
+def _others(run: _Run) -> pd.DataFrame:
+    return pd.DataFrame([row for _, row in _each(run.file, run.benchmarks, _other_row)])
+
+
 def others(run_dir: Path) -> pd.DataFrame:
     """The run's benchmarks that are not U-Net cases (the timer check, the weight map)."""
-    return pd.DataFrame(
-        [
-            {
-                "benchmark": bench["name"],
-                "median_ms": bench["stats"]["median"] * 1e3,
-                "iqr_ms": bench["stats"]["iqr"] * 1e3,
-                "rounds": bench["stats"]["rounds"],
-                "details": json.dumps(bench["extra_info"]),
-            }
-            for bench in _read(run_dir)["benchmarks"]
-            if "images_per_second" not in bench["extra_info"]
-        ]
-    )
+    return _others(_read(run_dir))
 
 
 def _tf32_backward(info: dict) -> bool:
@@ -201,29 +339,29 @@ def _with_speedups(measured: pd.DataFrame) -> pd.DataFrame:
     return measured
 
 
-def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(measured cases, failed cases, the run's unet_bench section)."""
-    data = _read(run_dir)
-    # Other benchmarks (see others()) have no images per second.
-    measured = pd.DataFrame(
-        [_case_row(bench) for bench in data["benchmarks"] if "images_per_second" in bench["extra_info"]]
-    )
+def _failure_row(failure: dict) -> dict:
+    # A record without a status is a case cut short by a version that did not name it so.
+    return {
+        **{k: failure["case"].get(k) for k in FAILURE_COLUMNS if k in failure["case"]},
+        "status": failure.get("status", "interrupted"),
+        "message": failure.get("message", ""),
+    }
+
+
+def _tables(run: _Run) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    cases = _each(run.file, run.benchmarks, lambda bench: _case_row(bench) if _is_case(bench) else None)
+    measured = pd.DataFrame([row for _, row in cases])
     if not measured.empty:
         measured["devices"] = measured["devices"].astype(float)
         measured = _with_speedups(measured)
-    section = data.get("unet_bench", {})
-    # A record without a status is a case cut short by a version that did not name it so.
-    failures = pd.DataFrame(
-        [
-            {
-                **{k: f["case"].get(k) for k in FAILURE_COLUMNS if k in f["case"]},
-                "status": f.get("status", "interrupted"),
-                "message": f.get("message", ""),
-            }
-            for f in section.get("failures", [])
-        ]
-    )
-    return measured, failures, section
+    failures = pd.DataFrame([row for _, row in _each(run.file, run.failures, _failure_row)])
+    return measured, failures, run.section
+
+
+def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(measured cases, failed cases, the run's unet_bench section); an UnreadableRun, naming the file
+    and the problem, where its files cannot be read as a run."""
+    return _tables(_read(run_dir))
 
 
 def _single_device(measured: pd.DataFrame) -> pd.DataFrame:
@@ -606,6 +744,8 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
         parts += [f"Spec: `{json.dumps(spec)}`. Versions: `{json.dumps(env.get('versions', {}))}`.", ""]
     if section.get("rebuilt_from"):
         parts += [f"Rebuilt from {section['rebuilt_from']}.", ""]
+    for note in section.get("notes", []):
+        parts += [f"Note: {note}.", ""]
     parts += _options_line(section)
     if not measured.empty:
         parts += ["## Which to pick", "", rule(threshold), "", *verdicts(measured, threshold), ""]
@@ -638,6 +778,20 @@ def scaling_table(measured: pd.DataFrame) -> pd.DataFrame:
     return data[[*columns, "speedup", "efficiency"]].sort_values(["scaling", "path", "size", "devices"])
 
 
+def _save_figure(fig: plt.Figure, file: Path) -> None:
+    """``fig`` as a PNG at ``file``, written atomically; then closed."""
+    try:
+        with atomic_output(file) as temporary:
+            fig.savefig(temporary, dpi=110, format="png")  # the temporary name has no .png to go by
+    finally:
+        plt.close(fig)
+
+
+def _write_csv(table: pd.DataFrame, file: Path, index: bool = False) -> None:
+    with atomic_output(file) as temporary:
+        table.to_csv(temporary, index=index)
+
+
 def plot_scaling(table: pd.DataFrame, file: Path, title: str) -> None:
     modes = sorted(set(table.scaling))
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.8), squeeze=False)
@@ -652,8 +806,7 @@ def plot_scaling(table: pd.DataFrame, file: Path, title: str) -> None:
     axes[0][0].legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, file)
 
 
 def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
@@ -675,25 +828,27 @@ def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
     axes[0][0].legend(fontsize="small")
     fig.suptitle(measured.device_name.iloc[0])
     fig.tight_layout()
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, file)
 
 
 def write_run(run_dir: Path) -> str:
-    """Write a run's tables (Markdown, CSV) and plots next to its benchmark.json; return the Markdown."""
+    """Write a run's tables (Markdown, CSV) and plots next to its benchmark.json; return the Markdown.
+    An UnreadableRun where the run's own files cannot be read; siblings that cannot be are left out
+    of the index (write_index) and named there."""
     run_dir = Path(run_dir)
-    measured, failures, section = load(run_dir)
-    text = markdown(measured, failures, section, others(run_dir))
-    (run_dir / "report.md").write_text(text)
+    run = _read(run_dir)
+    measured, failures, section = _tables(run)
+    text = markdown(measured, failures, section, _others(run))
+    write_text(run_dir / "report.md", text)
     # The rounds themselves stay in benchmark.json and progress.jsonl.
-    measured.drop(columns="round_seconds", errors="ignore").to_csv(run_dir / "cases.csv", index=False)
+    _write_csv(measured.drop(columns="round_seconds", errors="ignore"), run_dir / "cases.csv")
     scaling = scaling_table(measured) if not measured.empty else measured
     if not scaling.empty:
-        scaling.to_csv(run_dir / "scaling.csv", index=False)
+        _write_csv(scaling, run_dir / "scaling.csv")
         simulated = section.get("environment", {}).get("device") == "cpu"
         plot_scaling(scaling, run_dir / "scaling.png", "SIMULATED devices on one CPU" if simulated else "")
     if not failures.empty:
-        failures.to_csv(run_dir / "failures.csv", index=False)
+        _write_csv(failures, run_dir / "failures.csv")
     for task in sorted(set(_tasks(_single_device(measured))) - {"tiled"}):
         plot(_single_device(measured), run_dir / f"throughput-{task}.png", task)
     write_index(run_dir.parent)
@@ -706,29 +861,57 @@ def _versions(env: dict) -> str:
     return ", ".join(f"{label} {versions[name]}" for name, label in names.items() if name in versions)
 
 
+def _no_record(folder: Path) -> bool:
+    """Whether ``folder`` is a run that ended no case yet: empty, or its environment.json alone (the
+    sweep writes it first). A folder of other files (cells-...) is no run at all."""
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")} <= {"environment.json"}
+
+
+def _index_row(run_dir: Path) -> tuple[str | None, list[str]]:
+    """The run's line of the index, or None; and what was left out of it, each naming the folder."""
+    if not is_run(run_dir):
+        if _no_record(run_dir):
+            return None, [f"skipped {run_dir}: no benchmark.json or progress.jsonl (no case ended)"]
+        return None, []  # another command's output
+    try:
+        measured, failures, section = load(run_dir)
+    except UnreadableRun as error:
+        return None, [f"skipped {run_dir}: {error.file.relative_to(run_dir)} {error.problem}"]
+    except Exception as error:  # a sibling the tables cannot take never fails the run being reported
+        return None, [f"skipped {run_dir}: cannot be reported ({type(error).__name__}: {error})"]
+    env = section.get("environment", {})
+    row = (
+        f"| [{run_dir.name}]({run_dir.name}/report.md) | {env.get('device_name', '?')} | {len(measured)} "
+        f"| {len(failures)} | {_versions(env)} |"
+    )
+    return row, [f"{run_dir}: {note}" for note in section.get("notes", [])]
+
+
 def write_index(results: Path) -> None:
-    """results/README.md: one line per run folder in ``results``, made from their JSON; a folder that
-    cannot be read (a half-written or corrupt file) is left out, and named on stderr."""
+    """results/README.md: one line per run folder in ``results``, made from their JSON. A folder that
+    cannot be read (a half-written or corrupt file, a run that ended no case) is left out, and named
+    below the table and on stderr, as is a line left out of a run's progress.jsonl."""
+    rows, left_out = [], []
+    for run_dir in sorted(p for p in Path(results).iterdir() if p.is_dir()):
+        row, notes = _index_row(run_dir)
+        if row:
+            rows.append(row)
+        left_out += notes
     lines = [
         "# Measured runs",
         "",
-        "Generated by `bench/report.py` from each folder's benchmark.json; never edited by hand.",
+        "Generated by `bench/report.py` from each folder's benchmark.json (or progress.jsonl); never edited "
+        "by hand.",
         "",
         "| run | device | cases measured | cases without a number | versions |",
         "|---|---|---|---|---|",
+        *rows,
     ]
-    for run_dir in sorted(p for p in Path(results).iterdir() if p.is_dir() and is_run(p)):
-        try:
-            measured, failures, section = load(run_dir)
-        except (OSError, ValueError, KeyError) as error:
-            print(f"results index: skipped {run_dir.name}, which cannot be read: {error!r}", file=sys.stderr)
-            continue
-        env = section.get("environment", {})
-        lines.append(
-            f"| [{run_dir.name}]({run_dir.name}/report.md) | {env.get('device_name', '?')} | {len(measured)} "
-            f"| {len(failures)} | {_versions(env)} |"
-        )
-    (Path(results) / "README.md").write_text("\n".join(lines) + "\n")
+    if left_out:
+        lines += ["", "Left out:", "", *(f"- {note}" for note in left_out)]
+    for note in left_out:
+        print(f"results index: {note}", file=sys.stderr)
+    write_text(Path(results) / "README.md", "\n".join(lines) + "\n")
 
 
 def merge(run_dirs: list[Path]) -> pd.DataFrame:
@@ -836,7 +1019,7 @@ def compare(run_a: Path, run_b: Path) -> str:
 def write_comparison(run_a: Path, run_b: Path) -> str:
     """compare(), written to RUN_B/comparison-with-<RUN_A>.md; returns the Markdown."""
     text = compare(run_a, run_b)
-    (Path(run_b) / f"comparison-with-{Path(run_a).name}.md").write_text(text)
+    write_text(Path(run_b) / f"comparison-with-{Path(run_a).name}.md", text)
     return text
 
 
@@ -926,7 +1109,7 @@ def write_readme(run_dirs: list[Path] | None = None, readme: Path = README) -> N
     match = _marked(text, readme)
     root = readme.parent
     links = [_link(d, root) for d in run_dirs] if run_dirs else readme_runs(readme)
-    readme.write_text(text[: match.start()] + readme_block(links, root) + text[match.end() :])
+    write_text(readme, text[: match.start()] + readme_block(links, root) + text[match.end() :])
 
 
 def readme_matches(readme: Path = README) -> bool:
@@ -940,6 +1123,34 @@ def readme_matches(readme: Path = README) -> bool:
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.check:
+        if readme_matches():
+            return 0
+        print(f"{README.name}'s results are not what `{README_COMMAND}` writes: run it", file=sys.stderr)
+        return 1
+    if args.readme:
+        write_readme(args.run_dirs)
+        return 0
+    if args.compare:
+        if len(args.run_dirs) != 2:
+            return _fail("--compare takes two run folders: RUN_A RUN_B")
+        print(write_comparison(*args.run_dirs))
+        return 0
+    if not args.run_dirs:
+        return _fail("no run folder given")
+    if len(args.run_dirs) == 1:
+        print(write_run(args.run_dirs[0]))
+        return 0
+    table = merge(args.run_dirs)
+    text = "# Images per second across devices\n\n" + table.round(3).to_markdown() + "\n"
+    print(text)
+    if args.out:
+        write_text(args.out / "cross-device.md", text)
+        _write_csv(table, args.out / "cross-device.csv", index=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -957,34 +1168,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         return _fail(f"not a run folder (no benchmark.json or progress.jsonl): {', '.join(missing)}")
     try:
-        if args.check:
-            if readme_matches():
-                return 0
-            print(f"{README.name}'s results are not what `{README_COMMAND}` writes: run it", file=sys.stderr)
-            return 1
-        if args.readme:
-            write_readme(args.run_dirs)
-            return 0
-    except ValueError as error:  # no markers in the README, or they name a folder that is not a run
+        return _command(args)
+    except ValueError as error:  # a run named that cannot be read, no README markers, an unwritable output
         return _fail(str(error))
-    if args.compare:
-        if len(args.run_dirs) != 2:
-            return _fail("--compare takes two run folders: RUN_A RUN_B")
-        print(write_comparison(*args.run_dirs))
-        return 0
-    if not args.run_dirs:
-        return _fail("no run folder given")
-    if len(args.run_dirs) == 1:
-        print(write_run(args.run_dirs[0]))
-        return 0
-    table = merge(args.run_dirs)
-    text = "# Images per second across devices\n\n" + table.round(3).to_markdown() + "\n"
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "cross-device.md").write_text(text)
-        table.to_csv(args.out / "cross-device.csv")
-    return 0
 
 
 if __name__ == "__main__":

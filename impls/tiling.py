@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from impls import checks
 from impls.spec import UNetSpec
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -27,7 +28,15 @@ GAUSSIAN_SIGMA_SCALE = 1 / 8  # of the tile side, as in nnU-Net
 
 
 def _pair(tile: int | tuple[int, int]) -> tuple[int, int]:
-    return (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    """(height, width) of a tile given as one side or a pair; a float side would be truncated, and a
+    third side dropped, so both are refused."""
+    if np.ndim(tile) == 0:
+        side = checks.whole("tile", tile)
+        return side, side
+    sides = tuple(tile)
+    if len(sides) != 2:
+        raise ValueError(f"tile={tile!r}: expected one side or a (height, width) pair")
+    return checks.whole("tile[0]", sides[0]), checks.whole("tile[1]", sides[1])
 
 
 def _starts(length: int, window: int, step: int) -> list[int]:
@@ -36,14 +45,24 @@ def _starts(length: int, window: int, step: int) -> list[int]:
     return [i * step for i in range(count)]
 
 
-def _batched(predict: Predict, tiles: Iterator[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+def _batched(
+    predict: Predict, tiles: Iterator[np.ndarray], batch: int, tile_out: tuple[int, ...]
+) -> Iterator[np.ndarray]:
     """Run ``predict`` on full batches of tiles (the last one padded with zeros, so that
-    compiled predictors see one shape), yielding one output tile at a time."""
+    compiled predictors see one shape), yielding one output tile at a time. Each call must
+    return ``batch`` tiles of shape ``tile_out``: a smaller one (K=1, a 1x1 map) would broadcast
+    into the stitched result without an error."""
     pending: list[np.ndarray] = []
 
     def flush() -> Iterator[np.ndarray]:
         stacked = np.stack(pending + [np.zeros_like(pending[0])] * (batch - len(pending)))
-        yield from predict(stacked)[: len(pending)]
+        out = np.asarray(predict(stacked))
+        if out.shape != (batch, *tile_out):
+            raise ValueError(
+                f"predict returned shape {out.shape} for tiles of shape {stacked.shape}: expected "
+                f"{(batch, *tile_out)}, (N, num_classes, h, w) as the spec gives"
+            )
+        yield from out[: len(pending)]
         pending.clear()
 
     for tile in tiles:
@@ -92,25 +111,32 @@ def predict_tiled(
     batch: int = 4,
     overlap: float = 0.5,
     blend: str = "gaussian",
+    allow_nonfinite: bool = False,
 ) -> np.ndarray:
     """(K, H, W) logits for a (C, H, W) float32 image of any size.
 
     ``tile`` is the input tile side (int or (h, w)); a size the spec rejects is
-    refused with the nearest valid sizes. ``overlap`` (a fraction of the tile)
-    and ``blend`` ("gaussian" or "constant") apply to ``padding="same"``; the
-    overlap-tile strategy of ``"valid"`` needs neither. Tiles go to ``predict``
-    ``batch`` at a time, the last batch filled up with zero tiles, so that a
-    compiled predictor sees one shape.
+    refused with the nearest valid sizes. ``overlap`` (a fraction of the tile,
+    in [0, 1)) and ``blend`` ("gaussian" or "constant") apply to
+    ``padding="same"``; the overlap-tile strategy of ``"valid"`` needs neither,
+    but they are checked all the same. Tiles go to ``predict`` ``batch`` (>= 1)
+    at a time, the last batch filled up with zero tiles, so that a compiled
+    predictor sees one shape. An image with NaN or inf is refused: every tile
+    that sees one would get NaN logits, silently; ``allow_nonfinite=True``
+    predicts it anyway.
     """
     image = np.asarray(image, np.float32)
-    if image.ndim != 3:
-        raise ValueError(f"image: expected (C, H, W), got shape {image.shape}")
+    if image.ndim != 3 or 0 in image.shape:
+        raise ValueError(f"image: expected a non-empty (C, H, W) array, got shape {image.shape}")
     tile = _pair(tile)
+    # The bound on memory: batch <= 0 would send every tile in one call.
+    batch = checks.whole("batch", batch)
     spec.check_input((batch, image.shape[0], *tile))
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={blend!r}: expected 'gaussian' or 'constant'")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap={overlap}: expected a fraction in [0, 1)")
+    checks.real("overlap", overlap, "a fraction in [0, 1)", lambda x: 0 <= x < 1)
+    if not allow_nonfinite:
+        _refuse_nonfinite(image)
     _, height, width = image.shape
     out, _ = _steps(spec, tile, overlap)
     positions = tile_positions((height, width), spec, tile, overlap)
@@ -132,10 +158,24 @@ def predict_tiled(
     total = np.zeros((spec.num_classes, *full), np.float32)
     weight = np.zeros(full, np.float32)
     tiles = (padded[:, r : r + tile[0], c : c + tile[1]] for r, c in positions)
-    for (r, c), logits in zip(positions, _batched(predict, tiles, batch), strict=True):
+    outputs = _batched(predict, tiles, batch, (spec.num_classes, *out))
+    for (r, c), logits in zip(positions, outputs, strict=True):
         total[:, r : r + out[0], c : c + out[1]] += logits * window
         weight[r : r + out[0], c : c + out[1]] += window
     return (total / weight)[:, :height, :width]
+
+
+def _refuse_nonfinite(image: np.ndarray) -> None:
+    """A ValueError saying how many values of ``image`` are NaN or inf, and where the first is."""
+    finite = np.isfinite(image)
+    if finite.all():
+        return
+    first = tuple(int(i) for i in np.unravel_index(np.argmin(finite), finite.shape))
+    raise ValueError(
+        f"image: {finite.size - int(finite.sum())} non-finite values (NaN or inf) of {finite.size}, the "
+        f"first at (channel, row, column) {first}; every tile that sees one would give NaN logits: clean "
+        "the image, or pass allow_nonfinite=True"
+    )
 
 
 def _window(tile: tuple[int, int], blend: str) -> np.ndarray:

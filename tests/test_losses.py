@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,11 +53,53 @@ def test_class_balance_averages_one_and_border_needs_two_cells() -> None:
     assert np.allclose(two[instances > 0], two[instances > 0][0])  # cells: w_c only
 
 
-def test_weight_map_refuses_bad_input() -> None:
-    with pytest.raises(ValueError, match="integer image"):
-        weight_map(np.zeros((4, 4), np.float32))
-    with pytest.raises(ValueError, match="sigma=0"):
-        weight_map(np.zeros((4, 4), np.int32), sigma=0)
+@pytest.mark.parametrize(
+    ("instances", "kwargs", "match"),
+    [
+        (np.zeros((4, 4, 1), np.int32), {}, r"instances: expected an \(H, W\) image, got shape \(4, 4, 1\)"),
+        (np.zeros((4, 4), np.float32), {}, r"expected an integer image \(0 background, .*\), got float32$"),
+        (np.zeros((4, 4), bool), {}, "got bool; a mask is not instances: label its cells first"),
+        (np.zeros((4, 4), np.int32), dict(sigma=0), "sigma=0: expected a finite number of pixels > 0"),
+        (np.zeros((4, 4), np.int32), dict(sigma=float("nan")), "sigma=nan: expected a finite number"),
+        (np.zeros((4, 4), np.int32), dict(w0=-1.0), r"w0=-1\.0: expected a finite weight >= 0"),
+        (np.zeros((4, 4), np.int32), dict(w0=float("inf")), "w0=inf: expected a finite weight >= 0"),
+        (np.zeros((4, 4), np.int32), dict(ignore_label=0), "ignore_label=0: 0 is background"),
+        (np.zeros((4, 4), np.int32), dict(ignore_label=1.5), r"ignore_label=1\.5: expected an integer$"),
+    ],
+)
+def test_weight_map_refuses_bad_input(instances: np.ndarray, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        weight_map(instances, **kwargs)
+
+
+def test_negative_labels_are_refused_unless_ignored() -> None:
+    """-1 (or any negative "ignore" value) was weighted as background without a word."""
+    instances = np.zeros((20, 20), np.int32)
+    instances[2:6, 2:6] = 1
+    instances[10:12, :] = -1
+    instances[0, 0] = -3
+    with pytest.raises(ValueError, match=re.escape("instances: negative labels (-3, -1) on 41 pixels")):
+        weight_map(instances)
+    with pytest.raises(ValueError, match=r"\(-3\) on 1 pixels.*: besides those, only ignore_label=-1$"):
+        weight_map(instances, ignore_label=-1)
+
+
+@pytest.mark.parametrize(("dtype", "ignore"), [(np.int32, -1), (np.uint8, 255)])
+def test_ignored_pixels_weigh_nothing_and_are_neither_class(dtype: type, ignore: int) -> None:
+    """Elsewhere: the map of the same labels with those pixels as background, but for the class
+    balance, counted over the pixels that are not ignored."""
+    plain = cells.generate(1, 64, seed=0).instances[0].astype(dtype)
+    np.testing.assert_array_equal(weight_map(plain, ignore_label=ignore), weight_map(plain))  # none to ignore
+    instances = plain.copy()
+    instances[20:30, :] = ignore  # across cells and background
+    got = weight_map(instances, ignore_label=ignore)
+    ignored, kept = instances == ignore, instances != ignore
+    as_background = np.where(ignored, 0, instances)
+    border = weight_map(as_background) - class_balance(as_background > 0)  # the border term alone
+    want = class_balance(as_background[kept] > 0) + border[kept]
+    assert got.dtype == np.float32 and (got[ignored] == 0).all()
+    np.testing.assert_allclose(got[kept], want, rtol=1e-5)
+    assert not np.allclose(got[kept], weight_map(as_background)[kept])  # they are not background
 
 
 def test_weighted_cross_entropy_matches_across_frameworks() -> None:

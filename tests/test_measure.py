@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import environment, measure
@@ -179,3 +180,17 @@ def test_a_case_that_fails_in_a_group_fails_alone(sweep, monkeypatch) -> None:
     assert (eager["status"], plain["status"]) == ("ok", "ok")
     assert eager["round_blocks"] == plain["round_blocks"]  # still interleaved, the two of them
     assert leftover_processes() == []
+
+
+def test_references_and_records_are_written_whole(tmp_path) -> None:
+    """Through impls/files.py: renamed into place once complete, no temporary file left beside them."""
+    reference = {"logits": np.arange(6.0).reshape(2, 3), "gradients": {"conv.weight": np.ones(3)}}
+    file = tmp_path / "references" / "key.npz"
+    measure._save_reference(file, reference, {"logits": 1e-6})
+    loaded, noise = measure._load_reference(file)
+    np.testing.assert_array_equal(loaded["logits"], reference["logits"])
+    np.testing.assert_array_equal(loaded["gradients"]["conv.weight"], np.ones(3))
+    assert noise == {"logits": 1e-6}
+    measure._write_json(tmp_path / "cache" / "forms.json", {"key": {"chosen": "contiguous"}})
+    assert measure._read_json(tmp_path / "cache" / "forms.json") == {"key": {"chosen": "contiguous"}}
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["forms.json", "key.npz"]

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 from bench import report, stats
 
 STORED = Path(__file__).parent / "data" / "tiny-cpu-run"
+ROOT = Path(__file__).resolve().parent.parent
 # torch-plain, the fastest here, must still never be named in a verdict.
 SPEEDUPS = {"torch-eager": 1.0, "torch-plain": 2.0, "torch-compile": 1.3, "jax": 0.5}
 GROUPS = [("train", 64, 1), ("train", 64, 2), ("infer", 64, 1), ("infer", 64, 2)]
@@ -291,15 +295,108 @@ def test_compare_with_an_older_run_counts_nothing_it_cannot_check(tmp_path: Path
     assert "- no 95% intervals in run to check run's speed-ups against (0 of 0)" in text
 
 
-def test_the_index_skips_a_run_folder_it_cannot_read(tmp_path: Path, capsys) -> None:
+# -- run folders that cannot be read -----------------------------------------------------------
+
+
+def _broken_runs(results: Path) -> dict[str, str]:
+    """Run folders in ``results``, each broken in a way seen, and a pattern of what names its problem
+    (from the file's name on)."""
+    (results / "truncated").mkdir(parents=True)
+    (results / "truncated" / "benchmark.json").write_text('{"benchmarks": [{"name": "x", "st')
+    (results / "not-an-object").mkdir()
+    (results / "not-an-object" / "benchmark.json").write_text("[]")
+    middle = fake_run(results / "bad-line")
+    lines = (middle / "progress.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = lines[1][:40] + "\n"  # cut short, but not the last line: a corrupt file, not a stop
+    (middle / "progress.jsonl").write_text("".join(lines))
+    keyless = fake_run(results / "missing-key")
+    records = [json.loads(line) for line in (keyless / "progress.jsonl").read_text().splitlines()]
+    del records[2]["tflops"]
+    (keyless / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (results / "empty").mkdir()
+    return {
+        "truncated": (
+            r"benchmark\.json is not valid JSON \(line 1 column 31\): Unterminated string starting at"
+        ),
+        "not-an-object": r"benchmark\.json is not a JSON object",
+        "bad-line": r"progress\.jsonl is not valid JSON \(line 2 column \d+\): \w.*",
+        "missing-key": r"progress\.jsonl has no 'tflops' in line 3 \(train-torch-compile-64px-b1-fp32\)",
+        "empty": r"no benchmark\.json or progress\.jsonl \(no case ended\)",
+    }
+
+
+def test_the_index_names_the_run_folders_it_cannot_read(tmp_path: Path, capsys) -> None:
     results = tmp_path / "results"
-    run = fake_run(results / "good")
-    (results / "corrupt").mkdir()
-    (results / "corrupt" / "benchmark.json").write_text('{"benchmarks": [')
-    report.write_run(run)
-    index = (results / "README.md").read_text()
-    assert "[good]" in index and "corrupt" not in index
-    assert "skipped corrupt" in capsys.readouterr().err
+    good = fake_run(results / "good")
+    broken = _broken_runs(results)
+    (results / "cells-run").mkdir()  # another command's output: no run, and not named
+    (results / "cells-run" / "outcomes.json").write_text("{}")
+    report.write_run(good)
+    table, left_out = (results / "README.md").read_text().split("\nLeft out:\n")
+    assert "[good](good/report.md)" in table and not any(f"[{name}]" in table for name in broken)
+    for name, problem in broken.items():
+        assert re.search(rf"^- skipped {re.escape(str(results / name))}: {problem}$", left_out, re.M), name
+    assert "cells-run" not in left_out
+    assert capsys.readouterr().err.count("results index: skipped") == len(broken)
+    assert not list(results.rglob("*.partial"))  # every output renamed into place
+
+
+def test_the_command_reports_a_healthy_run_beside_broken_ones(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    good = fake_run(results / "good")
+    broken = _broken_runs(results)
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "bench.report", *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = command(str(good))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"skipped {results / 'truncated'}: benchmark.json is not valid JSON" in done.stderr
+    assert "# unet-bench run: Fake CPU" in done.stdout
+    done = command(str(results / "truncated"))
+    expected = rf"error: {re.escape(str(results / 'truncated'))}/{broken['truncated']}\n"
+    assert done.returncode == 2 and re.fullmatch(expected, done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("name", ["truncated", "not-an-object", "bad-line", "missing-key"])
+def test_naming_a_run_that_cannot_be_read_is_a_one_line_error(tmp_path: Path, capsys, name: str) -> None:
+    results = tmp_path / "results"
+    good = fake_run(results / "good")
+    problem = _broken_runs(results)[name]
+    broken = results / name
+    for argv in ([broken], ["--compare", good, broken], [good, broken]):
+        assert report.main([str(arg) for arg in argv]) == 2
+        error = capsys.readouterr().err
+        assert re.fullmatch(rf"error: {re.escape(str(broken))}/{problem}\n", error), error
+
+
+def test_a_last_line_cut_short_is_left_out_with_a_note(tmp_path: Path) -> None:
+    """A sweep stopped while writing a record (or still running) leaves half a line: the rest is read."""
+    run = fake_run(tmp_path / "results" / "run")
+    whole = report.load(run)[0]
+    with (run / "progress.jsonl").open("a") as progress:
+        progress.write('{"id": "train-jax-128px-b1-fp32", "status": "o')
+    measured, _, section = report.load(run)
+    pd.testing.assert_frame_equal(measured, whole)
+    cut = (
+        r"skipped the last line of progress\.jsonl, cut short \(the sweep stopped while writing it, or is "
+        r"still running\): it is not valid JSON \(line 17 column \d+\): Unterminated string starting at"
+    )
+    assert len(section["notes"]) == 1 and re.fullmatch(cut, section["notes"][0])
+    assert re.search(rf"^Note: {cut}\.$", report.write_run(run), re.M)
+    assert re.search(rf"^- {re.escape(str(run))}: {cut}$", (run.parent / "README.md").read_text(), re.M)
+    (run / "environment.json").write_text('{"device": ')  # the tables do without it
+    measured, _, section = report.load(run)
+    pd.testing.assert_frame_equal(measured, whole)
+    assert section["notes"][1].startswith("environment.json is not valid JSON (line 1 column 12): ")
+    assert section["notes"][1].endswith(": the device and versions are unknown")
 
 
 # -- the README's generated results ------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -89,9 +91,53 @@ def test_gaussian_blend_weighs_tile_centres() -> None:
     [
         (dict(tile=50), "height 50 is not a valid input size .* nearest valid: 48 and 52"),
         (dict(tile=60, blend="cosine"), "blend='cosine'"),
-        (dict(tile=60, overlap=1.0), "overlap=1.0"),
+        (dict(tile=60, overlap=1.0), r"overlap=1\.0: expected a fraction in \[0, 1\)"),
+        (dict(tile=60, overlap=-0.1), r"overlap=-0\.1: expected a fraction in \[0, 1\)"),
+        (dict(tile=60, overlap=float("nan")), r"overlap=nan: expected a fraction in \[0, 1\)"),
+        (dict(tile=60, batch=0), "batch=0: expected an integer >= 1"),
+        (dict(tile=60, batch=-2), "batch=-2: expected an integer >= 1"),
+        (dict(tile=60, batch=2.5), r"batch=2\.5: expected an integer >= 1"),
+        (dict(tile=60.0), r"tile=60\.0: expected an integer >= 1"),
+        (dict(tile=True), "tile=True: expected an integer >= 1"),
+        (dict(tile=(60, 60.5)), r"tile\[1\]=60\.5: expected an integer >= 1"),
+        (dict(tile=(60, 60, 60)), r"tile=\(60, 60, 60\): expected one side or a \(height, width\) pair"),
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tiling.predict_tiled(lambda x: x, np.zeros((1, 40, 40), np.float32), VALID, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((40, 40), r"image: expected a non-empty \(C, H, W\) array, got shape \(40, 40\)"),
+        ((1, 0, 40), r"image: expected a non-empty \(C, H, W\) array, got shape \(1, 0, 40\)"),
+        ((3, 40, 40), r"expected 1 channel\(s\) on axis 1, got 3"),
+    ],
+)
+def test_bad_images(shape: tuple, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiling.predict_tiled(lambda x: x, np.zeros(shape, np.float32), SAME, tile=32)
+
+
+def test_non_finite_pixels_are_refused_unless_allowed() -> None:
+    image = np.zeros((2, 40, 40), np.float32)
+    image[1, 3, 7] = np.nan
+    image[0, 30, 2] = np.inf
+    echo = UNetSpec(in_channels=2, num_classes=2, width=4, depth=2)  # the identity is a predictor of it
+    message = (
+        "image: 2 non-finite values (NaN or inf) of 3200, the first at (channel, row, column) (0, 30, 2); "
+        "every tile that sees one would give NaN logits: clean the image, or pass allow_nonfinite=True"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiling.predict_tiled(lambda x: x, image, echo, tile=32)
+    out = tiling.predict_tiled(lambda x: x, image, echo, tile=32, allow_nonfinite=True)
+    assert np.isnan(out[1, 3, 7]) and np.isfinite(out[:, 39, 39]).all()  # in tiles without one: finite
+
+
+def test_a_predictor_of_the_wrong_shape_is_refused() -> None:
+    """One class where the spec has two would broadcast into the stitched logits without an error."""
+    message = "predict returned shape (4, 1, 32, 32) for tiles of shape (4, 1, 32, 32): expected (4, 2, 32"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiling.predict_tiled(lambda x: x, np.zeros((1, 40, 40), np.float32), SAME, tile=32)

@@ -1,0 +1,35 @@
+"""Argument checks shared by impls/: a value that the code would silently misread is refused.
+
+Each message names the argument, the value given and what is allowed. Imports no framework.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+
+def whole(name: str, value: object, least: int | None = 1) -> int:
+    """``value`` as an int, refused unless an integer (>= ``least`` unless None): a float would be
+    truncated and a bool read as 0 or 1 (numpy integers are taken)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or (least is not None and value < least)
+    ):
+        raise ValueError(f"{name}={value!r}: expected an integer" + ("" if least is None else f" >= {least}"))
+    return int(value)
+
+
+def real(name: str, value: object, allowed: str, accept: Callable[[float], bool]) -> float:
+    """``value`` as a float, refused unless a finite real number that ``accept`` takes; ``allowed``
+    says which, after "expected". Finite first: NaN fails every comparison, so ``not x <= 0`` lets it by."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not accept(float(value))
+    ):
+        raise ValueError(f"{name}={value!r}: expected {allowed}")
+    return float(value)
