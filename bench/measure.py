@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, flops, gate, stats
-from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, RunConfig
+from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, UPCONVS, RunConfig
 from bench.workers import Worker, WorkerError
 from impls.files import atomic_output, write_text
 from impls.tiling import tile_positions
@@ -125,6 +125,7 @@ PINNED_FORMS = {"torch": ("upconv", "memory_format"), "jax": ("upconv",)}
 # 64 px, where compiled NCHW took 94 ms and compiled channels_last 67 ms). So compiled torch paths
 # time it themselves, compiled; the up-conv form they take from their framework's first path.
 OWN_FORMS = {path: "memory_format" for path in TORCH_PATHS if path not in COMPILES_NOTHING}
+FORM_VALUES = {"upconv": UPCONVS, "memory_format": MEMORY_FORMATS}  # each with "auto"
 OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
 MAX_ROUNDS = 1000  # per case, whatever the interval
@@ -518,14 +519,16 @@ class Sweep:
         form = OWN_FORMS.get(asked.path)
         if form and getattr(asked, form) == "auto" and not self._saved_forms(asked, asked.path):
             cold = self._cold_per_form(asked, config, form, deadline)
+            entry = self._entry(asked)  # the chosen form's, now that it is saved
         else:
-            saved = _read_json(self._entry(asked) / "cold.json")
+            entry = self._entry(asked)
+            saved = _read_json(entry / "cold.json")
             if saved and all(getattr(config, n) in ("auto", v) for n, v in saved["forms"].items()):
-                return {**saved, "reused": True}, self._remember(asked, saved["forms"]), self._entry(asked)
-            cold, worker = self._cold_worker(config, self._entry(asked), deadline)
+                return {**saved, "reused": True}, self._remember(asked, saved["forms"]), entry
+            cold, worker = self._cold_worker(config, entry, deadline)
             worker.close()
         # The same graphs from now on: the cached worker must not pick the other form.
-        return {**cold, "reused": False}, self._remember(asked, cold["forms"]), self._entry(asked)
+        return {**cold, "reused": False}, self._remember(asked, cold["forms"]), entry
 
     def _cold_worker(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:
         """A fresh worker in an emptied folder, after its first call; the worker is left open."""
@@ -549,17 +552,14 @@ class Sweep:
         """``form`` chosen compiled: one cold worker per value, each in an empty folder of its own,
         then ``OWN_FORM_ROUNDS`` rounds of each in turn. The choice and its timings go to forms.json;
         the faster's cold call is returned, and its folder is the case's from now on."""
-        values = [v for v in MEMORY_FORMATS if v != "auto"]
+        entries = {v: self._entry(asked.replace(**{form: v})) for v in FORM_VALUES[form] if v != "auto"}
         colds: dict[str, dict[str, Any]] = {}
         workers: dict[str, Worker] = {}
         try:
-            for value in values:
-                candidate, entry = (
-                    config.replace(**{form: value}),
-                    self._entry(asked.replace(**{form: value})),
-                )
+            for value, entry in entries.items():
+                candidate = config.replace(**{form: value})
                 colds[value], workers[value] = self._cold_worker(candidate, entry, deadline)
-            rounds: dict[str, list[float]] = {value: [] for value in values}
+            rounds: dict[str, list[float]] = {value: [] for value in entries}
             for _ in range(OWN_FORM_ROUNDS):
                 for value, worker in workers.items():
                     rounds[value].append(self.time_round(worker))
@@ -568,9 +568,9 @@ class Sweep:
                 worker.close()
         seconds = {value: float(np.median(r)) for value, r in rounds.items()}
         chosen = min(seconds, key=seconds.__getitem__)
-        for value in values:
+        for value, entry in entries.items():
             if value != chosen:  # caches no worker will read
-                shutil.rmtree(self._entry(asked.replace(**{form: value})), ignore_errors=True)
+                shutil.rmtree(entry, ignore_errors=True)
         choice = {
             "chosen": {form: chosen},
             "seconds": {form: seconds},
