@@ -13,15 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from impls.checks import err
+
 # The floor of every bound: an allowance can be looser, never tighter.
 FP32_TOLERANCE = 1e-4
 NOISE_FACTOR = 2.0
-
-
-def err(a: np.ndarray, ref: np.ndarray, scale: float | None = None) -> float:
-    """max|a - ref| / max|ref| (or / scale), the project's one measure of difference."""
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(a - ref)) / (np.max(np.abs(ref)) if scale is None else scale))
 
 
 def gradient_error(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:

@@ -1,4 +1,5 @@
-"""Argument checks shared by impls/: a value that the code would silently misread is refused.
+"""Checks shared by impls/: a value that the code would silently misread is refused, and the
+project's one measure of difference between two results.
 
 Each message names the argument, the value given and what is allowed. Imports no framework.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+
+import numpy as np
 
 
 def whole(name: str, value: object, least: int | None = 1) -> int:
@@ -33,3 +36,9 @@ def real(name: str, value: object, allowed: str, accept: Callable[[float], bool]
     ):
         raise ValueError(f"{name}={value!r}: expected {allowed}")
     return float(value)
+
+
+def err(a: np.ndarray, ref: np.ndarray, scale: float | None = None) -> float:
+    """max|a - ref| / max|ref| (or / scale), the project's one measure of difference."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(a - ref)) / (np.max(np.abs(ref)) if scale is None else scale))
