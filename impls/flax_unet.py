@@ -65,7 +65,9 @@ class BatchNorm(nnx.Module):
 
 
 def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Conv:
-    padding = 1 if spec.padding == "same" else 0
+    # "SAME" and "VALID" pad a 3x3 stride-1 conv by 1 and 0, as 1 and 0 do; as strings they stay
+    # hashable primitive parameters where jax2onnx binds them (impls/export.py)
+    padding = "SAME" if spec.padding == "same" else "VALID"
     return nnx.Conv(
         in_ch,
         out_ch,
@@ -118,7 +120,8 @@ class BilinearUpconv(nnx.Conv):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
-        return super().__call__(jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear"))
+        # antialias filters only when downsampling; off, jax2onnx converts it
+        return super().__call__(jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear", antialias=False))
 
 
 class MatmulConvTranspose(nnx.ConvTranspose):
@@ -215,12 +218,13 @@ class UNet(nnx.Module):
         return self
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        self.spec.check_input(x.shape, layout="NHWC")
+        if not any(map(jax.export.is_symbolic_dim, x.shape)):  # symbolic sizes: impls/export.py checks them
+            self.spec.check_input(x.shape, layout="NHWC")
         skips = []
         for i in range(self.spec.depth):
             x = getattr(self, f"down{i}")(x)
             skips.append(x)
-            x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))  # by keyword, as jax2onnx's takes it
         x = getattr(self, f"down{self.spec.depth}")(x)
         for i in reversed(range(self.spec.depth)):
             x = getattr(self, f"up{i}")(x, skips[i])

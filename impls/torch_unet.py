@@ -127,7 +127,8 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(spec.width, spec.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.spec.check_input(tuple(x.shape), layout="NCHW")
+        if not torch.compiler.is_exporting():  # int() would fix a symbolic size; impls/export.py checks them
+            self.spec.check_input(tuple(x.shape), layout="NCHW")
         skips = []
         for i in range(self.spec.depth):
             x = getattr(self, f"down{i}")(x)
