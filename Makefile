@@ -31,10 +31,13 @@ lint: $(STAMP)
 
 # Re-pin after changing pyproject.toml's dependencies: install them into a
 # scratch venv and freeze it. torch's local "+cpu" tag is dropped so that the
-# same pin takes the CUDA wheel on a GPU machine.
+# same pin takes the CUDA wheel on a GPU machine. jax2onnx stays at 0.13.0: its
+# releases 0.13.1 to 0.17.1 require orbax-checkpoint < 0.11.37, below the 0.12.8
+# that flax brings here (pip would move flax's dependency to install one).
 lock:
 	rm -rf /tmp/unet-bench-lock && $(PYTHON) -m venv /tmp/unet-bench-lock
 	/tmp/unet-bench-lock/bin/pip install --quiet torch==2.13.0 jax==0.10.2 flax optax numpy safetensors \
-		ml_dtypes pandas psutil tabulate scipy matplotlib pytest pytest-benchmark ruff
+		ml_dtypes pandas psutil tabulate scipy matplotlib pytest pytest-benchmark ruff \
+		onnx onnxruntime onnxscript openvino jax2onnx==0.13.0
 	(echo '# Exact versions, made by `make lock`; every result records them.'; \
 		/tmp/unet-bench-lock/bin/pip freeze | sed 's/+cpu$$//') > requirements.lock

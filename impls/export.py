@@ -1,0 +1,648 @@
+"""A canonical checkpoint exported to ONNX, AOTInductor or jax.export, verified at export time.
+
+``python -m impls.export CHECKPOINT.safetensors --to onnx|aoti|jax OUT [--batch N] [--size H W]
+[--dynamic] [--via torch|flax]``, and the same as functions (``to_onnx``, ``to_aoti``, ``to_jax``,
+or ``export(..., to=...)``):
+
+- ``onnx``: the PyTorch model through ``torch.onnx.export(..., dynamo=True)``, opset 18; with
+  ``via="flax"`` the Flax model through jax2onnx instead, an independent route to a file that
+  computes the same (NCHW in and out as well). Runs in onnxruntime, OpenVINO, TensorRT, ...
+- ``aoti``: ``torch.export`` and AOTInductor, a ``.pt2`` package that
+  ``torch._inductor.aoti_load_package`` loads without this project's code.
+- ``jax``: ``jax.export`` of the Flax model, serialized StableHLO (NHWC, the Flax model's layout)
+  that ``jax.export.deserialize`` reloads without this project's code, for CPU and CUDA.
+
+Every file is written to a temporary name, run there in its own runtime on a seeded input
+and compared with the model it came from (err, as in the tests, within ``TOLERANCE``); only a
+file that agrees is renamed to OUT. With ``dynamic`` the batch and spatial sizes are symbolic,
+declared as the spec's valid sizes (``r + 2**depth * k``), and the file is checked at a second
+batch and size as well. Each route imports only its own framework, when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from impls import convert
+from impls.checks import err, whole
+from impls.files import atomic_output, check_output
+from impls.spec import UNetSpec
+
+if TYPE_CHECKING:
+    import jax
+
+ROUTES = ("onnx", "aoti", "jax")
+VIAS = ("torch", "flax")
+OPSET = 18
+# fp32 forward, as the parity tests bound eval-mode forwards between frameworks
+TOLERANCE = 1e-5
+# The input side used when none is given: the valid side nearest to this
+DEFAULT_SIDE = 256
+SEED = 0
+
+
+class ExportError(ValueError):
+    """An export that could not be made, or that does not compute what its source model computes."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """What was written and how it was checked."""
+
+    path: Path
+    route: str  # which route made it: "onnx (torch.onnx, dynamo)", "aoti (...)", ...
+    spec: UNetSpec
+    layout: str  # "NCHW" or "NHWC", in and out
+    input_shape: str  # as the file declares it: "(1, 1, 64, 64)" or "(batch, 1, 16*h, 16*w)"
+    checks: tuple[tuple[tuple[int, ...], float], ...]  # (input shape, err) for each seeded input
+
+    def summary(self) -> str:
+        checked = ", ".join(f"{shape}: err {e:.1e}" for shape, e in self.checks)
+        return (
+            f"wrote {self.path}: {self.route}, {self.layout} float32 input {self.input_shape}; "
+            f"checked against the source model on seeded inputs ({checked}; tolerance {TOLERANCE:g})"
+        )
+
+
+# -- sizes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """The valid input sides of a spec as the export declares them: ``offset + period * k`` for
+    k >= ``least`` (every side >= ``least`` when ``period`` is 1)."""
+
+    offset: int
+    period: int
+    least: int
+
+    def symbol(self, name: str) -> str:
+        return f"{self.period}*{name}" + (f" + {self.offset}" if self.offset else "")
+
+
+def _sides(spec: UNetSpec, *, torch_route: bool) -> _Sides:
+    """The sides a dynamic export takes. torch.export makes no symbol of a size of 1, so its
+    exports start where the bottleneck is 2 pixels, the second-smallest valid side."""
+    smallest = spec.smallest_valid_size()
+    if smallest is None:
+        raise ExportError(f"{spec}: no input side below 65536 px is valid: nothing to export")
+    if spec.pad_to_skip:
+        return _Sides(0, 1, smallest)
+    period = 2**spec.depth
+    offset = smallest % period
+    return _Sides(offset, period, (smallest - offset) // period + (1 if torch_route else 0))
+
+
+def _default_side(spec: UNetSpec) -> int:
+    try:
+        spec.check_side(DEFAULT_SIDE)
+        return DEFAULT_SIDE
+    except ValueError:
+        return min(spec.nearest_valid_sizes(DEFAULT_SIDE), key=lambda s: (abs(s - DEFAULT_SIDE), s))
+
+
+def _input_size(spec: UNetSpec, size: int | tuple[int, int] | None, checkpoint: Path) -> tuple[int, int]:
+    """(h, w) from ``size`` (a side, a pair or None for the default), refused unless the spec takes
+    it, with the nearest valid sides named."""
+    if size is None:
+        side = _default_side(spec)
+        return side, side
+    h, w = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+    whole("size height", h)
+    whole("size width", w)
+    try:
+        spec.output_size(h, w)
+    except ValueError as error:
+        raise ValueError(f"size {h}x{w} for {checkpoint}: {error}") from None
+    return int(h), int(w)
+
+
+def _second_size(spec: UNetSpec, sides: _Sides, h: int, w: int) -> tuple[int, int]:
+    """Another valid size, to check a dynamic export at: one period up in height, two in width."""
+    step = 2**spec.depth if spec.pad_to_skip else sides.period
+    return h + step + (1 if spec.pad_to_skip else 0), w + 2 * step
+
+
+def _seeded(shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 1.0, shape).astype(np.float32)
+
+
+def _compare(
+    what: str, out: Path, shape: tuple[int, ...], got: np.ndarray, ref: np.ndarray
+) -> tuple[tuple[int, ...], float]:
+    """(shape, err), after refusing an exported model whose output differs from its source's."""
+    got = np.asarray(got)
+    if got.shape != ref.shape:
+        raise ExportError(
+            f"{out}: the exported {what} gives an output of shape {got.shape} for the input {shape}, "
+            f"the source model {ref.shape}; nothing written"
+        )
+    e = err(got, ref)
+    if not e <= TOLERANCE:
+        raise ExportError(
+            f"{out}: the exported {what} differs from the source model on a seeded input of shape "
+            f"{shape}: err {e:.3g} > {TOLERANCE:g}; nothing written"
+        )
+    return shape, e
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Raise these loggers to ERROR for the block: exporters log progress and missing optional
+    packages (torchvision's ops, dm_pix) as warnings, and torch.export warns of its own pytree use."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+            )
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One export's checked arguments."""
+
+    checkpoint: Path
+    out: Path
+    weights: dict[str, np.ndarray]
+    spec: UNetSpec
+    batch: int
+    size: tuple[int, int]
+    dynamic: bool
+
+    def inputs(self, sides: _Sides | None, layout: str = "NCHW") -> list[tuple[int, ...]]:
+        """The seeded inputs' shapes: the one given, and with ``dynamic`` a second batch and size."""
+        h, w = self.size
+        shapes = [(self.batch, h, w)]
+        if self.dynamic and sides is not None:
+            shapes.append((self.batch + 1, *_second_size(self.spec, sides, h, w)))
+        c = self.spec.in_channels
+        return [(n, c, hh, ww) if layout == "NCHW" else (n, hh, ww, c) for n, hh, ww in shapes]
+
+
+def _job(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    batch: int,
+    size: int | tuple[int, int] | None,
+    dynamic: bool,
+    torch_route: bool,
+) -> _Job:
+    """Everything checked before any framework is imported: the checkpoint, the sizes, the output
+    (whose missing folder is made only then)."""
+    checkpoint = Path(checkpoint)
+    batch = whole("batch", batch)
+    if not isinstance(dynamic, bool):
+        raise ValueError(f"dynamic={dynamic!r}: expected True or False")
+    weights, spec = convert.load(checkpoint)
+    h, w = _input_size(spec, size, checkpoint)
+    if dynamic:
+        sides = _sides(spec, torch_route=torch_route)
+        least = sides.offset + sides.period * sides.least
+        if min(h, w) < least:
+            why = (
+                " (torch.export takes no size of 1 as symbolic: the bottleneck must be at least 2 pixels)"
+                if torch_route
+                else ""
+            )
+            raise ValueError(
+                f"size {h}x{w} for {checkpoint}: a dynamic export of {spec} is made at a side of at "
+                f"least {least}{why}; give --size {least} {least} or larger"
+            )
+    return _Job(checkpoint, check_output(out, checkpoint), weights, spec, batch, (h, w), dynamic)
+
+
+def _metadata(spec: UNetSpec, layout: str, sides: str) -> dict[str, str]:
+    return {
+        convert.SPEC_METADATA_KEY: spec.to_json(),
+        "layout": layout,
+        "input_sides": sides,
+        "made_by": "unet-bench impls/export.py",
+    }
+
+
+def _sides_text(spec: UNetSpec, job: _Job, sides: _Sides | None) -> str:
+    if sides is None:
+        return f"{job.size[0]}x{job.size[1]} only"
+    if sides.period == 1:
+        return f"any side >= {sides.least}"
+    first = sides.offset + sides.period * sides.least
+    return f"{sides.symbol('k')} for k >= {sides.least}: {first}, {first + sides.period}, ..."
+
+
+# -- torch: ONNX and AOTInductor -----------------------------------------------------------
+
+
+def _torch_model(job: _Job):
+    import torch
+
+    from impls import torch_unet
+
+    model = convert.to_torch(job.weights, torch_unet.build(job.spec)).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, torch
+
+
+def _torch_reference(model, torch, shape: tuple[int, ...]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(_seeded(shape))).numpy()
+
+
+def _torch_dims(job: _Job, sides: _Sides, torch, *, derived: bool) -> dict:
+    """dynamic_shapes for torch.export: symbolic batch, height and width.
+
+    ``derived``: each side as ``offset + period * k``, so that the valid sizes are the only ones
+    it can express (ONNX names the dimension after it). Else plain symbols, whose rule the
+    model checks with torch._check, kept as runtime asserts (AOTInductor runs them)."""
+    Dim = torch.export.Dim
+    batch = Dim("batch", min=1)
+    if not derived or sides.period == 1:
+        least = sides.offset + sides.period * sides.least
+        return {"x": {0: batch, 2: Dim("height", min=least), 3: Dim("width", min=least)}}
+    h, w = Dim("h", min=sides.least), Dim("w", min=sides.least)
+    return {"x": {0: batch, 2: sides.period * h + sides.offset, 3: sides.period * w + sides.offset}}
+
+
+def _size_checked(model, sides: _Sides, torch):
+    """``model`` behind the spec's size rule as torch._check calls, which torch.export keeps as
+    runtime asserts when told to defer them."""
+
+    class SizeChecked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            for side in x.shape[2:]:
+                torch._check(side >= sides.offset + sides.period * sides.least)
+                torch._check((side - sides.offset) % sides.period == 0)
+            return self.model(x)
+
+    return SizeChecked().eval()
+
+
+def _example_shape(shape: tuple[int, ...], sides: _Sides | None) -> tuple[int, ...]:
+    """The shape to trace at: torch.export fixes a dimension of size 1, so a dynamic batch is
+    traced at 2 (the file is then checked at the batch asked for)."""
+    return (max(shape[0], 2), *shape[1:]) if sides else shape
+
+
+def _onnx_session(path: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: jax2onnx's files draw shape-merge warnings
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _save_onnx(proto, path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def _onnx_input_shape(path: Path) -> str:
+    session = _onnx_session(path)
+    return "(" + ", ".join(map(str, session.get_inputs()[0].shape)) + ")"
+
+
+def _check_onnx(job: _Job, path: Path, shapes, reference: Callable[[tuple[int, ...]], np.ndarray], what: str):
+    session = _onnx_session(path)
+    name = session.get_inputs()[0].name
+    return tuple(
+        _compare(what, job.out, shape, session.run(None, {name: _seeded(shape)})[0], reference(shape))
+        for shape in shapes
+    )
+
+
+def _onnx_from_torch(job: _Job) -> Export:
+    model, torch = _torch_model(job)
+    sides = _sides(job.spec, torch_route=True) if job.dynamic else None
+    shapes = job.inputs(sides)
+    example = torch.from_numpy(_seeded(_example_shape(shapes[0], sides)))
+    dims = _torch_dims(job, sides, torch, derived=True) if sides else None
+    with _quiet("torch.onnx", "torch.export", "torch._dynamo"):
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes=dims,
+                input_names=["x"],
+                output_names=["logits"],
+                verbose=False,
+            )
+        except Exception as error:  # torch.export raises many kinds: each is told
+            raise ExportError(
+                f"{job.out}: torch.onnx.export failed for {job.spec}: {_first_line(error)}"
+            ) from error
+    with atomic_output(job.out, job.checkpoint) as temporary:
+        _save_onnx(
+            program.model_proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides))
+        )
+        checks = _check_onnx(
+            job, temporary, shapes, lambda shape: _torch_reference(model, torch, shape), "ONNX model"
+        )
+        declared = _onnx_input_shape(temporary)
+    return Export(job.out, "onnx (torch.onnx, dynamo)", job.spec, "NCHW", declared, checks)
+
+
+def _aoti(job: _Job) -> Export:
+    model, torch = _torch_model(job)
+    sides = _sides(job.spec, torch_route=True) if job.dynamic else None
+    shapes = job.inputs(sides)
+    example = torch.from_numpy(_seeded(_example_shape(shapes[0], sides)))
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    metadata = _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides))
+    with _quiet("torch.export", "torch._dynamo", "torch._inductor"):
+        try:
+            if sides:
+                program = torch.export.export(
+                    _size_checked(model, sides, torch),
+                    (example,),
+                    dynamic_shapes=_torch_dims(job, sides, torch, derived=False),
+                    prefer_deferred_runtime_asserts_over_guards=True,
+                )
+            else:
+                program = torch.export.export(model, (example,))
+        except Exception as error:
+            raise ExportError(
+                f"{job.out}: torch.export failed for {job.spec}: {_first_line(error)}"
+            ) from error
+        with atomic_output(job.out, job.checkpoint) as temporary:
+            with temporary.open("w+b") as package:  # a file object: the temporary name has no .pt2
+                # A dynamic batch of 1 is valid: AOTI_RUNTIME_CHECK_INPUTS=1 would refuse it by default
+                configs = {"aot_inductor.metadata": metadata, "aot_inductor.check_lowerbound": not sides}
+                aoti_compile_and_package(program, package_path=package, inductor_configs=configs)
+            runner = aoti_load_package(str(temporary))
+
+            def run(shape: tuple[int, ...]) -> np.ndarray:
+                with torch.no_grad():
+                    out = runner(torch.from_numpy(_seeded(shape)))
+                return (out[0] if isinstance(out, (list, tuple)) else out).numpy()
+
+            checks = tuple(
+                _compare(
+                    "AOTInductor package", job.out, shape, run(shape), _torch_reference(model, torch, shape)
+                )
+                for shape in shapes
+            )
+    if sides:
+        c = job.spec.in_channels
+        declared = f"(batch, {c}, height, width), height and width {_sides_text(job.spec, job, sides)}"
+    else:
+        declared = str(shapes[0])
+    return Export(job.out, "aoti (torch.export + AOTInductor)", job.spec, "NCHW", declared, checks)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+# -- jax: jax.export and jax2onnx --------------------------------------------------------------
+
+
+def _flax_forward(job: _Job, *, upconv_matmul: bool = False):
+    """The Flax model in eval mode, as a jitted function of an NHWC batch, and the model."""
+    import jax
+    from flax import nnx
+
+    from impls import flax_unet
+
+    model = convert.to_flax(job.weights, flax_unet.abstract(job.spec, upconv_matmul=upconv_matmul)).eval()
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda x: nnx.merge(graphdef, state)(x)), model
+
+
+def _symbolic_input(job: _Job, sides: _Sides, jnp) -> jax.ShapeDtypeStruct:
+    import jax
+
+    shape = jax.export.symbolic_shape(
+        f"batch, {sides.symbol('h')}, {sides.symbol('w')}, {job.spec.in_channels}",
+        constraints=[f"h >= {sides.least}", f"w >= {sides.least}"],
+    )
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _jax(job: _Job) -> Export:
+    import jax
+    import jax.numpy as jnp
+
+    forward, _ = _flax_forward(job)
+    sides = _sides(job.spec, torch_route=False) if job.dynamic else None
+    shapes = job.inputs(sides, layout="NHWC")
+    spec_in = _symbolic_input(job, sides, jnp) if sides else jax.ShapeDtypeStruct(shapes[0], jnp.float32)
+    try:
+        exported = jax.export.export(forward, platforms=("cpu", "cuda"))(spec_in)
+    except Exception as error:
+        raise ExportError(f"{job.out}: jax.export failed for {job.spec}: {_first_line(error)}") from error
+    with atomic_output(job.out, job.checkpoint) as temporary:
+        temporary.write_bytes(exported.serialize())
+        reloaded = jax.export.deserialize(bytearray(temporary.read_bytes()))
+        checks = tuple(
+            _compare(
+                "StableHLO",
+                job.out,
+                shape,
+                np.asarray(reloaded.call(_seeded(shape))),
+                np.asarray(forward(_seeded(shape))),
+            )
+            for shape in shapes
+        )
+    declared = "(" + ", ".join(map(str, reloaded.in_avals[0].shape)) + ")"
+    return Export(job.out, "jax (jax.export, StableHLO for cpu and cuda)", job.spec, "NHWC", declared, checks)
+
+
+def _onnx_from_flax(job: _Job) -> Export:
+    """jax2onnx of the Flax model, with the transposed convs in their matmul form (the same
+    function, see flax_unet.MatmulConvTranspose): jax2onnx 0.13.0 lowers a dilated-input conv to an
+    ONNX ConvTranspose of stride 1, which computes something else."""
+    import jax
+    import jax.numpy as jnp
+
+    with _quiet("jax2onnx"):
+        from jax2onnx import to_onnx
+
+    forward, model = _flax_forward(job, upconv_matmul=True)
+    shapes = job.inputs(None)
+    n, c, h, w = shapes[0]
+    try:
+        with _quiet("jax2onnx"):
+            proto = to_onnx(
+                model,
+                [jax.ShapeDtypeStruct((n, h, w, c), jnp.float32)],
+                opset=OPSET,
+                inputs_as_nchw=[0],
+                outputs_as_nchw=[0],
+                input_names=["x"],
+                output_names=["logits"],
+            )
+    except Exception as error:
+        raise ExportError(f"{job.out}: jax2onnx failed for {job.spec}: {_first_line(error)}") from error
+
+    def reference(shape: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(forward(_seeded(shape).transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+
+    with atomic_output(job.out, job.checkpoint) as temporary:
+        _save_onnx(proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, None)))
+        checks = _check_onnx(job, temporary, shapes, reference, "ONNX model (from Flax)")
+        declared = _onnx_input_shape(temporary)
+    return Export(job.out, "onnx (Flax through jax2onnx)", job.spec, "NCHW", declared, checks)
+
+
+# -- the functions -------------------------------------------------------------------------
+
+
+def to_onnx(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    batch: int = 1,
+    size: int | tuple[int, int] | None = None,
+    dynamic: bool = False,
+    via: str = "torch",
+) -> Export:
+    """An ONNX file (opset 18, NCHW) of the checkpoint's model, made from its PyTorch model
+    (``via="torch"``) or its Flax model (``via="flax"``, fixed sizes only), verified in onnxruntime."""
+    if via not in VIAS:
+        raise ValueError(f"via={via!r}: expected one of {', '.join(VIAS)}")
+    if via == "flax" and dynamic:
+        raise ValueError(
+            "via='flax' with dynamic=True: jax2onnx 0.13.0 keeps no symbolic size through a max-pool "
+            "(its output keeps the input's height) and resizes only fixed sizes; export it at fixed "
+            "sizes, or take the dynamic ONNX file from via='torch'"
+        )
+    job = _job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=via == "torch")
+    return _onnx_from_torch(job) if via == "torch" else _onnx_from_flax(job)
+
+
+def to_aoti(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    batch: int = 1,
+    size: int | tuple[int, int] | None = None,
+    dynamic: bool = False,
+) -> Export:
+    """An AOTInductor package (.pt2, NCHW) of the checkpoint's PyTorch model, verified loaded."""
+    return _aoti(_job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=True))
+
+
+def to_jax(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    batch: int = 1,
+    size: int | tuple[int, int] | None = None,
+    dynamic: bool = False,
+) -> Export:
+    """Serialized jax.export StableHLO (NHWC) of the checkpoint's Flax model, verified reloaded."""
+    return _jax(_job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=False))
+
+
+def export(
+    checkpoint: str | Path,
+    to: str,
+    out: str | Path,
+    *,
+    batch: int = 1,
+    size: int | tuple[int, int] | None = None,
+    dynamic: bool = False,
+    via: str | None = None,
+) -> Export:
+    """``to_onnx``, ``to_aoti`` or ``to_jax`` by name; ``via`` is for ``onnx`` only."""
+    if to not in ROUTES:
+        raise ValueError(f"to={to!r}: expected one of {', '.join(ROUTES)}")
+    if via is not None and to != "onnx":
+        raise ValueError(f"via={via!r} is for to='onnx' only; to={to!r} exports the {_SOURCE[to]} model")
+    options = dict(batch=batch, size=size, dynamic=dynamic)
+    if to == "onnx":
+        return to_onnx(checkpoint, out, via=via or "torch", **options)
+    return (to_aoti if to == "aoti" else to_jax)(checkpoint, out, **options)
+
+
+_SOURCE = {"aoti": "PyTorch", "jax": "Flax"}
+
+
+def load_jax(file: str | Path) -> jax.export.Exported:
+    """A file written by ``to_jax``, ready to ``.call(x)``: ``jax.export.deserialize`` of its bytes."""
+    import jax
+
+    return jax.export.deserialize(bytearray(Path(file).read_bytes()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m impls.export",
+        description="Export a canonical U-Net checkpoint, checked against its source model on seeded inputs.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="CHECKPOINT.safetensors (as impls.convert.save writes)")
+    parser.add_argument(
+        "--to",
+        required=True,
+        choices=ROUTES,
+        help="onnx: an ONNX file (opset 18, NCHW); aoti: an AOTInductor .pt2 package (NCHW); "
+        "jax: serialized jax.export StableHLO (NHWC)",
+    )
+    parser.add_argument("out", type=Path, help="the file to write (never the checkpoint itself)")
+    parser.add_argument("--batch", type=int, default=1, help="batch of the example input (default 1)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help=f"input height and width (default: the valid side nearest {DEFAULT_SIDE})",
+    )
+    parser.add_argument(
+        "--dynamic", action="store_true", help="symbolic batch and spatial sizes (the spec's valid sizes)"
+    )
+    parser.add_argument(
+        "--via",
+        choices=VIAS,
+        help="for --to onnx: from the PyTorch model (default) or the Flax model (jax2onnx)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = export(
+            args.checkpoint,
+            args.to,
+            args.out,
+            batch=args.batch,
+            size=None if args.size is None else tuple(args.size),
+            dynamic=args.dynamic,
+            via=args.via,
+        )
+    except (ValueError, OSError) as error:  # each names the file and the fix in one line: no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""impls/export.py: each route's file computes what its source model computes, at small widths.
+
+AOTInductor's compile is the slow part on a CPU (about 20 s for the smallest model): one test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from impls import convert, export, torch_unet
+from impls.checks import err
+from impls.spec import UNetSpec
+from tests.helpers import random_weights
+
+SAME = UNetSpec(width=4, depth=2)  # valid sides 4, 8, 12, ...
+PAPER = UNetSpec(width=4, depth=2, padding="valid", upsample="bilinear", conv_bias=False)  # 44, 48, ...
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for name, spec in (("same", SAME), ("paper", PAPER)):
+        paths[name] = folder / f"{name}.safetensors"
+        convert.save(paths[name], random_weights(spec, seed=3), spec)
+    return paths
+
+
+def _torch_logits(checkpoint: Path, x: np.ndarray) -> np.ndarray:
+    weights, spec = convert.load(checkpoint)
+    model = convert.to_torch(weights, torch_unet.build(spec)).eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _x(*shape: int, seed: int = 7) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _run_without_the_project(script: str, *args: str) -> str:
+    """Run ``script`` in a fresh interpreter outside the repository, with no path to its code."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=Path(args[0]).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+# -- ONNX ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(checkpoints, tmp_path_factory) -> tuple[Path, export.Export]:
+    out = tmp_path_factory.mktemp("onnx") / "unet.onnx"
+    return out, export.to_onnx(checkpoints["same"], out, batch=2, size=(16, 24), dynamic=True)
+
+
+def test_dynamic_onnx_takes_other_batches_and_sizes(checkpoints, dynamic_onnx) -> None:
+    out, result = dynamic_onnx
+    assert [shape for shape, _ in result.checks] == [(2, 1, 16, 24), (3, 1, 20, 32)]
+    assert all(e <= export.TOLERANCE for _, e in result.checks)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 1, "4*h", "4*w"]  # the spec's valid sides
+    assert session.get_modelmeta().custom_metadata_map["unet_spec"] == SAME.to_json()
+    assert {o.version for o in onnx.load(str(out)).opset_import if o.domain == ""} == {18}
+    for shape in [(1, 1, 8, 8), (4, 1, 28, 12)]:  # neither is the traced one
+        x = _x(*shape)
+        got = session.run(None, {"x": x})[0]
+        assert err(got, _torch_logits(checkpoints["same"], x)) <= 1e-5, shape
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail, match="Concat"):
+        session.run(None, {"x": _x(1, 1, 30, 32)})  # 30 is not a multiple of 2**depth
+
+
+def test_the_onnx_file_runs_in_openvino(checkpoints, dynamic_onnx) -> None:
+    import openvino
+
+    # In fp32: on a CPU with AMX or AVX512-BF16 OpenVINO computes in bfloat16 unless told (err 1.2e-2 here)
+    compiled = openvino.Core().compile_model(str(dynamic_onnx[0]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = _x(2, 1, 12, 20)
+    assert err(compiled(x)[0], _torch_logits(checkpoints["same"], x)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["same", "paper"])
+def test_flax_route_to_onnx_computes_what_the_torch_route_computes(checkpoints, tmp_path, name) -> None:
+    size = (20, 28) if name == "same" else (48, 52)
+    via_torch = export.to_onnx(checkpoints[name], tmp_path / "torch.onnx", batch=2, size=size)
+    via_flax = export.to_onnx(checkpoints[name], tmp_path / "flax.onnx", batch=2, size=size, via="flax")
+    assert via_flax.route == "onnx (Flax through jax2onnx)" and via_flax.layout == "NCHW"
+    x = _x(2, 1, *size)
+    outputs = [
+        onnxruntime.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        for f in ("torch.onnx", "flax.onnx")
+    ]
+    assert (
+        outputs[0].shape == outputs[1].shape == (2, 2, *convert.load(checkpoints[name])[1].output_size(*size))
+    )
+    assert err(outputs[1], outputs[0]) <= 1e-5
+    assert via_torch.input_shape == via_flax.input_shape == f"(2, 1, {size[0]}, {size[1]})"
+
+
+# -- AOTInductor ----------------------------------------------------------------------------
+
+
+def test_dynamic_aoti_package_loads_without_the_project_and_refuses_invalid_sizes(
+    checkpoints, tmp_path
+) -> None:
+    out = tmp_path / "unet.pt2"
+    result = export.to_aoti(checkpoints["same"], out, size=(8, 12), dynamic=True)
+    assert [shape for shape, _ in result.checks] == [(1, 1, 8, 12), (2, 1, 12, 20)]
+    x = _x(3, 1, 16, 8)
+    np.save(tmp_path / "x.npy", x)
+    script = """
+        import sys, numpy as np, torch
+        from torch._inductor import aoti_load_package
+        model = aoti_load_package(sys.argv[1])
+        print(model.get_metadata()["unet_spec"])
+        np.save(sys.argv[2], model(torch.from_numpy(np.load(sys.argv[3]))).numpy())
+        try:
+            model(torch.zeros(1, 1, 18, 16))
+        except RuntimeError as error:
+            print("refused:", str(error).splitlines()[0])
+    """
+    printed = _run_without_the_project(script, str(out), str(tmp_path / "y.npy"), str(tmp_path / "x.npy"))
+    assert printed.splitlines()[0] == SAME.to_json()
+    assert "refused: Expected Eq(Mod(" in printed and "received 18" in printed
+    assert err(np.load(tmp_path / "y.npy"), _torch_logits(checkpoints["same"], x)) <= 1e-5
+
+
+# -- jax.export ------------------------------------------------------------------------------
+
+
+def test_dynamic_jax_export_reloads_without_the_project(checkpoints, tmp_path) -> None:
+    out = tmp_path / "unet.stablehlo"
+    result = export.to_jax(checkpoints["paper"], out, size=(44, 48), dynamic=True)
+    assert result.layout == "NHWC" and result.input_shape == "(batch, 4*h, 4*w, 1)"
+    assert [shape for shape, _ in result.checks] == [(1, 44, 48, 1), (2, 48, 56, 1)]
+    x = _x(3, 1, 52, 44)
+    np.save(tmp_path / "x.npy", x.transpose(0, 2, 3, 1))
+    script = """
+        import sys, numpy as np, jax
+        exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+        print(",".join(exported.platforms))
+        np.save(sys.argv[2], np.asarray(exported.call(np.load(sys.argv[3]))))
+        try:
+            exported.call(np.zeros((1, 46, 48, 1), np.float32))
+        except ValueError as error:
+            print("refused:", str(error).splitlines()[0])
+    """
+    printed = _run_without_the_project(script, str(out), str(tmp_path / "y.npy"), str(tmp_path / "x.npy"))
+    assert printed.splitlines()[0] == "cpu,cuda"
+    assert "refused: Input shapes do not match the polymorphic shapes specification" in printed
+    got = np.load(tmp_path / "y.npy").transpose(0, 3, 1, 2)
+    assert err(got, _torch_logits(checkpoints["paper"], x)) <= 1e-5  # and the same as PyTorch's
+    assert str(export.load_jax(out).in_avals[0].shape) == "(batch, 4*h, 4*w, 1)"
+
+
+def test_an_export_that_differs_is_refused_and_not_written(checkpoints, tmp_path, monkeypatch) -> None:
+    real = jax.export.deserialize
+
+    class Off:
+        def __init__(self, exported) -> None:
+            self.exported, self.in_avals = exported, exported.in_avals
+
+        def call(self, x):
+            return self.exported.call(x) * 1.001
+
+    monkeypatch.setattr(jax.export, "deserialize", lambda blob: Off(real(blob)))
+    out = tmp_path / "unet.stablehlo"
+    with pytest.raises(export.ExportError) as info:
+        export.to_jax(checkpoints["same"], out, size=(8, 8))
+    message = str(info.value)
+    assert message.startswith(f"{out}: the exported StableHLO differs from the source model")
+    assert "(1, 8, 8, 1): err 0.001 > 1e-05; nothing written" in message
+    assert os.listdir(tmp_path) == []  # no file, no partial one
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_command_writes_and_says_what_it_checked(checkpoints, tmp_path, capsys) -> None:
+    out = tmp_path / "new" / "unet.stablehlo"
+    code = export.main(
+        [str(checkpoints["same"]), "--to", "jax", str(out), "--batch", "2", "--size", "8", "12"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        f"wrote {out}: jax (jax.export, StableHLO for cpu and cuda), NHWC float32 input"
+    )
+    assert "(2, 8, 12, 1): err" in printed
+    assert export.load_jax(out).in_avals[0].shape == (2, 8, 12, 1)
+
+
+def test_command_runs_as_a_module(checkpoints, tmp_path) -> None:
+    command = [sys.executable, "-m", "impls.export", str(checkpoints["same"]), "--to", "onnx"]
+    done = subprocess.run(
+        [*command, str(tmp_path / "o.onnx"), "--size", "30", "30"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: size 30x30 for ") and "nearest valid: 28 and 32" in done.stderr
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+def _text_file(folder: Path) -> Path:
+    path = folder / "notes.safetensors"
+    path.write_text("hello world\n")
+    return path
+
+
+BAD = {
+    "not a checkpoint": (
+        lambda c, t: [str(_text_file(t)), "--to", "onnx", str(t / "o.onnx")],
+        ["notes.safetensors: found a file in a format not read here", "expected a canonical unet-bench"],
+    ),
+    "no such checkpoint": (
+        lambda c, t: [str(t / "nowhere.safetensors"), "--to", "jax", str(t / "o")],
+        ["nowhere.safetensors: no such file; expected a canonical unet-bench safetensors file"],
+    ),
+    "a size the spec rejects": (
+        lambda c, t: [str(c["same"]), "--to", "aoti", str(t / "o.pt2"), "--size", "32", "30"],
+        [
+            "size 32x30 for ",
+            "width 30 is not a valid input size (padding='same' needs a multiple of 2**depth = 4); "
+            "nearest valid: 28 and 32",
+        ],
+    ),
+    "a size the paper's spec rejects": (
+        lambda c, t: [str(c["paper"]), "--to", "jax", str(t / "o"), "--size", "50", "44"],
+        ["height 50 is not a valid input size", "nearest valid: 48 and 52"],
+    ),
+    "an output under a file": (
+        lambda c, t: [str(c["same"]), "--to", "onnx", str(_text_file(t) / "o.onnx")],
+        ["output ", "notes.safetensors is a file, not a folder"],
+    ),
+    "an output that is a folder": (
+        lambda c, t: [str(c["same"]), "--to", "jax", str(t)],
+        ["output {t} is a folder: give a file name inside it"],
+    ),
+    "the checkpoint as output": (
+        lambda c, t: [str(c["same"]), "--to", "jax", str(c["same"])],
+        ["is also the input", "choose another output file"],
+    ),
+    "a batch of 0": (
+        lambda c, t: [str(c["same"]), "--to", "jax", str(t / "o"), "--batch", "0"],
+        ["batch=0: expected an integer >= 1"],
+    ),
+    "--via for aoti": (
+        lambda c, t: [str(c["same"]), "--to", "aoti", str(t / "o.pt2"), "--via", "flax"],
+        ["via='flax' is for to='onnx' only; to='aoti' exports the PyTorch model"],
+    ),
+    "--dynamic through jax2onnx": (
+        lambda c, t: [str(c["same"]), "--to", "onnx", str(t / "o.onnx"), "--via", "flax", "--dynamic"],
+        [
+            "jax2onnx 0.13.0 keeps no symbolic size through a max-pool",
+            "take the dynamic ONNX file from via='torch'",
+        ],
+    ),
+    "--dynamic below the sizes torch.export takes": (
+        lambda c, t: [str(c["same"]), "--to", "onnx", str(t / "o.onnx"), "--size", "4", "8", "--dynamic"],
+        ["size 4x8 for ", "made at a side of at least 8", "give --size 8 8 or larger"],
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD))  # not "case": bench/plugin.py parametrizes that
+def test_bad_input_is_one_line_and_exit_1(checkpoints, tmp_path, capsys, bad) -> None:
+    argv, parts = BAD[bad]
+    args = argv(checkpoints, tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    assert export.main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    for part in parts:
+        assert part.format(t=tmp_path) in captured.err, captured.err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_functions_refuse_what_the_command_cannot_be_given(checkpoints, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"to='tflite': expected one of onnx, aoti, jax"):
+        export.export(checkpoints["same"], "tflite", tmp_path / "o")
+    with pytest.raises(ValueError, match=r"via='tf': expected one of torch, flax"):
+        export.to_onnx(checkpoints["same"], tmp_path / "o", via="tf")
+    with pytest.raises(ValueError, match=r"size height=2.5: expected an integer >= 1"):
+        export.to_jax(checkpoints["same"], tmp_path / "o", size=(2.5, 8))
+    with pytest.raises(convert.CheckpointError):
+        export.to_aoti(_text_file(tmp_path), tmp_path / "o.pt2")
+    assert sorted(os.listdir(tmp_path)) == ["notes.safetensors"]
