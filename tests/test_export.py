@@ -224,6 +224,24 @@ def test_command_runs_as_a_module(checkpoints, tmp_path) -> None:
     assert done.stderr.startswith("error: size 30x30 for ") and "nearest valid: 28 and 32" in done.stderr
 
 
+@pytest.mark.parametrize(("to", "absent"), [("jax", "torch"), ("onnx", "jax")])
+def test_each_route_imports_only_its_own_framework(checkpoints, tmp_path, to, absent) -> None:
+    argv = [str(checkpoints["same"]), "--to", to, str(tmp_path / "o"), "--size", "8", "8"]
+    script = f"""
+        import sys
+        from impls import export
+        assert "torch" not in sys.modules and "jax" not in sys.modules, "imported by impls.export itself"
+        assert export.main({argv!r}) == 0
+        print(",".join(name for name in ("torch", "jax", "onnxruntime") if name in sys.modules))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = done.stdout.splitlines()[-1].split(",")
+    assert to.replace("onnx", "torch") in loaded and absent not in loaded
+
+
 # -- bad input ----------------------------------------------------------------------------
 
 
