@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -323,6 +324,24 @@ def _save_onnx(proto, path: Path, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def _name_dims(proto) -> None:
+    """torch.export's symbols (s77, 16*s39) in the graph's shapes renamed batch, h and w, as the
+    dynamic shapes named them (torch.onnx keeps the names only of symbols it makes itself)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    names = {}
+    for index, name in ((0, "batch"), (2, "h"), (3, "w")):
+        symbols = re.findall(r"\bs\d+\b", dims[index].dim_param)
+        if len(symbols) == 1:
+            names[symbols[0]] = name
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda match: names[match[1]], dim.dim_param)
+
+
 def _onnx_input_shape(path: Path) -> str:
     session = _onnx_session(path)
     return "(" + ", ".join(map(str, session.get_inputs()[0].shape)) + ")"
@@ -344,25 +363,33 @@ def _onnx_from_torch(job: _Job) -> Export:
     example = torch.from_numpy(_seeded(_example_shape(shapes[0], sides)))
     dims = _torch_dims(job, sides, torch, derived=True) if sides else None
     with _quiet("torch.onnx", "torch.export", "torch._dynamo"):
+        # torch.export first, then the program to torch.onnx: given the model and dynamic_shapes,
+        # torch.onnx.export loses the derived sizes and fails from depth 3 on ("Could not guard on
+        # data-dependent expression" at the centre crop), where torch.export alone keeps them.
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=dims)
+        except Exception as error:  # torch.export raises many kinds: each is told
+            raise ExportError(
+                f"{job.out}: torch.export failed for {job.spec}: {_first_line(error)}"
+            ) from error
         try:
             program = torch.onnx.export(
-                model,
-                (example,),
+                program,
                 dynamo=True,
                 opset_version=OPSET,
-                dynamic_shapes=dims,
                 input_names=["x"],
                 output_names=["logits"],
                 verbose=False,
             )
-        except Exception as error:  # torch.export raises many kinds: each is told
+        except Exception as error:
             raise ExportError(
                 f"{job.out}: torch.onnx.export failed for {job.spec}: {_first_line(error)}"
             ) from error
+    proto = program.model_proto  # made anew at each access
+    if sides:
+        _name_dims(proto)
     with atomic_output(job.out, job.checkpoint) as temporary:
-        _save_onnx(
-            program.model_proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides))
-        )
+        _save_onnx(proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides)))
         checks = _check_onnx(
             job, temporary, shapes, lambda shape: _torch_reference(model, torch, shape), "ONNX model"
         )
