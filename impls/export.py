@@ -565,6 +565,13 @@ def to_onnx(
             "sizes, or take the dynamic ONNX file from via='torch'"
         )
     job = _job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=via == "torch")
+    if dynamic and job.spec.pad_to_skip:
+        raise ValueError(
+            f"{checkpoint}: {job.spec} with dynamic=True to ONNX: its pools drop odd rows, which "
+            "torch.export can make symbolic only with runtime asserts, and ONNX keeps no asserts "
+            "(at depth 4: 'Constraints violated (height, width)'); export it at fixed sizes, or "
+            "dynamic to aoti or jax, which keep them"
+        )
     return _onnx_from_torch(job) if via == "torch" else _onnx_from_flax(job)
 
 

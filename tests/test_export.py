@@ -25,6 +25,7 @@ from tests.helpers import random_weights
 
 SAME = UNetSpec(width=4, depth=2)  # valid sides 4, 8, 12, ...
 DEEP = UNetSpec(width=4, depth=3)  # 8, 16, 24, ...: torch.onnx alone failed dynamic exports from depth 3 on
+SAME_ANY_SIZE = UNetSpec(width=4, depth=2, pad_to_skip=True)  # as a milesial import
 PAPER = UNetSpec(width=4, depth=2, padding="valid", upsample="bilinear", conv_bias=False)  # 44, 48, ...
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
     paths = {}
-    for name, spec in (("same", SAME), ("deep", DEEP), ("paper", PAPER)):
+    for name, spec in (("same", SAME), ("deep", DEEP), ("paper", PAPER), ("skip", SAME_ANY_SIZE)):
         paths[name] = folder / f"{name}.safetensors"
         convert.save(paths[name], random_weights(spec, seed=3), spec)
     return paths
@@ -300,6 +301,10 @@ BAD = {
             "jax2onnx 0.13.0 keeps no symbolic size through a max-pool",
             "take the dynamic ONNX file from via='torch'",
         ],
+    ),
+    "--dynamic ONNX of a spec that takes any size": (
+        lambda c, t: [str(c["skip"]), "--to", "onnx", str(t / "o.onnx"), "--size", "9", "10", "--dynamic"],
+        ["pad_to_skip=True) with dynamic=True to ONNX", "ONNX keeps no asserts", "dynamic to aoti or jax"],
     ),
     "--dynamic below the sizes torch.export takes": (
         lambda c, t: [str(c["same"]), "--to", "onnx", str(t / "o.onnx"), "--size", "4", "8", "--dynamic"],
