@@ -285,14 +285,11 @@ def _rounds(info: dict) -> tuple[tuple, ...] | None:
 def _case_row(bench: dict) -> dict:
     info, timing = bench["extra_info"], bench["stats"]
     rounds = _rounds(info)
-    median = stats.median_interval(rounds[0], workers=rounds[2]) if rounds else NAN
     return {
         **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
         "img_per_s": info["images_per_second"],
         "megapixels_per_s": info.get("megapixels_per_second", math.nan),
         "median_ms": timing["median"] * 1e3,
-        "median_ms_low": median.low * 1e3,
-        "median_ms_high": median.high * 1e3,
         "iqr_ms": timing["iqr"] * 1e3,
         "min_ms": timing["min"] * 1e3,
         "max_ms": timing["max"] * 1e3,
@@ -327,13 +324,45 @@ def _speedup(case: pd.Series, baseline: pd.Series | None) -> stats.Interval:
         return stats.Interval(1.0, math.nan, math.nan)
     if case.round_seconds is None or baseline.round_seconds is None:
         return stats.Interval(baseline.median_ms / case.median_ms, math.nan, math.nan)
-    return stats.speedup_interval(baseline.round_seconds, case.round_seconds)
+    return stats.speedup_interval(baseline.round_seconds, case.round_seconds, floor=case.speedup_spread)
 
 
-def _with_speedups(measured: pd.DataFrame) -> pd.DataFrame:
+def _median(case: pd.Series) -> stats.Interval:
+    if case.round_seconds is None:
+        return NAN
+    seconds, _, workers = case.round_seconds
+    return stats.median_interval(seconds, workers=workers, floor=case.time_spread)
+
+
+def _spreads(cases: list[pd.Series], baselines: list[pd.Series | None]) -> tuple[list, list]:
+    """Each case's floors for its intervals: the worker-to-worker spread of its device's times and
+    of its device's speed-ups over torch-eager, pooled over the run's cases (stats.replicate_interval)."""
+    times: dict[str, list] = {}
+    speedups: dict[str, list] = {}
+    for case, baseline in zip(cases, baselines, strict=True):
+        if case.round_seconds is None:
+            continue
+        seconds, _, workers = case.round_seconds
+        times.setdefault(case.device_name, []).append(stats.worker_medians(seconds, workers))
+        if baseline is not None and case.path != BASELINE and baseline.round_seconds is not None:
+            ratios = stats.worker_speedups(baseline.round_seconds, case.round_seconds)
+            speedups.setdefault(case.device_name, []).append(ratios)
+    time_floor = {device: stats.pooled_spread(values) for device, values in times.items()}
+    speedup_floor = {device: stats.pooled_spread(values) for device, values in speedups.items()}
+    return [time_floor.get(c.device_name) for c in cases], [speedup_floor.get(c.device_name) for c in cases]
+
+
+def _with_intervals(measured: pd.DataFrame) -> pd.DataFrame:
+    """Each case's median time and speed-up over torch-eager, with their 95% intervals."""
     keys, cases = _group_keys(measured), [case for _, case in measured.iterrows()]
-    baselines = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
-    intervals = [_speedup(case, baselines.get(key)) for key, case in zip(keys, cases, strict=True)]
+    by_key = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
+    baselines = [by_key.get(key) for key in keys]
+    measured["time_spread"], measured["speedup_spread"] = _spreads(cases, baselines)
+    cases = [case for _, case in measured.iterrows()]
+    medians = [_median(case) for case in cases]
+    measured["median_ms_low"] = [m.low * 1e3 for m in medians]
+    measured["median_ms_high"] = [m.high * 1e3 for m in medians]
+    intervals = [_speedup(case, baseline) for case, baseline in zip(cases, baselines, strict=True)]
     for column, field in zip(SPEEDUP, ("value", "low", "high"), strict=True):
         measured[column] = [getattr(interval, field) for interval in intervals]
     return measured
@@ -353,7 +382,7 @@ def _tables(run: _Run) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     measured = pd.DataFrame([row for _, row in cases])
     if not measured.empty:
         measured["devices"] = measured["devices"].astype(float)
-        measured = _with_speedups(measured)
+        measured = _with_intervals(measured)
     failures = pd.DataFrame([row for _, row in _each(run.file, run.failures, _failure_row)])
     return measured, failures, run.section
 
@@ -533,7 +562,8 @@ def group_verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESH
         elif len(competing) < 2:
             reason = "fewer than two paths to compare"
         else:
-            verdict = stats.decide(dict(zip(competing.path, competing.round_seconds, strict=True)), threshold)
+            rounds = dict(zip(competing.path, competing.round_seconds, strict=True))
+            verdict = stats.decide(rounds, threshold, floor=competing.speedup_spread.iloc[0])
         sequential = sorted({s for s in group.schedule if s.startswith("sequential")})
         rows.append(
             {

@@ -111,7 +111,7 @@ def test_untimed_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sw
 
 def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep, monkeypatch) -> None:
     # torch eager stands in for a compiled path: the mechanism is tested, without minutes of compiling
-    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": "memory_format"})
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("memory_format", "upconv")})
     monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
     seconds = {"channels_last": 0.02, "contiguous": 0.01}
     calls: list[str] = []
@@ -127,9 +127,11 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep,
     assert calls[: 2 * rounds] == ["channels_last", "contiguous"] * rounds  # the two cold workers in turn
     assert set(calls[2 * rounds :]) == {"contiguous"}  # then the chosen form alone
     choice = record["forms"]["torch-eager"]
-    assert (
-        choice["chosen"] == {"memory_format": "contiguous"} and choice["seconds"]["memory_format"] == seconds
-    )
+    assert choice["chosen"] == {"memory_format": "contiguous", "upconv": record["settings"]["upconv"]}
+    assert choice["seconds"]["memory_format"] == seconds
+    assert choice["by"] == {"memory_format": "torch-eager", "upconv": "torch-eager"}  # the path's own
+    assert set(choice["seconds"]["upconv"]) == {"native", "matmul"}  # timed in its cold worker
+    assert "torch" not in record["forms"]  # nothing chosen for the framework's other paths
     assert record["settings"]["memory_format"] == "contiguous" and not record["compile_cold_reused"]
     folder = Path(record["compile_folder"])
     assert (folder / "cold.json").exists()
@@ -160,7 +162,7 @@ def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
     assert lines[2].startswith("[3/3] infer-torch-eager-32px-b2-fp32: skipped: --max-minutes 10")
 
 
-def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, tmp_path) -> None:
+def test_estimates_take_earlier_runs_less_a_cold_compile_still_reusable(sweep, tmp_path, monkeypatch) -> None:
     sweep.cases = _cases("jax")
     assert sweep.remaining() == (measure.GUESS_SECONDS["cpu"], 1)
     record = sweep.run(sweep.cases[0], FakeBenchmark())
@@ -168,6 +170,8 @@ def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, 
     seconds, guessed = later.remaining()
     assert guessed == 0
     assert seconds < record["case_wall_seconds"]  # the cold compile is now reused
+    monkeypatch.setattr(environment, "code_hash", lambda: "changed")  # a new folder: compiles again
+    assert later.remaining() == (record["case_wall_seconds"], 0)
 
 
 def test_a_case_that_fails_in_a_group_fails_alone(sweep, monkeypatch) -> None:

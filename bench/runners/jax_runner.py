@@ -87,7 +87,7 @@ class JaxRunner:
         upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
             upconv_seconds = time_upconv_forms(
-                config.spec, config.batch, config.size, self.device, compute_dtype
+                config.spec, config.batch, config.size, self.device, compute_dtype, config.task == "train"
             )
             upconv = forms.fastest(upconv_seconds)
         self.work = workload(config)
@@ -248,9 +248,10 @@ def _nchw(logits: jax.Array) -> np.ndarray:
 
 @functools.cache
 def time_upconv_forms(
-    spec: UNetSpec, batch: int, size: int, device: jax.Device, compute_dtype
+    spec: UNetSpec, batch: int, size: int, device: jax.Device, compute_dtype, backward: bool
 ) -> dict[str, float]:
-    """Seconds for forward and backward of the largest up-conv in each exact form."""
+    """Seconds for the largest up-conv in each exact form, jitted: its forward and backward where
+    the case trains (``backward``), its forward alone where it infers."""
     if spec.upsample != "transpose":
         return {"native": 0.0}
     cin, cout = spec.channels(1), spec.channels(0)
@@ -266,7 +267,7 @@ def time_upconv_forms(
         def loss(params, x, graphdef=graphdef):
             return nnx.merge(graphdef, params)(x).astype(jnp.float32).sum()
 
-        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else loss)
         runs[form] = functools.partial(
             lambda step, params: jax.block_until_ready(step(params, x)), step, jax.device_put(params, device)
         )
