@@ -17,8 +17,10 @@ field) is left out of results/README.md and named there; named on the command
 line, it is a one-line error that says which file and what is wrong with it.
 
 Intervals and verdicts come from bench/stats.py: a case's median time with a
-bootstrap 95% interval over its rounds, speed-ups from the blocks of rounds
-that the engine measured side by side, and the tie rule. Runs of the older
+95% interval over its worker processes (or, with one, a bootstrap over its
+rounds), speed-ups from the blocks of rounds that the engine measured side by
+side, every interval over workers no narrower than the run's pooled
+worker-to-worker spread allows, and the tie rule. Runs of the older
 engines kept no rounds: their tables have values without intervals, and no
 verdicts.
 """

@@ -83,11 +83,12 @@ class Spread:
 def pooled_spread(estimates: Iterable[Sequence[float]]) -> Spread | None:
     """The worker-to-worker spread of a run: each case's per-worker estimates (times or speed-ups)
     pooled on the log scale; None without a case of two workers or more."""
-    residuals = [logs - logs.mean() for logs in (np.log(np.asarray(e, dtype=float)) for e in estimates)]
-    df = sum(logs.size - 1 for logs in residuals if logs.size > 1)
+    logs = [np.log(np.asarray(e, dtype=float)) for e in estimates]
+    residuals = [case - case.mean() for case in logs if case.size > 1]
+    df = sum(case.size - 1 for case in residuals)
     if df == 0:
         return None
-    return Spread(float(np.sqrt(sum(float((logs**2).sum()) for logs in residuals) / df)), df)
+    return Spread(float(np.sqrt(sum(float((case**2).sum()) for case in residuals) / df)), df)
 
 
 def replicate_interval(values: Sequence[float], floor: Spread | None = None) -> Interval:

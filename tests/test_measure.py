@@ -13,11 +13,14 @@ import pytest
 from bench import environment, measure
 from bench.measure import CaseSkipped, Sweep, rotation
 from bench.runners import RunConfig
-from bench.workers import leftover_processes
+from bench.workers import Worker, leftover_processes
 from impls.spec import UNetSpec
 from tests.fakes import FakeBenchmark
 
 SPEC = UNetSpec(width=4, depth=2)
+
+
+OTHER_FORM = {"native": "matmul", "matmul": "native"}
 
 
 def _cases(*paths: str, size: int = 16) -> list[RunConfig]:
@@ -143,6 +146,38 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep,
     record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["compile_cold_reused"] and record["forms"]["torch-eager"]["earlier_run"]
     assert record["compile_folder"] == str(folder) and set(calls) == {"contiguous"}
+
+
+def test_a_compiled_path_whose_up_conv_form_loses_compiles_the_other_cold(sweep, monkeypatch) -> None:
+    """A compiled path times its up-conv forms after its cold call (so as not to warm it); where the
+    form it was built in loses, the winner's cold call is measured in a fresh worker."""
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("upconv",)})
+    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
+    built: list[str] = []
+    timed: dict[str, float] = {}
+    real_call = Worker.call
+
+    def call(self, command: str, *args):
+        if command == "first_call":
+            built.append(self.settings["upconv"])
+        if command == "upconv_forms":  # the form the worker was built in loses
+            timed.update({self.settings["upconv"]: 2.0, OTHER_FORM[self.settings["upconv"]]: 1.0})
+            return dict(timed)
+        return real_call(self, command, *args)
+
+    monkeypatch.setattr(Worker, "call", call)
+    sweep.cases = _cases("torch-eager")
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    winner = OTHER_FORM[built[0]]
+    assert built[1:] == [winner] * (len(built) - 1)  # a fresh cold worker, then the cached and replicates
+    assert record["settings"]["upconv"] == winner and not record["compile_cold_reused"]
+    choice = record["forms"]["torch-eager"]
+    assert choice["chosen"] == {"upconv": winner} and choice["seconds"]["upconv"] == timed
+    native = sweep.cases[0].replace(upconv="native")
+    given = Sweep(compile_cache=sweep.compile_cache / "given", cases=[native])
+    built.clear()
+    assert given.run(given.cases[0], FakeBenchmark())["settings"]["upconv"] == "native"
+    assert set(built) == {"native"}  # a form given is never timed
 
 
 def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:

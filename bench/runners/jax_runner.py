@@ -84,11 +84,10 @@ class JaxRunner:
         set_precision(config.tf32)
         compute_dtype = jnp.bfloat16 if config.precision == "bf16" else None
         param_dtype = jnp.float64 if config.precision == "fp64" else jnp.float32
+        self._compute_dtype = compute_dtype
         upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
-            upconv_seconds = time_upconv_forms(
-                config.spec, config.batch, config.size, self.device, compute_dtype, config.task == "train"
-            )
+            upconv_seconds = self.upconv_forms()
             upconv = forms.fastest(upconv_seconds)
         self.work = workload(config)
 
@@ -132,6 +131,12 @@ class JaxRunner:
             else memory.CPU_METHOD,
             **self.placement.settings,
         }
+
+    def upconv_forms(self) -> dict[str, float]:
+        """Seconds for the largest up-conv in each exact form, jitted, as this case runs it."""
+        config = self.config
+        shape = (config.spec, config.batch, config.size)
+        return time_upconv_forms(*shape, self.device, self._compute_dtype, config.task == "train")
 
     def _infer_fn(self, params, stats, images):
         return nnx.merge(self._eval_def, params, stats)(images)
