@@ -400,12 +400,6 @@ def _single_device(measured: pd.DataFrame) -> pd.DataFrame:
     return measured[measured.devices.isna()] if not measured.empty else measured
 
 
-def _threshold(section: dict) -> float:
-    """The noise threshold the run was measured against, or today's for runs that name none."""
-    value = section.get("options", {}).get("noise_threshold")
-    return stats.NOISE_THRESHOLD if value is None else float(value)
-
-
 # -- tables --------------------------------------------------------------------------------------
 
 
@@ -688,7 +682,7 @@ def _options_line(section: dict) -> list[str]:
         f"Rounds: interleaved in blocks across each group's paths, added until every median's 95% "
         f"interval was within ±{options['target_ci']:.0%}"
         + (f" or a case had {budget:g} s of rounds" if budget else "")
-        + f"; noise threshold {_threshold(section):.0%}; "
+        + f"; noise threshold {stats.NOISE_THRESHOLD:.0%}; "
         + (f"no case started after {limit:g} minutes." if limit else "no --max-minutes."),
         "",
     ]
@@ -769,7 +763,7 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     env = section.get("environment", {})
     scaling = scaling_table(measured) if not measured.empty else measured
     measured = _single_device(measured)
-    threshold = _threshold(section)
+    threshold = stats.NOISE_THRESHOLD
     parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
     spec = section.get("spec")
     if spec:
@@ -998,23 +992,31 @@ def _agreement(speed: pd.DataFrame, verdict: pd.DataFrame, name_a: str, name_b: 
         inside = f"{checked.mean():.0%} of {name_b}'s speed-ups lie inside {name_a}'s 95% intervals"
     else:
         inside = f"no 95% intervals in {name_a} to check {name_b}'s speed-ups against"
-    return [
+    lines = [
         f"- verdicts agree in {int(decided.sum())} of {len(decided)} groups",
         f"- {inside} ({int(checked.sum())} of {len(checked)})",
     ]
+    shifts = [abs(math.log(y.value / x.value)) for x, y in zip(speed.a, speed.b, strict=True)]
+    shifts = [math.expm1(s) for s in shifts if math.isfinite(s)]
+    if shifts:  # what the noise threshold is measured from (bench/stats.py)
+        median, tenth = np.percentile(shifts, [50, 90])
+        lines.append(
+            f"- the speed-ups moved between the runs by a median of {median:.1%}, by less than "
+            f"{tenth:.1%} in 9 of 10 (90th percentile), at most {max(shifts):.1%}"
+        )
+    return lines
 
 
 def compare(run_a: Path, run_b: Path) -> str:
     """Markdown: does RUN_B reproduce RUN_A? Its speed-ups against RUN_A's 95% intervals, and the
     verdicts of the groups both measured."""
     name_a, name_b = Path(run_a).name, Path(run_b).name
-    (a, _, section_a), (b, _, section_b) = load(run_a), load(run_b)
+    a, b = load(run_a)[0], load(run_b)[0]
     a, b = _single_device(a), _single_device(b)
     if a.empty or b.empty:
         return f"# {name_b} against {name_a}\n\nNo case measured in both runs.\n"
     speed = _speedup_pairs(a, b)
-    threshold_a, threshold_b = _threshold(section_a), _threshold(section_b)
-    verdict = _verdict_pairs(group_verdicts(a, threshold_a), group_verdicts(b, threshold_b))
+    verdict = _verdict_pairs(group_verdicts(a), group_verdicts(b))
     speed_table = speed.assign(
         a=[x.format() for x in speed.a], b=[y.format() for y in speed.b], inside=speed.inside.map(_yes_no)
     ).rename(columns={"a": name_a, "b": name_b, "inside": "second inside the first's interval"})
@@ -1035,8 +1037,7 @@ def compare(run_a: Path, run_b: Path) -> str:
             "Verdicts agree when they name the same winner, or both are ties; groups without a verdict in "
             "either run are not counted, nor are speed-ups where the first run has no interval.",
             "",
-            f"## Verdicts per group (noise threshold: {threshold_a:.0%} in {name_a}, {threshold_b:.0%} in "
-            f"{name_b})",
+            f"## Verdicts per group (noise threshold {stats.NOISE_THRESHOLD:.0%}, as for every run)",
             "",
             verdict_table.to_markdown(index=False),
             "",
@@ -1073,7 +1074,7 @@ def readme_run(run_dir: Path, link: str) -> str:
     """One run's part of the README's results: environment, verdicts, the main tables, the plot."""
     measured, failures, section = load(run_dir)
     measured, env = _single_device(measured), section.get("environment", {})
-    threshold = _threshold(section)
+    threshold = stats.NOISE_THRESHOLD
     engine = f"; measured by {_engine(measured)}" if not measured.empty else ""
     parts = [
         f"### {env.get('device_name', '?')}",

@@ -16,10 +16,15 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 SEED = 0
 # A path is called faster only when its speed-up interval over the runner-up lies wholly above
-# 1 + NOISE_THRESHOLD; closer than that is a tie, whatever the intervals say. Measured basis: between
-# two consecutive default CPU runs (results/...-cores-5 and -6) the speed-ups' point estimates moved
-# by up to 5%; at 2% a group whose margin was 1.04-1.05x was called in one run and tied in the other.
-NOISE_THRESHOLD = 0.05
+# 1 + NOISE_THRESHOLD; closer than that is a tie, whatever the intervals say: a run's intervals cannot
+# see what moves a whole session. Measured basis: the 48 speed-ups of three pairs of consecutive
+# default CPU runs (results/...-cores-5 and -6, -8 and -9, -9 and -10; `--compare` prints each pair's
+# shifts) moved between the runs by a median of 3% and by less than 11.2% in 9 cases of 10 (at most
+# 17%). The first threshold, 5%, rested on one pair whose shifts stayed under 6%; at 5% the next
+# pair's verdicts split (-cores-11 called torch-compile's training faster at 1.10x [1.06, 1.15],
+# -cores-12 a tie at 1.09x [0.98, 1.21]). No GPU has two runs yet: the CPU's figure stands in there,
+# erring towards ties.
+NOISE_THRESHOLD = 0.11
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ def sweep(tmp_path, monkeypatch) -> Sweep:
         compile_cache=tmp_path / "cache",
         min_rounds=4,
         max_time=0.05,
+        replicates=1,  # each replicate restarts every worker: the test that needs more asks for them
         announce=lambda line: None,
     )
 
@@ -52,6 +53,7 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
         return time_round(self, worker)
 
     monkeypatch.setattr(Sweep, "time_round", logged)
+    sweep.replicates, sweep.min_rounds = 2, 6  # three blocks at least in each replicate
     sweep.cases = _cases("torch-eager", "torch-plain", "jax")
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     a, b, c = (case.path for case in sweep.cases)
