@@ -70,6 +70,7 @@ UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole imag
 SUSPECT = 1.0  # of the device's measured peak: more is physically suspect, never explained away
 NO_ROUNDS = "this run has no interleaved rounds (older engine)"
 NAN = stats.Interval(math.nan, math.nan, math.nan)
+INTERNAL = ["round_seconds", "time_spread", "speedup_spread"]  # what the intervals are made from: no CSV
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_COMMAND = "python -m bench.report --readme"
@@ -292,6 +293,8 @@ def _case_row(bench: dict) -> dict:
         "img_per_s": info["images_per_second"],
         "megapixels_per_s": info.get("megapixels_per_second", math.nan),
         "median_ms": timing["median"] * 1e3,
+        "median_ms_low": math.nan,  # 95% interval: _with_intervals, once the run's spread is known
+        "median_ms_high": math.nan,
         "iqr_ms": timing["iqr"] * 1e3,
         "min_ms": timing["min"] * 1e3,
         "max_ms": timing["max"] * 1e3,
@@ -867,7 +870,7 @@ def write_run(run_dir: Path) -> str:
     text = markdown(measured, failures, section, _others(run))
     write_text(run_dir / "report.md", text)
     # The rounds themselves stay in benchmark.json and progress.jsonl.
-    _write_csv(measured.drop(columns="round_seconds", errors="ignore"), run_dir / "cases.csv")
+    _write_csv(measured.drop(columns=INTERNAL, errors="ignore"), run_dir / "cases.csv")
     scaling = scaling_table(measured) if not measured.empty else measured
     if not scaling.empty:
         _write_csv(scaling, run_dir / "scaling.csv")
