@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, flops, gate, stats
+from bench.runners import forms
 from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, UPCONVS, RunConfig
 from bench.workers import Worker, WorkerError
 from impls.files import atomic_output, write_text
@@ -551,7 +552,7 @@ class Sweep:
             return cold, worker
         try:
             seconds = worker.call("upconv_forms")
-            chosen = min(seconds, key=seconds.__getitem__)
+            chosen = forms.fastest(seconds)
             if chosen != cold["forms"]["upconv"]:
                 worker.close()
                 cold, worker = self._cold_call(config.replace(upconv=chosen), entry, deadline)
@@ -602,7 +603,7 @@ class Sweep:
             for worker in workers.values():
                 worker.close()
         seconds = {value: float(np.median(r)) for value, r in rounds.items()}
-        chosen = min(seconds, key=seconds.__getitem__)
+        chosen = forms.fastest(seconds)
         for value, entry in entries.items():
             if value != chosen:  # caches no worker will read
                 shutil.rmtree(entry, ignore_errors=True)

@@ -174,7 +174,8 @@ def worker_speedups(baseline: Sequence[Sequence], other: Sequence[Sequence]) -> 
     shared = sorted(set(first_split) & set(second_split))
     if len(shared) < 2:
         return []
-    ratios = [_paired_ratio(first_split[w], second_split[w]).value for w in shared]
+    # the point estimate alone: a bootstrap per worker would be thrown away
+    ratios = [_median_ratio(*_paired_blocks(first_split[w], second_split[w])) for w in shared]
     return [r for r in ratios if np.isfinite(r)]
 
 
@@ -196,16 +197,24 @@ def speedup_interval(
     return _paired_ratio(baseline[:2], other[:2], resamples)
 
 
+def _paired_blocks(baseline: Sequence[Sequence], other: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+    """The block medians of the blocks both ran, in pairs."""
+    first, second = block_medians(*baseline), block_medians(*other)
+    shared = sorted(set(first) & set(second))
+    return np.array([first[b] for b in shared]), np.array([second[b] for b in shared])
+
+
+def _median_ratio(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.median(a) / np.median(b)) if a.size else float("nan")
+
+
 def _paired_ratio(
     baseline: Sequence[Sequence], other: Sequence[Sequence], resamples: int = RESAMPLES
 ) -> Interval:
-    first, second = block_medians(*baseline), block_medians(*other)
-    shared = sorted(set(first) & set(second))
-    a = np.array([first[b] for b in shared])
-    b = np.array([second[b] for b in shared])
+    a, b = _paired_blocks(baseline, other)
     if a.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
-    ratio = float(np.median(a) / np.median(b))
+    ratio = _median_ratio(a, b)
     if a.size < 2:
         return Interval(ratio, float("nan"), float("nan"))
     if np.ptp(a) == 0 and np.ptp(b) == 0:
