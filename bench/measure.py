@@ -10,7 +10,8 @@ spec and case):
    it, that figure is reused and marked so, and the caches it left are kept.
    A compiled torch path whose memory format is not yet chosen starts one
    cold worker per format, each with empty caches of its own, times a few
-   rounds of each in turn and keeps the faster (``OWN_FORMS``);
+   rounds of each in turn and keeps the faster (``COLD_TIMED_FORM``); its
+   up-conv form each such worker times on the layer, compiled (``OWN_FORMS``);
 2. cached: a fresh worker that finds the caches the cold one wrote times its
    first call again, as a second run would. It stays alive through the group;
 3. that worker's outputs from the initial weights go through the parity gate
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, flops, gate, stats
+from bench.runners import forms
 from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, UPCONVS, RunConfig
 from bench.workers import Worker, WorkerError
 from impls.files import atomic_output, write_text
@@ -121,10 +123,12 @@ COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The reference's own memory format first: its outputs are the reference; the other's error counts too.
 REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
 PINNED_FORMS = {"torch": ("upconv", "memory_format"), "jax": ("upconv",)}
-# Compiled code's best memory format is not eager's (run -7: eager chose NCHW for inference at
-# 64 px, where compiled NCHW took 94 ms and compiled channels_last 67 ms). So compiled torch paths
-# time it themselves, compiled; the up-conv form they take from their framework's first path.
-OWN_FORMS = {path: "memory_format" for path in TORCH_PATHS if path not in COMPILES_NOTHING}
+# Compiled code's best forms are not eager's (run -7: eager chose NCHW for inference at 64 px,
+# where compiled NCHW took 94 ms and compiled channels_last 67 ms). So compiled torch paths choose
+# their own, compiled: the memory format with a cold worker per format, since it changes the whole
+# graph; the up-conv form in those workers, on the layer (bench/runners/torch_runner.py).
+OWN_FORMS = {path: ("memory_format", "upconv") for path in TORCH_PATHS if path not in COMPILES_NOTHING}
+COLD_TIMED_FORM = "memory_format"
 FORM_VALUES = {"upconv": UPCONVS, "memory_format": MEMORY_FORMATS}  # each with "auto"
 OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
@@ -147,6 +151,11 @@ def group_key(config: RunConfig) -> str:
     for name in ("path", "weights_file", *{n for names in PINNED_FORMS.values() for n in names}):
         fields.pop(name, None)
     return json.dumps(fields, sort_keys=True, default=str)
+
+
+def _chosen_forms(cold: dict[str, Any]) -> dict[str, Any]:
+    """The forms a cold worker chose, with the seconds each was timed at, as its settings name them."""
+    return {**cold["forms"], **cold.get("forms_seconds", {})}
 
 
 def round_stats(seconds: list[float], workers: list[int]) -> dict[str, float]:
@@ -400,7 +409,7 @@ class Sweep:
 
     def _owner(self, config: RunConfig, form: str) -> str:
         """Who chooses ``form`` for ``config``: its path (``OWN_FORMS``) or its framework's first path."""
-        return config.path if OWN_FORMS.get(config.path) == form else config.framework
+        return config.path if form in OWN_FORMS.get(config.path, ()) else config.framework
 
     def _saved_forms(self, config: RunConfig, owner: str) -> dict[str, Any] | None:
         key = self._forms_key(config, owner)
@@ -426,36 +435,39 @@ class Sweep:
 
     def _pin(self, config: RunConfig) -> RunConfig:
         """``config`` with the group's chosen forms, so that every worker of the framework compiles
-        the same graphs (a path's own choice before its framework's); plain paths keep their fixed
-        forms."""
+        the same graphs: each form as its owner chose it (untimed, where nothing is measured, the
+        framework's choice stands in for a path's own); plain paths keep their fixed forms."""
         if config.path in PLAIN_PATHS:
             return config
         chosen: dict[str, str] = {}
-        for entry in self.forms(config).values():
-            chosen.update(entry["chosen"])
+        for owner, entry in self.forms(config).items():  # the framework's, then the path's own
+            own = {n: v for n, v in entry["chosen"].items() if self._owner(config, n) == owner}
+            chosen.update(own if self.timing else entry["chosen"])
         return config.replace(**{n: v for n, v in chosen.items() if getattr(config, n) == "auto"})
 
     def _remember(self, config: RunConfig, settings: dict[str, Any]) -> RunConfig:
-        """Keep the forms a worker chose for its framework's group, where none were chosen yet."""
+        """Keep the forms a worker chose, for its path or its framework's group (whoever owns
+        each), where none were chosen yet."""
         if config.path in PLAIN_PATHS:
             return config
-        owner = config.framework
-        entry = self._saved_forms(config, owner) or {"chosen": {}, "seconds": {}, "by": {}}
-        new = [
-            n
-            for n in PINNED_FORMS[owner]
-            if n in settings and n not in entry["chosen"] and self._owner(config, n) == owner
-        ]
-        if new:
-            self._save_forms(
-                config,
-                owner,
-                {
-                    "chosen": {**entry["chosen"], **{n: settings[n] for n in new}},
-                    "seconds": {**entry["seconds"], **{n: settings.get(f"{n}_seconds") for n in new}},
-                    "by": {**entry["by"], **dict.fromkeys(new, config.path)},
-                },
-            )
+        for owner in dict.fromkeys([config.framework, config.path]):
+            entry = self._saved_forms(config, owner) or {"chosen": {}, "seconds": {}, "by": {}}
+            new = [
+                n
+                for n in PINNED_FORMS[config.framework]
+                if n in settings and n not in entry["chosen"] and self._owner(config, n) == owner
+            ]
+            if new:
+                self._save_forms(
+                    config,
+                    owner,
+                    {
+                        **entry,
+                        "chosen": {**entry["chosen"], **{n: settings[n] for n in new}},
+                        "seconds": {**entry["seconds"], **{n: settings.get(f"{n}_seconds") for n in new}},
+                        "by": {**entry["by"], **dict.fromkeys(new, config.path)},
+                    },
+                )
         return self._pin(config)
 
     def _prepare(self, config: RunConfig, record: dict[str, Any], started: float) -> Prepared:
@@ -506,9 +518,9 @@ class Sweep:
     def _entry(self, asked: RunConfig) -> Path:
         """The compile folder of a case as asked for ("auto" forms: the choices are kept in
         forms.json), but with a compiled path's own form as chosen: each form compiles its own."""
-        form = OWN_FORMS.get(asked.path)
-        own = self._saved_forms(asked, asked.path) if form else None
-        if own is not None and getattr(asked, form) == "auto":
+        form = COLD_TIMED_FORM
+        own = self._saved_forms(asked, asked.path) if form in OWN_FORMS.get(asked.path, ()) else None
+        if own is not None and form in own["chosen"] and getattr(asked, form) == "auto":
             asked = asked.replace(**{form: own["chosen"][form]})
         return self.compile_cache / cache_key(asked, environment.device_name(asked.device))
 
@@ -516,22 +528,43 @@ class Sweep:
         """The cold first call, measured in a fresh worker with empty caches, or reused from an
         earlier run's folder; the case pinned to the forms it compiled, and its folder."""
         config = self._pin(asked)
-        form = OWN_FORMS.get(asked.path)
-        if form and getattr(asked, form) == "auto" and not self._saved_forms(asked, asked.path):
+        form = COLD_TIMED_FORM
+        if form in OWN_FORMS.get(asked.path, ()) and getattr(config, form) == "auto":
             cold = self._cold_per_form(asked, config, form, deadline)
             entry = self._entry(asked)  # the chosen form's, now that it is saved
         else:
             entry = self._entry(asked)
             saved = _read_json(entry / "cold.json")
             if saved and all(getattr(config, n) in ("auto", v) for n, v in saved["forms"].items()):
-                return {**saved, "reused": True}, self._remember(asked, saved["forms"]), entry
+                return {**saved, "reused": True}, self._remember(asked, _chosen_forms(saved)), entry
             cold, worker = self._cold_worker(config, entry, deadline)
             worker.close()
         # The same graphs from now on: the cached worker must not pick the other form.
-        return {**cold, "reused": False}, self._remember(asked, cold["forms"]), entry
+        return {**cold, "reused": False}, self._remember(asked, _chosen_forms(cold)), entry
 
     def _cold_worker(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:
-        """A fresh worker in an emptied folder, after its first call; the worker is left open."""
+        """A fresh worker in an emptied folder, after its first call; the worker is left open. A
+        compiled path that chooses its own up-conv form times the forms compiled after that call
+        (compiling them before would warm the cold figure: 35 s instead of 45-50 s, seen here),
+        and where the other form wins, that form's cold call is measured afresh."""
+        cold, worker = self._cold_call(config, entry, deadline)
+        if "upconv" not in OWN_FORMS.get(config.path, ()) or config.upconv != "auto":
+            return cold, worker
+        try:
+            seconds = worker.call("upconv_forms")
+            chosen = forms.fastest(seconds)
+            if chosen != cold["forms"]["upconv"]:
+                worker.close()
+                cold, worker = self._cold_call(config.replace(upconv=chosen), entry, deadline)
+        except BaseException:
+            worker.close()
+            raise
+        cold["forms"]["upconv"] = chosen
+        cold["forms_seconds"]["upconv_seconds"] = seconds
+        return cold, worker
+
+    def _cold_call(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:
+        """A fresh worker in an emptied folder, after its (cold) first call; left open."""
         shutil.rmtree(entry, ignore_errors=True)
         entry.mkdir(parents=True)
         started = time.perf_counter()
@@ -544,6 +577,9 @@ class Sweep:
         cold = {
             "first_call_seconds": first_call,
             "forms": {n: worker.settings[n] for n in PINNED_FORMS[config.framework] if n in worker.settings},
+            "forms_seconds": {
+                f"{n}_seconds": worker.settings.get(f"{n}_seconds") for n in PINNED_FORMS[config.framework]
+            },
             "worker_seconds": time.perf_counter() - started,
         }
         return cold, worker
@@ -567,7 +603,7 @@ class Sweep:
             for worker in workers.values():
                 worker.close()
         seconds = {value: float(np.median(r)) for value, r in rounds.items()}
-        chosen = min(seconds, key=seconds.__getitem__)
+        chosen = forms.fastest(seconds)
         for value, entry in entries.items():
             if value != chosen:  # caches no worker will read
                 shutil.rmtree(entry, ignore_errors=True)
@@ -773,12 +809,15 @@ class Sweep:
 
     def estimate_seconds(self, config: RunConfig, walls: dict | None = None) -> float | None:
         """A case's wall time as an earlier run measured it (in ``walls``, the saved case times, read
-        here if not given), less a cold compile it will now reuse; None for a case never run."""
+        here if not given), less a cold compile it will now reuse: its folder is still the one this
+        case would use (the code or versions unchanged since) and holds a cold figure. None for a
+        case never run."""
         walls = _read_json(self._walls_file()) if walls is None else walls
         seen = walls.get(self._wall_key(config))
         if seen is None:
             return None
-        reused = (Path(seen["entry"]) / "cold.json").exists()
+        entry = Path(seen["entry"])
+        reused = entry == self._entry(config) and (entry / "cold.json").exists()
         return seen["wall"] - (seen["cold"] if reused else 0.0)
 
     def remaining(self) -> tuple[float, int]:

@@ -17,8 +17,10 @@ field) is left out of results/README.md and named there; named on the command
 line, it is a one-line error that says which file and what is wrong with it.
 
 Intervals and verdicts come from bench/stats.py: a case's median time with a
-bootstrap 95% interval over its rounds, speed-ups from the blocks of rounds
-that the engine measured side by side, and the tie rule. Runs of the older
+95% interval over its worker processes (or, with one, a bootstrap over its
+rounds), speed-ups from the blocks of rounds that the engine measured side by
+side, every interval over workers no narrower than the run's pooled
+worker-to-worker spread allows, and the tie rule. Runs of the older
 engines kept no rounds: their tables have values without intervals, and no
 verdicts.
 """
@@ -68,6 +70,7 @@ UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole imag
 SUSPECT = 1.0  # of the device's measured peak: more is physically suspect, never explained away
 NO_ROUNDS = "this run has no interleaved rounds (older engine)"
 NAN = stats.Interval(math.nan, math.nan, math.nan)
+INTERNAL = ["round_seconds", "time_spread", "speedup_spread"]  # what the intervals are made from: no CSV
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_COMMAND = "python -m bench.report --readme"
@@ -285,14 +288,13 @@ def _rounds(info: dict) -> tuple[tuple, ...] | None:
 def _case_row(bench: dict) -> dict:
     info, timing = bench["extra_info"], bench["stats"]
     rounds = _rounds(info)
-    median = stats.median_interval(rounds[0], workers=rounds[2]) if rounds else NAN
     return {
         **{k: info[k] for k in ("path", "task", *CASE, "device_name", "gflop_per_image")},
         "img_per_s": info["images_per_second"],
         "megapixels_per_s": info.get("megapixels_per_second", math.nan),
         "median_ms": timing["median"] * 1e3,
-        "median_ms_low": median.low * 1e3,
-        "median_ms_high": median.high * 1e3,
+        "median_ms_low": math.nan,  # 95% interval: _with_intervals, once the run's spread is known
+        "median_ms_high": math.nan,
         "iqr_ms": timing["iqr"] * 1e3,
         "min_ms": timing["min"] * 1e3,
         "max_ms": timing["max"] * 1e3,
@@ -327,13 +329,45 @@ def _speedup(case: pd.Series, baseline: pd.Series | None) -> stats.Interval:
         return stats.Interval(1.0, math.nan, math.nan)
     if case.round_seconds is None or baseline.round_seconds is None:
         return stats.Interval(baseline.median_ms / case.median_ms, math.nan, math.nan)
-    return stats.speedup_interval(baseline.round_seconds, case.round_seconds)
+    return stats.speedup_interval(baseline.round_seconds, case.round_seconds, floor=case.speedup_spread)
 
 
-def _with_speedups(measured: pd.DataFrame) -> pd.DataFrame:
+def _median(case: pd.Series) -> stats.Interval:
+    if case.round_seconds is None:
+        return NAN
+    seconds, _, workers = case.round_seconds
+    return stats.median_interval(seconds, workers=workers, floor=case.time_spread)
+
+
+def _spreads(cases: list[pd.Series], baselines: list[pd.Series | None]) -> tuple[list, list]:
+    """Each case's floors for its intervals: the worker-to-worker spread of its device's times and
+    of its device's speed-ups over torch-eager, pooled over the run's cases (stats.replicate_interval)."""
+    times: dict[str, list] = {}
+    speedups: dict[str, list] = {}
+    for case, baseline in zip(cases, baselines, strict=True):
+        if case.round_seconds is None:
+            continue
+        seconds, _, workers = case.round_seconds
+        times.setdefault(case.device_name, []).append(stats.worker_medians(seconds, workers))
+        if baseline is not None and case.path != BASELINE and baseline.round_seconds is not None:
+            ratios = stats.worker_speedups(baseline.round_seconds, case.round_seconds)
+            speedups.setdefault(case.device_name, []).append(ratios)
+    time_floor = {device: stats.pooled_spread(values) for device, values in times.items()}
+    speedup_floor = {device: stats.pooled_spread(values) for device, values in speedups.items()}
+    return [time_floor.get(c.device_name) for c in cases], [speedup_floor.get(c.device_name) for c in cases]
+
+
+def _with_intervals(measured: pd.DataFrame) -> pd.DataFrame:
+    """Each case's median time and speed-up over torch-eager, with their 95% intervals."""
     keys, cases = _group_keys(measured), [case for _, case in measured.iterrows()]
-    baselines = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
-    intervals = [_speedup(case, baselines.get(key)) for key, case in zip(keys, cases, strict=True)]
+    by_key = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
+    baselines = [by_key.get(key) for key in keys]
+    measured["time_spread"], measured["speedup_spread"] = _spreads(cases, baselines)
+    cases = [case for _, case in measured.iterrows()]
+    medians = [_median(case) for case in cases]
+    measured["median_ms_low"] = [m.low * 1e3 for m in medians]
+    measured["median_ms_high"] = [m.high * 1e3 for m in medians]
+    intervals = [_speedup(case, baseline) for case, baseline in zip(cases, baselines, strict=True)]
     for column, field in zip(SPEEDUP, ("value", "low", "high"), strict=True):
         measured[column] = [getattr(interval, field) for interval in intervals]
     return measured
@@ -353,7 +387,7 @@ def _tables(run: _Run) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     measured = pd.DataFrame([row for _, row in cases])
     if not measured.empty:
         measured["devices"] = measured["devices"].astype(float)
-        measured = _with_speedups(measured)
+        measured = _with_intervals(measured)
     failures = pd.DataFrame([row for _, row in _each(run.file, run.failures, _failure_row)])
     return measured, failures, run.section
 
@@ -367,12 +401,6 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 def _single_device(measured: pd.DataFrame) -> pd.DataFrame:
     """The cases of one device; data-parallel ones have tables of their own (scaling_table)."""
     return measured[measured.devices.isna()] if not measured.empty else measured
-
-
-def _threshold(section: dict) -> float:
-    """The noise threshold the run was measured against, or today's for runs that name none."""
-    value = section.get("options", {}).get("noise_threshold")
-    return stats.NOISE_THRESHOLD if value is None else float(value)
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -533,7 +561,8 @@ def group_verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESH
         elif len(competing) < 2:
             reason = "fewer than two paths to compare"
         else:
-            verdict = stats.decide(dict(zip(competing.path, competing.round_seconds, strict=True)), threshold)
+            rounds = dict(zip(competing.path, competing.round_seconds, strict=True))
+            verdict = stats.decide(rounds, threshold, floor=competing.speedup_spread.iloc[0])
         sequential = sorted({s for s in group.schedule if s.startswith("sequential")})
         rows.append(
             {
@@ -656,7 +685,7 @@ def _options_line(section: dict) -> list[str]:
         f"Rounds: interleaved in blocks across each group's paths, added until every median's 95% "
         f"interval was within ±{options['target_ci']:.0%}"
         + (f" or a case had {budget:g} s of rounds" if budget else "")
-        + f"; noise threshold {_threshold(section):.0%}; "
+        + f"; noise threshold {stats.NOISE_THRESHOLD:.0%}; "
         + (f"no case started after {limit:g} minutes." if limit else "no --max-minutes."),
         "",
     ]
@@ -737,7 +766,7 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     env = section.get("environment", {})
     scaling = scaling_table(measured) if not measured.empty else measured
     measured = _single_device(measured)
-    threshold = _threshold(section)
+    threshold = stats.NOISE_THRESHOLD
     parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
     spec = section.get("spec")
     if spec:
@@ -841,7 +870,7 @@ def write_run(run_dir: Path) -> str:
     text = markdown(measured, failures, section, _others(run))
     write_text(run_dir / "report.md", text)
     # The rounds themselves stay in benchmark.json and progress.jsonl.
-    _write_csv(measured.drop(columns="round_seconds", errors="ignore"), run_dir / "cases.csv")
+    _write_csv(measured.drop(columns=INTERNAL, errors="ignore"), run_dir / "cases.csv")
     scaling = scaling_table(measured) if not measured.empty else measured
     if not scaling.empty:
         _write_csv(scaling, run_dir / "scaling.csv")
@@ -966,23 +995,31 @@ def _agreement(speed: pd.DataFrame, verdict: pd.DataFrame, name_a: str, name_b: 
         inside = f"{checked.mean():.0%} of {name_b}'s speed-ups lie inside {name_a}'s 95% intervals"
     else:
         inside = f"no 95% intervals in {name_a} to check {name_b}'s speed-ups against"
-    return [
+    lines = [
         f"- verdicts agree in {int(decided.sum())} of {len(decided)} groups",
         f"- {inside} ({int(checked.sum())} of {len(checked)})",
     ]
+    shifts = [abs(math.log(y.value / x.value)) for x, y in zip(speed.a, speed.b, strict=True)]
+    shifts = [math.expm1(s) for s in shifts if math.isfinite(s)]
+    if shifts:  # what the noise threshold is measured from (bench/stats.py)
+        median, tenth = np.percentile(shifts, [50, 90])
+        lines.append(
+            f"- the speed-ups moved between the runs by a median of {median:.1%}, by less than "
+            f"{tenth:.1%} in 9 of 10 (90th percentile), at most {max(shifts):.1%}"
+        )
+    return lines
 
 
 def compare(run_a: Path, run_b: Path) -> str:
     """Markdown: does RUN_B reproduce RUN_A? Its speed-ups against RUN_A's 95% intervals, and the
     verdicts of the groups both measured."""
     name_a, name_b = Path(run_a).name, Path(run_b).name
-    (a, _, section_a), (b, _, section_b) = load(run_a), load(run_b)
+    a, b = load(run_a)[0], load(run_b)[0]
     a, b = _single_device(a), _single_device(b)
     if a.empty or b.empty:
         return f"# {name_b} against {name_a}\n\nNo case measured in both runs.\n"
     speed = _speedup_pairs(a, b)
-    threshold_a, threshold_b = _threshold(section_a), _threshold(section_b)
-    verdict = _verdict_pairs(group_verdicts(a, threshold_a), group_verdicts(b, threshold_b))
+    verdict = _verdict_pairs(group_verdicts(a), group_verdicts(b))
     speed_table = speed.assign(
         a=[x.format() for x in speed.a], b=[y.format() for y in speed.b], inside=speed.inside.map(_yes_no)
     ).rename(columns={"a": name_a, "b": name_b, "inside": "second inside the first's interval"})
@@ -1003,8 +1040,7 @@ def compare(run_a: Path, run_b: Path) -> str:
             "Verdicts agree when they name the same winner, or both are ties; groups without a verdict in "
             "either run are not counted, nor are speed-ups where the first run has no interval.",
             "",
-            f"## Verdicts per group (noise threshold: {threshold_a:.0%} in {name_a}, {threshold_b:.0%} in "
-            f"{name_b})",
+            f"## Verdicts per group (noise threshold {stats.NOISE_THRESHOLD:.0%}, as for every run)",
             "",
             verdict_table.to_markdown(index=False),
             "",
@@ -1041,7 +1077,7 @@ def readme_run(run_dir: Path, link: str) -> str:
     """One run's part of the README's results: environment, verdicts, the main tables, the plot."""
     measured, failures, section = load(run_dir)
     measured, env = _single_device(measured), section.get("environment", {})
-    threshold = _threshold(section)
+    threshold = stats.NOISE_THRESHOLD
     engine = f"; measured by {_engine(measured)}" if not measured.empty else ""
     parts = [
         f"### {env.get('device_name', '?')}",

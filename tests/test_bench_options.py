@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,85 +125,132 @@ def test_the_sweeps_process_imports_no_framework() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def _refused(*args: str) -> str:
-    """The output of a command line pytest refuses as a usage error (exit code 4), in one line of its
+EMPTY = [
+    (("--paths", ""), "--paths is empty: expected some of torch-eager, torch-compile,"),
+    (("--sizes", ","), "--sizes is empty: expected whole numbers >= 1, e.g. "),
+    (("--scaling", ""), "--scaling is empty: expected some of weak, strong"),
+    (("--results-dir", ""), "--results-dir is empty: expected a folder (default results)"),
+]
+
+REPEATED = [
+    (("--sizes", "32,32"), "--sizes 32,32: 32 repeats; expected each value once"),
+    (
+        ("--paths", "jax,torch-eager,jax"),
+        "--paths jax,torch-eager,jax: jax repeats; expected each value once",
+    ),
+    (("--devices", "1,2,2", "--device", "cpu"), "--devices 1,2,2: 2 repeats; expected each value once"),
+]
+
+BELOW_ONE = [
+    (("--batches", "0"), "--batches 0: expected whole numbers >= 1, e.g. "),
+    (("--batches=-1",), "--batches -1: expected whole numbers >= 1"),
+    (("--width", "0"), "--width 0: expected a number of channels >= 1"),
+    (("--depth=-2",), "--depth -2: expected a number of poolings >= 1"),
+    (("--image-size", "0"), "--image-size 0: expected a number of pixels >= 1"),
+    (("--case-timeout", "nan"), "--case-timeout nan: expected a number of seconds > 0"),
+    (("--max-minutes", "-1"), "--max-minutes -1: expected a number of minutes > 0"),
+]
+
+UNKNOWN = [
+    (("--paths", "jax,torch-eagr"), "--paths torch-eagr: expected some of torch-eager, "),
+    (("--tasks", "trian"), "--tasks trian: expected some of train, infer, tiled; nearest valid: train"),
+    (("--padding", "vaild"), "--padding vaild: expected one of same, valid; nearest valid: valid"),
+    (
+        ("--scaling", "weak,stong"),
+        "--scaling stong: expected some of weak, strong; nearest valid: strong",
+    ),
+    (("--upconv", "nativ"), "argument --upconv: invalid choice: 'nativ' (choose from 'auto', 'native',"),
+    (("--sizes", "64,big"), "argument --sizes: 64,big: expected comma-separated whole numbers"),
+    (("--device", "gpu"), "--device gpu: expected cpu, cuda or cuda:N"),
+]
+
+SIZES = [
+    (
+        ("--sizes", "100"),
+        "--sizes 100: UNetSpec(depth=4, padding='same'): side 100 is not a valid input size "
+        "(padding='same' needs a multiple of 2**depth = 16); nearest valid: 96 and 112",
+    ),
+    (
+        ("--padding", "valid", "--sizes", "188,570"),
+        "--sizes 570: UNetSpec(depth=4, padding='valid'): side 570 is not a valid input size (padding="
+        "'valid' needs an even size at every 2x2 max-pool and a positive one after every unpadded conv); "
+        "nearest valid: 556 and 572",
+    ),
+    (
+        ("--depth", "99", "--sizes", "64"),
+        "--depth 99: with --padding same no input side below 65536 px is valid; "
+        "expected a depth from 1 to 15",
+    ),
+    (
+        ("--depth", "7", "--device", "cpu"),
+        "--depth 7: the default sizes 64,128 do not fit it: UNetSpec(depth=7, padding='same'): side 64 "
+        "is not a valid input size (padding='same' needs a multiple of 2**depth = 128); nearest valid: "
+        "128; give valid ones with --sizes",
+    ),
+    (
+        ("--padding", "valid", "--device", "cpu"),
+        "--padding valid: the default sizes 64,128 do not fit it",
+    ),
+]
+
+BAD = [
+    (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
+    (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
+]
+
+
+DEVICE_NOT_HERE = ("--device", "cuda:99")
+
+
+@pytest.fixture(scope="module")
+def refusals() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    """Every refused command line of the tables above, run four at a time: each is mostly an
+    interpreter and pytest starting, one after another they took a minute of the test suite."""
+    lines = [args for table in (EMPTY, REPEATED, BELOW_ONE, UNKNOWN, SIZES, BAD) for args, _ in table]
+    lines.append(DEVICE_NOT_HERE)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(lines, pool.map(lambda args: _collect(*args), lines), strict=True))
+
+
+def _collect(*args: str) -> subprocess.CompletedProcess:
+    return _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", *args)
+
+
+def _refused(result: subprocess.CompletedProcess) -> str:
+    """The output of a command line pytest refused as a usage error (exit code 4), in one line of its
     own, not a traceback."""
-    result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", *args)
     out = result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, out
     assert "Traceback" not in out and "INTERNALERROR" not in out, out
     return out
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--paths", ""), "--paths is empty: expected some of torch-eager, torch-compile,"),
-        (("--sizes", ","), "--sizes is empty: expected whole numbers >= 1, e.g. "),
-        (("--scaling", ""), "--scaling is empty: expected some of weak, strong"),
-        (("--results-dir", ""), "--results-dir is empty: expected a folder (default results)"),
-    ],
-)
-def test_an_empty_option_is_refused_not_read_as_the_default(args: tuple, message: str) -> None:
+@pytest.mark.parametrize(("args", "message"), EMPTY)
+def test_an_empty_option_is_refused_not_read_as_the_default(refusals, args: tuple, message: str) -> None:
     """An unset shell variable must not run the whole default matrix."""
-    assert message in _refused(*args)
+    assert message in _refused(refusals[args])
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--sizes", "32,32"), "--sizes 32,32: 32 repeats; expected each value once"),
-        (
-            ("--paths", "jax,torch-eager,jax"),
-            "--paths jax,torch-eager,jax: jax repeats; expected each value once",
-        ),
-        (("--devices", "1,2,2", "--device", "cpu"), "--devices 1,2,2: 2 repeats; expected each value once"),
-    ],
-)
-def test_a_repeated_value_is_refused_not_run_twice(args: tuple, message: str) -> None:
-    assert message in _refused(*args)
+@pytest.mark.parametrize(("args", "message"), REPEATED)
+def test_a_repeated_value_is_refused_not_run_twice(refusals, args: tuple, message: str) -> None:
+    assert message in _refused(refusals[args])
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--batches", "0"), "--batches 0: expected whole numbers >= 1, e.g. "),
-        (("--batches=-1",), "--batches -1: expected whole numbers >= 1"),
-        (("--width", "0"), "--width 0: expected a number of channels >= 1"),
-        (("--depth=-2",), "--depth -2: expected a number of poolings >= 1"),
-        (("--image-size", "0"), "--image-size 0: expected a number of pixels >= 1"),
-        (("--case-timeout", "nan"), "--case-timeout nan: expected a number of seconds > 0"),
-        (("--max-minutes", "-1"), "--max-minutes -1: expected a number of minutes > 0"),
-    ],
-)
-def test_a_count_below_one_is_refused(args: tuple, message: str) -> None:
-    assert message in _refused(*args)
+@pytest.mark.parametrize(("args", "message"), BELOW_ONE)
+def test_a_count_below_one_is_refused(refusals, args: tuple, message: str) -> None:
+    assert message in _refused(refusals[args])
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--paths", "jax,torch-eagr"), "--paths torch-eagr: expected some of torch-eager, "),
-        (("--tasks", "trian"), "--tasks trian: expected some of train, infer, tiled; nearest valid: train"),
-        (("--padding", "vaild"), "--padding vaild: expected one of same, valid; nearest valid: valid"),
-        (
-            ("--scaling", "weak,stong"),
-            "--scaling stong: expected some of weak, strong; nearest valid: strong",
-        ),
-        (("--upconv", "nativ"), "argument --upconv: invalid choice: 'nativ' (choose from 'auto', 'native',"),
-        (("--sizes", "64,big"), "argument --sizes: 64,big: expected comma-separated whole numbers"),
-        (("--device", "gpu"), "--device gpu: expected cpu, cuda or cuda:N"),
-    ],
-)
-def test_an_unknown_value_is_refused_with_the_nearest_valid(args: tuple, message: str) -> None:
-    out = _refused(*args)
+@pytest.mark.parametrize(("args", "message"), UNKNOWN)
+def test_an_unknown_value_is_refused_with_the_nearest_valid(refusals, args: tuple, message: str) -> None:
+    out = _refused(refusals[args])
     assert message in out
     if args[0] == "--paths":
         assert "; nearest valid: torch-eager" in out
 
 
-def test_a_device_that_is_not_here_is_refused_naming_those_that_are() -> None:
-    out = _refused("--device", "cuda:99")
+def test_a_device_that_is_not_here_is_refused_naming_those_that_are(refusals) -> None:
+    out = _refused(refusals[DEVICE_NOT_HERE])
     assert "--device cuda:99: " in out and "; devices here: cpu" in out
 
 
@@ -236,7 +284,7 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path: Path, option: str,
     file = tmp_path / "notes.txt"
     file.write_text("")
     folder = file / "runs" if problem == "under a file" else file
-    out = _refused(option, str(folder))
+    out = _refused(_collect(option, str(folder)))
     assert f"{option} {folder}: {file} is a file, not a folder" in out
 
 
@@ -245,51 +293,17 @@ def test_a_read_only_results_folder_is_refused(tmp_path: Path) -> None:
     folder.mkdir(mode=0o555)
     if os.access(folder, os.W_OK):
         pytest.skip("this user may write anywhere (root)")
-    out = _refused("--results-dir", str(folder / "results"))
+    out = _refused(_collect("--results-dir", str(folder / "results")))
     assert f"--results-dir {folder / 'results'}: {folder} is not writable" in out
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (
-            ("--sizes", "100"),
-            "--sizes 100: UNetSpec(depth=4, padding='same'): side 100 is not a valid input size "
-            "(padding='same' needs a multiple of 2**depth = 16); nearest valid: 96 and 112",
-        ),
-        (
-            ("--padding", "valid", "--sizes", "188,570"),
-            "--sizes 570: UNetSpec(depth=4, padding='valid'): side 570 is not a valid input size (padding="
-            "'valid' needs an even size at every 2x2 max-pool and a positive one after every unpadded conv); "
-            "nearest valid: 556 and 572",
-        ),
-        (
-            ("--depth", "99", "--sizes", "64"),
-            "--depth 99: with --padding same no input side below 65536 px is valid; "
-            "expected a depth from 1 to 15",
-        ),
-        (
-            ("--depth", "7", "--device", "cpu"),
-            "--depth 7: the default sizes 64,128 do not fit it: UNetSpec(depth=7, padding='same'): side 64 "
-            "is not a valid input size (padding='same' needs a multiple of 2**depth = 128); nearest valid: "
-            "128; give valid ones with --sizes",
-        ),
-        (
-            ("--padding", "valid", "--device", "cpu"),
-            "--padding valid: the default sizes 64,128 do not fit it",
-        ),
-    ],
-)
-def test_a_size_the_network_cannot_take_blames_the_option_at_fault(args: tuple, message: str) -> None:
-    assert message in _refused(*args)
+@pytest.mark.parametrize(("args", "message"), SIZES)
+def test_a_size_the_network_cannot_take_blames_the_option_at_fault(
+    refusals, args: tuple, message: str
+) -> None:
+    assert message in _refused(refusals[args])
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
-        (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
-    ],
-)
-def test_bad_options_are_refused_with_the_fix(args: tuple, message: str) -> None:
-    assert message in _refused(*args)
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_bad_options_are_refused_with_the_fix(refusals, args: tuple, message: str) -> None:
+    assert message in _refused(refusals[args])

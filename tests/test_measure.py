@@ -13,11 +13,14 @@ import pytest
 from bench import environment, measure
 from bench.measure import CaseSkipped, Sweep, rotation
 from bench.runners import RunConfig
-from bench.workers import leftover_processes
+from bench.workers import Worker, leftover_processes
 from impls.spec import UNetSpec
 from tests.fakes import FakeBenchmark
 
 SPEC = UNetSpec(width=4, depth=2)
+
+
+OTHER_FORM = {"native": "matmul", "matmul": "native"}
 
 
 def _cases(*paths: str, size: int = 16) -> list[RunConfig]:
@@ -32,6 +35,7 @@ def sweep(tmp_path, monkeypatch) -> Sweep:
         compile_cache=tmp_path / "cache",
         min_rounds=4,
         max_time=0.05,
+        replicates=1,  # each replicate restarts every worker: the test that needs more asks for them
         announce=lambda line: None,
     )
 
@@ -49,6 +53,7 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
         return time_round(self, worker)
 
     monkeypatch.setattr(Sweep, "time_round", logged)
+    sweep.replicates, sweep.min_rounds = 2, 6  # three blocks at least in each replicate
     sweep.cases = _cases("torch-eager", "torch-plain", "jax")
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     a, b, c = (case.path for case in sweep.cases)
@@ -111,7 +116,7 @@ def test_untimed_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sw
 
 def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep, monkeypatch) -> None:
     # torch eager stands in for a compiled path: the mechanism is tested, without minutes of compiling
-    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": "memory_format"})
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("memory_format", "upconv")})
     monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
     seconds = {"channels_last": 0.02, "contiguous": 0.01}
     calls: list[str] = []
@@ -127,9 +132,11 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep,
     assert calls[: 2 * rounds] == ["channels_last", "contiguous"] * rounds  # the two cold workers in turn
     assert set(calls[2 * rounds :]) == {"contiguous"}  # then the chosen form alone
     choice = record["forms"]["torch-eager"]
-    assert (
-        choice["chosen"] == {"memory_format": "contiguous"} and choice["seconds"]["memory_format"] == seconds
-    )
+    assert choice["chosen"] == {"memory_format": "contiguous", "upconv": record["settings"]["upconv"]}
+    assert choice["seconds"]["memory_format"] == seconds
+    assert choice["by"] == {"memory_format": "torch-eager", "upconv": "torch-eager"}  # the path's own
+    assert set(choice["seconds"]["upconv"]) == {"native", "matmul"}  # timed in its cold worker
+    assert "torch" not in record["forms"]  # nothing chosen for the framework's other paths
     assert record["settings"]["memory_format"] == "contiguous" and not record["compile_cold_reused"]
     folder = Path(record["compile_folder"])
     assert (folder / "cold.json").exists()
@@ -141,6 +148,38 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep,
     record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["compile_cold_reused"] and record["forms"]["torch-eager"]["earlier_run"]
     assert record["compile_folder"] == str(folder) and set(calls) == {"contiguous"}
+
+
+def test_a_compiled_path_whose_up_conv_form_loses_compiles_the_other_cold(sweep, monkeypatch) -> None:
+    """A compiled path times its up-conv forms after its cold call (so as not to warm it); where the
+    form it was built in loses, the winner's cold call is measured in a fresh worker."""
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("upconv",)})
+    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
+    built: list[str] = []
+    timed: dict[str, float] = {}
+    real_call = Worker.call
+
+    def call(self, command: str, *args):
+        if command == "first_call":
+            built.append(self.settings["upconv"])
+        if command == "upconv_forms":  # the form the worker was built in loses
+            timed.update({self.settings["upconv"]: 2.0, OTHER_FORM[self.settings["upconv"]]: 1.0})
+            return dict(timed)
+        return real_call(self, command, *args)
+
+    monkeypatch.setattr(Worker, "call", call)
+    sweep.cases = _cases("torch-eager")
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    winner = OTHER_FORM[built[0]]
+    assert built[1:] == [winner] * (len(built) - 1)  # a fresh cold worker, then the cached and replicates
+    assert record["settings"]["upconv"] == winner and not record["compile_cold_reused"]
+    choice = record["forms"]["torch-eager"]
+    assert choice["chosen"] == {"upconv": winner} and choice["seconds"]["upconv"] == timed
+    native = sweep.cases[0].replace(upconv="native")
+    given = Sweep(compile_cache=sweep.compile_cache / "given", cases=[native])
+    built.clear()
+    assert given.run(given.cases[0], FakeBenchmark())["settings"]["upconv"] == "native"
+    assert set(built) == {"native"}  # a form given is never timed
 
 
 def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
@@ -160,7 +199,7 @@ def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
     assert lines[2].startswith("[3/3] infer-torch-eager-32px-b2-fp32: skipped: --max-minutes 10")
 
 
-def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, tmp_path) -> None:
+def test_estimates_take_earlier_runs_less_a_cold_compile_still_reusable(sweep, tmp_path, monkeypatch) -> None:
     sweep.cases = _cases("jax")
     assert sweep.remaining() == (measure.GUESS_SECONDS["cpu"], 1)
     record = sweep.run(sweep.cases[0], FakeBenchmark())
@@ -168,6 +207,8 @@ def test_estimates_come_from_earlier_runs_less_a_cold_compile_now_reused(sweep, 
     seconds, guessed = later.remaining()
     assert guessed == 0
     assert seconds < record["case_wall_seconds"]  # the cold compile is now reused
+    monkeypatch.setattr(environment, "code_hash", lambda: "changed")  # a new folder: compiles again
+    assert later.remaining() == (record["case_wall_seconds"], 0)
 
 
 def test_a_case_that_fails_in_a_group_fails_alone(sweep, monkeypatch) -> None:

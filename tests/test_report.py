@@ -88,6 +88,7 @@ def test_write_run_makes_tables_plots_and_verdicts(run_dir: Path) -> None:
     assert {"img_per_s", "median_ms", "iqr_ms", "peak_memory_mib", "compile_cold_s", "utilization"} <= set(
         cases
     )
+    assert not set(report.INTERNAL) & set(cases)  # rounds and spreads stay out of the table
     assert "## Which to pick" in text
     assert "No verdict: this run has no interleaved rounds (older engine)." in text
     assert "## train: images per second (speed-up against torch-eager)" in text  # no intervals

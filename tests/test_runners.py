@@ -291,3 +291,23 @@ def test_time_forms_takes_turns_and_keeps_each_forms_best(monkeypatch) -> None:
     assert clock.calls == ["a", "b"] * (forms.WARM_UP + forms.REPEATS)
     assert seconds == {"a": 1.0, "b": 4.0}
     assert forms.fastest(seconds) == "a"
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_up_conv_forms_are_timed_as_the_path_runs_them(monkeypatch, backward: bool) -> None:
+    """Compiled where the path compiles (each form through torch.compile in its warm-up call), with a
+    backward only where the case trains."""
+    modes: list[str | None] = []
+    real_compile = torch.compile
+
+    def compile_(module, mode=None):
+        modes.append(mode)
+        return real_compile(module, mode=mode)
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    time_forms = torch_runner.time_upconv_forms.__wrapped__  # not the cache other tests filled
+    for compile_mode in ("default", None):
+        timing = torch_runner.UpconvTiming(SPEC, BATCH, SIZE, backward, compile_mode)
+        seconds = time_forms(timing, torch.device("cpu"), None)
+        assert set(seconds) == {"native", "matmul"} and all(s > 0 for s in seconds.values())
+    assert modes == ["default", "default"]  # one compile per form; eager compiled nothing

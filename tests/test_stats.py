@@ -111,3 +111,48 @@ def test_speedups_from_several_workers_pair_blocks_within_each_and_are_taken_ove
     interval = stats.speedup_interval((baseline, blocks, workers), (other, blocks, workers))
     assert interval.value == pytest.approx(2.0, rel=0.01)  # their geometric mean
     assert interval.low < 1.82 and interval.high > 2.22
+
+
+def test_pooled_spread_recovers_a_known_worker_spread() -> None:
+    rng = np.random.default_rng(3)
+    cases = [rng.lognormal(np.log(rng.uniform(0.5, 2.0)), 0.05, 3) for _ in range(200)]
+    spread = stats.pooled_spread(cases)
+    assert spread.df == 400
+    assert spread.sd == pytest.approx(0.05, rel=0.1)
+    assert stats.pooled_spread([[1.0], [2.0]]) is None  # no case with two workers: nothing to pool
+    assert stats.pooled_spread([[], [1.0, 1.1], [2.0]]).df == 1  # cases without two workers add nothing
+
+
+def test_a_floor_widens_an_interval_that_three_agreeing_workers_made_narrow() -> None:
+    floor = stats.Spread(sd=0.05, df=30)
+    lucky = stats.replicate_interval([1.0, 1.0, 1.0], floor)
+    half = stats.stats.t.ppf(0.975, 30) * 0.05 / np.sqrt(3)
+    assert (lucky.low, lucky.high) == pytest.approx((np.exp(-half), np.exp(half)))
+    assert stats.replicate_interval([1.0, 1.0, 1.0]) == stats.Interval(1.0, 1.0, 1.0)
+    wide = [0.8, 1.0, 1.25]  # a case noisier than the floor keeps its own, wider interval
+    assert stats.replicate_interval(wide, floor) == stats.replicate_interval(wide)
+
+
+def test_floored_intervals_hold_a_rerun_more_often_than_the_workers_alone() -> None:
+    """Two runs of 16 cases, three workers a case, each worker's estimate lognormal around the
+    case's true speed-up (5% spread): the share of the second run's estimates inside the first's
+    intervals, over many such pairs. The t interval over three workers alone holds about 91% (in
+    theory; real reruns here, with their own session-to-session shifts, 81% and 88%): its spread,
+    from two degrees of freedom, is often far too small. With the pooled floor more land inside,
+    and at least 90%, the bar a rerun of `make bench` is held to. Both still cover the true value
+    at least 95% of the time."""
+    rng = np.random.default_rng(4)
+    alone, floored, true_alone, true_floored = [], [], [], []
+    for _ in range(300):
+        truth = rng.uniform(0.5, 1.5, 16)
+        first, second = (truth[:, None] * rng.lognormal(0.0, 0.05, (16, 3)) for _ in range(2))
+        floor = stats.pooled_spread(first)
+        again = np.exp(np.log(second).mean(axis=1))
+        for workers, rerun, true in zip(first, again, truth, strict=True):
+            own, wider = stats.replicate_interval(workers), stats.replicate_interval(workers, floor)
+            alone.append(own.contains(rerun))
+            floored.append(wider.contains(rerun))
+            true_alone.append(own.contains(true))
+            true_floored.append(wider.contains(true))
+    assert np.mean(floored) >= 0.9 and np.mean(floored) > np.mean(alone)
+    assert 0.94 <= np.mean(true_alone) <= np.mean(true_floored) <= 0.995

@@ -7,6 +7,7 @@ that hangs; and a whole sweep stopped by SIGTERM, SIGINT or SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -130,6 +131,7 @@ def _sweep(tmp_path: Path) -> subprocess.Popen:
         "--depth=2",
         "--device=cpu",
         "--benchmark-max-time=0.05",
+        "--replicates=1",  # fresh workers per replicate would only slow the sweep down here
         f"--results-dir={tmp_path / 'results'}",
         f"--compile-cache={tmp_path / 'cache'}",
     ]
@@ -143,13 +145,23 @@ def _wait_for_the_hang(process: subprocess.Popen, tmp_path: Path) -> Path:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         progress = list((tmp_path / "results").glob("*/progress.jsonl"))
-        if progress and progress[0].read_text().strip():
-            time.sleep(15)  # the next group's references and workers start, then the hang
+        if progress and progress[0].read_text().strip() and _hung_worker(process.pid):
+            time.sleep(2)  # its first call sent, and not answered
             return progress[0].parent
         assert process.poll() is None, process.communicate()[0]
         time.sleep(0.5)
     process.kill()
-    raise AssertionError("the first case was never recorded")
+    raise AssertionError("the first group was never recorded, or the second's jax worker never started")
+
+
+def _hung_worker(pid: int) -> bool:
+    """Whether the second group's jax worker (the one that hangs at its first call) is running."""
+    second = ('"path": "jax"', f'"size": {2 * SIZE},')
+    for worker in _workers_of(pid):
+        with contextlib.suppress(psutil.Error):
+            if all(part in " ".join(worker.cmdline()) for part in second):
+                return True
+    return False
 
 
 def _workers_of(pid: int) -> list[psutil.Process]:

@@ -84,11 +84,10 @@ class JaxRunner:
         set_precision(config.tf32)
         compute_dtype = jnp.bfloat16 if config.precision == "bf16" else None
         param_dtype = jnp.float64 if config.precision == "fp64" else jnp.float32
+        self._compute_dtype = compute_dtype
         upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
-            upconv_seconds = time_upconv_forms(
-                config.spec, config.batch, config.size, self.device, compute_dtype
-            )
+            upconv_seconds = self.upconv_forms()
             upconv = forms.fastest(upconv_seconds)
         self.work = workload(config)
 
@@ -132,6 +131,12 @@ class JaxRunner:
             else memory.CPU_METHOD,
             **self.placement.settings,
         }
+
+    def upconv_forms(self) -> dict[str, float]:
+        """Seconds for the largest up-conv in each exact form, jitted, as this case runs it."""
+        config = self.config
+        shape = (config.spec, config.batch, config.size)
+        return time_upconv_forms(*shape, self.device, self._compute_dtype, config.task == "train")
 
     def _infer_fn(self, params, stats, images):
         return nnx.merge(self._eval_def, params, stats)(images)
@@ -248,9 +253,10 @@ def _nchw(logits: jax.Array) -> np.ndarray:
 
 @functools.cache
 def time_upconv_forms(
-    spec: UNetSpec, batch: int, size: int, device: jax.Device, compute_dtype
+    spec: UNetSpec, batch: int, size: int, device: jax.Device, compute_dtype, backward: bool
 ) -> dict[str, float]:
-    """Seconds for forward and backward of the largest up-conv in each exact form."""
+    """Seconds for the largest up-conv in each exact form, jitted: its forward and backward where
+    the case trains (``backward``), its forward alone where it infers."""
     if spec.upsample != "transpose":
         return {"native": 0.0}
     cin, cout = spec.channels(1), spec.channels(0)
@@ -266,7 +272,7 @@ def time_upconv_forms(
         def loss(params, x, graphdef=graphdef):
             return nnx.merge(graphdef, params)(x).astype(jnp.float32).sum()
 
-        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else loss)
         runs[form] = functools.partial(
             lambda step, params: jax.block_until_ready(step(params, x)), step, jax.device_put(params, device)
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,12 +128,18 @@ class TorchRunner:
         dtype = torch.float64 if config.precision == "fp64" else torch.float32
         self.work = workload(config)
         images = self.placement.shard(self.work.images)
+        self.compile_mode = COMPILE_MODES.get(config.path)
+        self._upconv_timing = UpconvTiming(
+            config.spec, len(images), config.size, config.task == "train", self.compile_mode
+        )
         upconv, upconv_seconds = self.style.upconv, None
-        if upconv == "auto":
-            upconv_seconds = time_upconv_forms(
-                config.spec, len(images), config.size, self.device, self.autocast_dtype
-            )
+        if upconv == "auto" and self.compile_mode is None:
+            upconv_seconds = self.upconv_forms()
             upconv = forms.fastest(upconv_seconds)
+        elif upconv == "auto":
+            # A compiled path's forms are timed compiled, after its cold first call (upconv_forms,
+            # bench/measure.py): compiling them first would warm inductor and shorten that figure.
+            upconv = "native"
         memory_format, memory_format_seconds = self._memory_format(upconv, len(images))
         self.memory_format = TORCH_MEMORY_FORMATS[memory_format]
 
@@ -140,7 +147,6 @@ class TorchRunner:
         convert.to_torch(self.work.weights, self.model)
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.placement.wrap(self.model)
-        self.compile_mode = COMPILE_MODES.get(config.path)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, **self.style.adam)
         self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.images = self._to_device(images.astype(self._input_dtype))
@@ -181,6 +187,11 @@ class TorchRunner:
             "memory": peak_method + (PEAK_AFTER_TIMING if memory_format_seconds else ""),
             **self.placement.settings,
         }
+
+    def upconv_forms(self) -> dict[str, float]:
+        """Seconds for the largest up-conv in each exact form, as this case runs it: compiled where
+        the path compiles, with its backward where the case trains."""
+        return time_upconv_forms(self._upconv_timing, self.device, self.autocast_dtype)
 
     def _memory_format(self, upconv: str, batch: int) -> tuple[str, dict[str, float] | None]:
         """The style's memory format, or the faster measured (and its seconds per format)."""
@@ -295,31 +306,51 @@ class TorchRunner:
             memory.reset_peak_rss()
 
 
+@dataclass(frozen=True)
+class UpconvTiming:
+    """What the up-conv forms are timed for: the case's shape, its pass, and how its path runs."""
+
+    spec: UNetSpec
+    batch: int
+    size: int
+    backward: bool  # a train step's forward and backward; inference, the forward alone
+    compile_mode: str | None  # the path's torch.compile mode, or None: eager
+
+
 @functools.cache
 def time_upconv_forms(
-    spec: UNetSpec, batch: int, size: int, device: torch.device, autocast_dtype: torch.dtype | None
+    timing: UpconvTiming, device: torch.device, autocast_dtype: torch.dtype | None
 ) -> dict[str, float]:
-    """Seconds for forward and backward of the largest up-conv in each exact form."""
+    """Seconds for the largest up-conv in each exact form, run as the case runs it: compiled
+    (each form its own compile, in the warm-up call) where the path compiles, its backward where
+    the case trains. Compiled code's best form need not be eager's."""
+    spec = timing.spec
     if spec.upsample != "transpose":
         return {"native": 0.0}
     cin, cout = spec.channels(1), spec.channels(0)
-    side = spec.output_size(size, size)[0] // 2 + 1  # up0's input, about
-    x = torch.randn(batch, cin, side, side, device=device).to(memory_format=torch.channels_last)
-    x.requires_grad_(True)
+    side = spec.output_size(timing.size, timing.size)[0] // 2 + 1  # up0's input, about
+    x = torch.randn(timing.batch, cin, side, side, device=device).to(memory_format=torch.channels_last)
+    x.requires_grad_(timing.backward)
 
-    def run(module: torch.nn.Module) -> None:
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            module(x).float().sum().backward()
+    def run(module: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        with (
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+            torch.set_grad_enabled(timing.backward),
+        ):
+            out = module(x).float().sum()
+            if timing.backward:
+                out.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    modules = {
-        form: torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul").to(
-            device, memory_format=torch.channels_last
-        )
-        for form in ("native", "matmul")
-    }
-    return forms.time_forms({form: functools.partial(run, module) for form, module in modules.items()})
+    runs = {}
+    for form in ("native", "matmul"):
+        module = torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul")
+        module = module.to(device, memory_format=torch.channels_last)
+        if timing.compile_mode is not None:
+            module = torch.compile(module, mode=timing.compile_mode)
+        runs[form] = functools.partial(run, module)
+    return forms.time_forms(runs)
 
 
 @functools.cache

@@ -218,6 +218,7 @@ class Service:
             "infer": runner.infer,
             "outputs": runner.outputs,
             "outputs_in": self.outputs_in,
+            "upconv_forms": runner.upconv_forms,
             "reset_state": runner.reset_state,
             "weights": runner.weights,
             "peak_memory_bytes": runner.peak_memory_bytes,
