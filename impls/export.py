@@ -300,6 +300,38 @@ def _size_checked(model, sides: _Sides, torch):
     return SizeChecked().eval()
 
 
+@contextlib.contextmanager
+def _legacy_tf32_readable(torch) -> Iterator[None]:
+    """cuDNN's TF32 flags set so that torch's legacy getter can read them, for the block.
+
+    torch.export reads ``cudnn.allow_tf32`` (``cudnn.set_flags``), which raises once a process
+    has chosen IEEE fp32 with the new ``fp32_precision`` API, as the benchmark runners do
+    (pytorch/pytorch#179445), as does torch.onnx's and AOTInductor's lowering. The export runs
+    no convolution on a GPU; the flags are restored after it.
+    """
+    cudnn = torch.backends.cudnn
+    saved = (
+        [(flags, flags.fp32_precision) for flags in (cudnn.conv, cudnn.rnn)]
+        if hasattr(torch.backends, "fp32_precision")
+        else []
+    )
+    try:
+        for flags, _ in saved:
+            flags.fp32_precision = "tf32"
+        yield
+    finally:
+        for flags, value in saved:
+            flags.fp32_precision = value
+
+
+def _torch_export(job: _Job, torch, model, example, **options):
+    """torch.export.export of ``model`` at ``example``, its failure an ExportError naming it."""
+    try:
+        return torch.export.export(model, (example,), **options)
+    except Exception as error:  # torch.export raises many kinds: each is told
+        raise ExportError(f"{job.out}: torch.export failed for {job.spec}: {_first_line(error)}") from error
+
+
 def _example_shape(shape: tuple[int, ...], sides: _Sides | None) -> tuple[int, ...]:
     """The shape to trace at: torch.export fixes a dimension of size 1, so a dynamic batch is
     traced at 2 (the file is then checked at the batch asked for)."""
@@ -362,16 +394,11 @@ def _onnx_from_torch(job: _Job) -> Export:
     shapes = job.inputs(sides)
     example = torch.from_numpy(_seeded(_example_shape(shapes[0], sides)))
     dims = _torch_dims(job, sides, torch, derived=True) if sides else None
-    with _quiet("torch.onnx", "torch.export", "torch._dynamo"):
+    with _quiet("torch.onnx", "torch.export", "torch._dynamo"), _legacy_tf32_readable(torch):
         # torch.export first, then the program to torch.onnx: given the model and dynamic_shapes,
         # torch.onnx.export loses the derived sizes and fails from depth 3 on ("Could not guard on
         # data-dependent expression" at the centre crop), where torch.export alone keeps them.
-        try:
-            program = torch.export.export(model, (example,), dynamic_shapes=dims)
-        except Exception as error:  # torch.export raises many kinds: each is told
-            raise ExportError(
-                f"{job.out}: torch.export failed for {job.spec}: {_first_line(error)}"
-            ) from error
+        program = _torch_export(job, torch, model, example, dynamic_shapes=dims)
         try:
             program = torch.onnx.export(
                 program,
@@ -405,21 +432,18 @@ def _aoti(job: _Job) -> Export:
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
     metadata = _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides))
-    with _quiet("torch.export", "torch._dynamo", "torch._inductor"):
-        try:
-            if sides:
-                program = torch.export.export(
-                    _size_checked(model, sides, torch),
-                    (example,),
-                    dynamic_shapes=_torch_dims(job, sides, torch, derived=False),
-                    prefer_deferred_runtime_asserts_over_guards=True,
-                )
-            else:
-                program = torch.export.export(model, (example,))
-        except Exception as error:
-            raise ExportError(
-                f"{job.out}: torch.export failed for {job.spec}: {_first_line(error)}"
-            ) from error
+    with _quiet("torch.export", "torch._dynamo", "torch._inductor"), _legacy_tf32_readable(torch):
+        if sides:
+            program = _torch_export(
+                job,
+                torch,
+                _size_checked(model, sides, torch),
+                example,
+                dynamic_shapes=_torch_dims(job, sides, torch, derived=False),
+                prefer_deferred_runtime_asserts_over_guards=True,
+            )
+        else:
+            program = _torch_export(job, torch, model, example)
         with atomic_output(job.out, job.checkpoint) as temporary:
             with temporary.open("w+b") as package:  # a file object: the temporary name has no .pt2
                 # A dynamic batch of 1 is valid: AOTI_RUNTIME_CHECK_INPUTS=1 would refuse it by default

@@ -197,6 +197,21 @@ def test_an_export_that_differs_is_refused_and_not_written(checkpoints, tmp_path
     assert os.listdir(tmp_path) == []  # no file, no partial one
 
 
+def test_exports_in_a_process_set_to_ieee_fp32_by_the_new_api(checkpoints, tmp_path) -> None:
+    """The benchmark runners choose IEEE fp32 through ``fp32_precision``, after which torch's legacy
+    TF32 getter, which torch.export calls, raises (pytorch#179445): the export works around it and
+    leaves the process's choice as it was."""
+    from bench.runners.torch_runner import conv_fp32_precision, set_precision
+
+    set_precision(False)
+    try:
+        result = export.to_onnx(checkpoints["same"], tmp_path / "unet.onnx", batch=1, size=(8, 8))
+        assert result.checks[0][1] < export.TOLERANCE
+        assert conv_fp32_precision() == "ieee"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
