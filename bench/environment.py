@@ -32,6 +32,14 @@ PACKAGES = (
     "safetensors",
     "jax-cuda12-plugin",
     "jax-cuda13-plugin",
+    # the inference runtimes and exporters (bench/runners/runtime_runner.py), where installed
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "torch-tensorrt",
+    "tensorrt",
 )
 ENV_FLAGS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 PROBE_TIMEOUT = 600.0

@@ -33,7 +33,8 @@ is each worker's own, since it started (bench/runners/*).
 Compile seconds are a first call's time less the median round. Every wait is
 bounded by ``--case-timeout``; whatever happens, each case is recorded in
 ``progress.jsonl`` with its status (ok, parity-failed, error, out-of-memory,
-crashed, timeout, interrupted, skipped), and its workers are ended.
+crashed, timeout, interrupted, skipped; not-applicable and not-installed for a case its path
+cannot run by design or lacks a package for, which starts no worker), and its workers are ended.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ import numpy as np
 
 from bench import environment, flops, gate, stats
 from bench.runners import forms
-from bench.runners.config import MEMORY_FORMATS, PLAIN_PATHS, TORCH_PATHS, UPCONVS, RunConfig
+from bench.runners.config import (
+    COMPILED_TORCH_PATHS,
+    FREEZINGS,
+    MEMORY_FORMATS,
+    PLAIN_PATHS,
+    UPCONVS,
+    RunConfig,
+    unavailable,
+)
 from bench.workers import Worker, WorkerError
 from impls.files import atomic_output, write_text
 from impls.tiling import tile_positions
@@ -122,14 +131,19 @@ def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
 COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The reference's own memory format first: its outputs are the reference; the other's error counts too.
 REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
-PINNED_FORMS = {"torch": ("upconv", "memory_format"), "jax": ("upconv",)}
+# Runtime paths run the file exported from the model as built (native up-conv, NCHW): their
+# runtimes choose their own layouts and kernels.
+PINNED_FORMS = {"torch": ("upconv", "memory_format", "freezing"), "jax": ("upconv",), "runtime": ()}
 # Compiled code's best forms are not eager's (run -7: eager chose NCHW for inference at 64 px,
 # where compiled NCHW took 94 ms and compiled channels_last 67 ms). So compiled torch paths choose
 # their own, compiled: the memory format with a cold worker per format, since it changes the whole
 # graph; the up-conv form in those workers, on the layer (bench/runners/torch_runner.py).
-OWN_FORMS = {path: ("memory_format", "upconv") for path in TORCH_PATHS if path not in COMPILES_NOTHING}
+OWN_FORMS = {path: ("memory_format", "upconv", "freezing") for path in COMPILED_TORCH_PATHS}
 COLD_TIMED_FORM = "memory_format"
-FORM_VALUES = {"upconv": UPCONVS, "memory_format": MEMORY_FORMATS}  # each with "auto"
+# Timed in the cold worker after its cold call, by these worker commands (freezing only where it
+# applies: compiled inference on a CPU)
+TIMED_AFTER_COLD = {"upconv": "upconv_forms", "freezing": "freezing_forms"}
+FORM_VALUES = {"upconv": UPCONVS, "memory_format": MEMORY_FORMATS, "freezing": FREEZINGS}  # each with "auto"
 OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
 MAX_ROUNDS = 1000  # per case, whatever the interval
@@ -137,7 +151,11 @@ GUESS_SECONDS = {"cpu": 40.0, "cuda": 90.0}  # a case never run before, for the 
 
 
 class CaseSkipped(Exception):
-    """A case not started: ``--max-minutes`` was reached."""
+    """A case not started (``--max-minutes`` was reached) or that its path cannot run (``NOT_RUN``)."""
+
+
+# Statuses of cases that did not run and did not fail: pytest skips them
+NOT_RUN = ("skipped", "not-applicable", "not-installed")
 
 
 def rotation(count: int, block: int) -> list[int]:
@@ -301,8 +319,8 @@ class Sweep:
         if config.id not in self._pending:
             self.measure_group(self.group_of(config))
         record = self._pending.pop(config.id)
-        if record["status"] == "skipped":
-            raise CaseSkipped(record["message"])
+        if record["status"] in NOT_RUN:
+            raise CaseSkipped(f"{record['status']}: {record['message']}")
         if record["status"] != "ok":
             raise CaseFailure(record["status"], record["message"])
         to_benchmark(benchmark, record.get("rounds_seconds", []))
@@ -336,6 +354,10 @@ class Sweep:
                 current = {"case": config.to_dict(), "id": config.id, "group": config.group}
                 if self.out_of_time():
                     self.record({**current, "status": "skipped", "message": self._skip_reason()})
+                    continue
+                cannot = unavailable(config)
+                if cannot is not None:  # by design, not a failure: no worker is started
+                    self.record({**current, "status": cannot[0], "message": cannot[1]})
                     continue
                 crowded = self._crowded(prepared)
                 if crowded:  # measure what is set up, then go on with a device of its own
@@ -544,23 +566,30 @@ class Sweep:
 
     def _cold_worker(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:
         """A fresh worker in an emptied folder, after its first call; the worker is left open. A
-        compiled path that chooses its own up-conv form times the forms compiled after that call
-        (compiling them before would warm the cold figure: 35 s instead of 45-50 s, seen here),
-        and where the other form wins, that form's cold call is measured afresh."""
+        compiled path that chooses its own up-conv form or freezing times them compiled after that
+        call (``TIMED_AFTER_COLD``: compiling them before would warm the cold figure, 35 s instead of
+        45-50 s, seen here), and where a form other than the one built wins, the winners' cold call
+        is measured afresh."""
         cold, worker = self._cold_call(config, entry, deadline)
-        if "upconv" not in OWN_FORMS.get(config.path, ()) or config.upconv != "auto":
-            return cold, worker
+        timed = [
+            form
+            for form in TIMED_AFTER_COLD
+            if form in OWN_FORMS.get(config.path, ())
+            and getattr(config, form) == "auto"
+            and form in cold["forms"]
+        ]
         try:
-            seconds = worker.call("upconv_forms")
-            chosen = forms.fastest(seconds)
-            if chosen != cold["forms"]["upconv"]:
+            seconds = {form: worker.call(TIMED_AFTER_COLD[form]) for form in timed}
+            chosen = {form: forms.fastest(seconds[form]) for form in timed}
+            if any(chosen[form] != cold["forms"][form] for form in timed):
                 worker.close()
-                cold, worker = self._cold_call(config.replace(upconv=chosen), entry, deadline)
+                cold, worker = self._cold_call(config.replace(**chosen), entry, deadline)
         except BaseException:
             worker.close()
             raise
-        cold["forms"]["upconv"] = chosen
-        cold["forms_seconds"]["upconv_seconds"] = seconds
+        for form in timed:
+            cold["forms"][form] = chosen[form]
+            cold["forms_seconds"][f"{form}_seconds"] = seconds[form]
         return cold, worker
 
     def _cold_call(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:

@@ -27,6 +27,7 @@ from bench import environment, report, stats
 from bench.measure import Sweep, default_compile_cache
 from bench.runners.config import (
     CUDA_ONLY_PATHS,
+    FREEZINGS,
     LOSSES,
     MEMORY_FORMATS,
     PATHS,
@@ -142,6 +143,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="auto",
         choices=MEMORY_FORMATS,
         help="torch's memory format (default auto: the faster for the case's task, measured per device)",
+    )
+    group.addoption(
+        "--freezing",
+        default="auto",
+        choices=FREEZINGS,
+        help="inductor's freezing for torch-compile inference on a CPU (default auto: the faster, "
+        "measured compiled)",
     )
     group.addoption(
         "--loss",
@@ -351,6 +359,7 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
         "tf32": option("tf32"),
         "upconv": option("upconv"),
         "memory_format": option("memory_format"),
+        "freezing": option("freezing"),
         "loss": option("loss"),
         "sync_bn": option("sync_bn"),
     }

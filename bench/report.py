@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.runners.config import PLAIN_PATHS
+from bench.runners.config import PLAIN_PATHS, RUNTIME_PACKAGES, RUNTIME_PATHS
 from impls.files import atomic_output, write_text
 
 BASELINE = "torch-eager"
@@ -407,9 +407,16 @@ def _single_device(measured: pd.DataFrame) -> pd.DataFrame:
 
 
 def _path_order(paths) -> list[str]:
-    """torch-eager, torch-plain, the torch-compile paths, jax, jax-plain."""
+    """torch-eager, torch-plain, the torch-compile paths, jax, jax-plain, then the runtimes."""
     return sorted(
-        paths, key=lambda p: (p.startswith("jax"), p not in (BASELINE, "jax"), p not in PLAIN_PATHS, p)
+        paths,
+        key=lambda p: (
+            p in RUNTIME_PATHS,
+            p.startswith("jax"),
+            p not in (BASELINE, "jax"),
+            p not in PLAIN_PATHS,
+            p,
+        ),
     )
 
 
@@ -618,6 +625,71 @@ def verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESHOLD) -
     return lines
 
 
+INFERENCE_TASKS = ("infer", "tiled")
+FRAMEWORK_DEPENDENCIES = {"torch": ("torch",), "jax": ("jax", "flax")}
+
+
+def _dependencies(path: str, versions: dict[str, str]) -> str:
+    """What adopting ``path`` adds to install, with the run's versions: a runtime's packages, or the
+    framework it runs on."""
+    if path in RUNTIME_PATHS:
+        names = [name.replace("_", "-") for name in RUNTIME_PACKAGES[path]] or ["torch"]
+        if path == "torch-aoti":
+            return "torch (and a C++ compiler where it is exported)"
+    else:
+        names = list(FRAMEWORK_DEPENDENCIES["jax" if path.startswith("jax") else "torch"])
+    return ", ".join(f"{name} {versions[name]}" if name in versions else name for name in names)
+
+
+def _cost(case: pd.Series, versions: dict[str, str]) -> str:
+    """``export and build 3.1 s cold, 0.4 s cached; adds onnxruntime 1.32.0, ...``."""
+    if case.path in RUNTIME_PATHS:
+        what = "export and build"
+    elif case.compile_cold_s > 0 or case.compile_cached_s > 0:
+        what = "compile"
+    else:
+        what = "first-call overhead"
+    return (
+        f"{what} {case.compile_cold_s:.3g} s cold, {case.compile_cached_s:.3g} s cached; "
+        f"needs {_dependencies(case.path, versions)}"
+    )
+
+
+def deployment(
+    measured: pd.DataFrame, versions: dict[str, str], threshold: float = stats.NOISE_THRESHOLD
+) -> list[str]:
+    """Markdown bullets for each inference group that has a runtime: every competing path, fastest
+    first, with its speed-up over the group's fastest training-framework path (95% interval, paired
+    blocks, floored as every speed-up is), what adopting it costs, and whether its difference from
+    that path clears the noise threshold."""
+    lines = []
+    inference = measured[measured.task.isin(INFERENCE_TASKS) & measured.round_seconds.notna()]
+    for (task, size, batch, precision), group in inference.groupby(["task", *CASE], sort=False):
+        competing = group[~group.path.isin(PLAIN_PATHS) & ~group.tf32_backward]
+        frameworks = competing[~competing.path.isin(RUNTIME_PATHS)]
+        if frameworks.empty or not competing.path.isin(RUNTIME_PATHS).any():
+            continue
+        best = frameworks.loc[frameworks.median_ms.idxmin()]
+        lines.append(
+            f"- **{task} {size}px b{batch} {precision}**, against {best.path}, its fastest framework path:"
+        )
+        for case in (row for _, row in competing.sort_values("median_ms").iterrows()):
+            if case.path == best.path:
+                lines.append(f"  - {case.path}: 1x ({_cost(case, versions)})")
+                continue
+            interval = stats.speedup_interval(
+                best.round_seconds, case.round_seconds, floor=case.speedup_spread
+            )
+            if interval.above(1 + threshold):
+                call = "faster beyond the noise"
+            elif interval.below(1 / (1 + threshold)):
+                call = "slower beyond the noise"
+            else:
+                call = f"within the noise ({threshold:.0%})"
+            lines.append(f"  - {case.path}: {interval.format()}, {call} ({_cost(case, versions)})")
+    return lines
+
+
 def rule(threshold: float) -> str:
     """The tie rule, as the report states it."""
     return (
@@ -633,6 +705,18 @@ def rule(threshold: float) -> str:
 # -- the run's report ----------------------------------------------------------------------------
 
 
+BY_DESIGN = ("not-applicable", "not-installed")
+BY_DESIGN_NOTE = (
+    "Cases a path cannot run by design (training on an inference runtime, a precision it lacks) or "
+    "without a package it needs; no worker was started for them. One row for all sizes and batches."
+)
+DEPLOY_NOTE = (
+    "Each inference group's paths, fastest first, against the group's fastest training-framework "
+    "path: the speed-up (95% interval), whether it clears the noise threshold either way, and what "
+    "adopting the path costs: its compile time, or for a runtime its export from the canonical "
+    "weights (checked against the model) and build, from nothing and from the caches, and what it "
+    "needs installed."
+)
 COMPILE_NOTE = (
     "Cold: a fresh worker with empty compile caches of its own; from the caches: a fresh worker that "
     "finds what the cold one wrote (inductor's FX graph and AOTAutograd caches, JAX's persistent "
@@ -691,13 +775,21 @@ def _options_line(section: dict) -> list[str]:
     ]
 
 
+def _failed(failures: pd.DataFrame) -> pd.DataFrame:
+    """The cases that should have a number and have none: not those a path cannot run by design."""
+    return failures[~failures.status.isin(BY_DESIGN)] if not failures.empty else failures
+
+
 def _failure_summary(failures: pd.DataFrame) -> str:
-    """``none without a number``, ``1 without a number (interrupted)``, ``3 ... (1 error, 2 skipped)``."""
-    if failures.empty:
-        return "none without a number"
-    counts = failures.status.value_counts().sort_index()
-    statuses = counts.index[0] if len(counts) == 1 else ", ".join(f"{n} {s}" for s, n in counts.items())
-    return f"{len(failures)} without a number ({statuses})"
+    """``none without a number``, ``1 without a number (interrupted)``, ``3 ... (1 error, 2 skipped)``,
+    and how many were not applicable or not installed."""
+    failed, by_design = _failed(failures), len(failures) - len(_failed(failures))
+    text = "none without a number"
+    if not failed.empty:
+        counts = failed.status.value_counts().sort_index()
+        statuses = counts.index[0] if len(counts) == 1 else ", ".join(f"{n} {s}" for s, n in counts.items())
+        text = f"{len(failed)} without a number ({statuses})"
+    return text + (f", {by_design} not applicable or not installed" if by_design else "")
 
 
 def _has_rounds(measured: pd.DataFrame) -> bool:
@@ -778,15 +870,25 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     parts += _options_line(section)
     if not measured.empty:
         parts += ["## Which to pick", "", rule(threshold), "", *verdicts(measured, threshold), ""]
+        deploying = deployment(measured, env.get("versions", {}), threshold) if _has_rounds(measured) else []
+        if deploying:
+            parts += ["### Deploying for inference: the runtimes beside the frameworks", "", DEPLOY_NOTE, ""]
+            parts += [*deploying, ""]
     if not measured.empty and measured.tf32_backward.any():
         parts += ["## Precision note", "", TF32_NOTE, ""]
     for task in _tasks(measured):
         parts += _task_sections(measured, task)
     if not scaling.empty:
         parts += _scaling_sections(scaling, section)
-    if not failures.empty:
-        parts += ["## Cases without a number", "", f"{_failure_summary(failures)}.", ""]
-        parts += [failures.to_markdown(index=False), ""]
+    failed = _failed(failures)
+    if not failed.empty:
+        parts += ["## Cases without a number", "", f"{_failure_summary(failed)}.", ""]
+        parts += [failed.to_markdown(index=False), ""]
+    if len(failed) < len(failures):
+        by_design = failures[failures.status.isin(BY_DESIGN)]
+        shown = by_design.drop(columns=["size", "batch"], errors="ignore").drop_duplicates()
+        parts += ["## Not applicable or not installed", "", BY_DESIGN_NOTE, ""]
+        parts += [shown.to_markdown(index=False), ""]
     if not other.empty:
         parts += ["## Other benchmarks", "", other.round(3).to_markdown(index=False), ""]
     return "\n".join(parts)
@@ -911,7 +1013,7 @@ def _index_row(run_dir: Path) -> tuple[str | None, list[str]]:
     env = section.get("environment", {})
     row = (
         f"| [{run_dir.name}]({run_dir.name}/report.md) | {env.get('device_name', '?')} | {len(measured)} "
-        f"| {len(failures)} | {_versions(env)} |"
+        f"| {len(_failed(failures))} | {_versions(env)} |"
     )
     return row, [f"{run_dir}: {note}" for note in section.get("notes", [])]
 

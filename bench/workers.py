@@ -7,6 +7,7 @@ to it over a local authenticated connection. Every wait is bounded; a worker
 that fails is reported as a ``WorkerError`` whose ``status`` says how:
 
 - ``error``: a command raised (its message is quoted);
+- ``not-applicable``: the runner refused the case as one its path cannot run (``NotApplicable``);
 - ``out-of-memory``: the framework said so, or the kernel's OOM killer ended it;
 - ``crashed``: it died (its signal or exit code and the end of its log are quoted);
 - ``timeout``: it did not answer in time (the case's ``--case-timeout`` or a command's limit).
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.runners.config import RunConfig
+from bench.runners.config import NotApplicable, RunConfig
 
 START_TIMEOUT = 900.0  # seconds for a worker to start, build and connect
 CALL_TIMEOUT = 3600.0  # seconds for one command, compilation included
@@ -57,7 +58,9 @@ class WorkerError(RuntimeError):
 
 
 def status_of(message: str) -> str:
-    """ "out-of-memory" or "error" for a framework's error message."""
+    """ "out-of-memory", "not-applicable" (a runner's NotApplicable) or "error" for an error message."""
+    if message.startswith(f"{NotApplicable.__name__}:"):
+        return "not-applicable"
     return "out-of-memory" if any(t in message.lower() for t in OOM_TEXT) else "error"
 
 

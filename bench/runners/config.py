@@ -9,39 +9,89 @@ same message wherever it is made. Imports no framework.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from impls.spec import UNetSpec
 
-TORCH_PATHS = (
-    "torch-eager",
-    "torch-compile",
-    "torch-compile-max-autotune",
-    "torch-compile-reduce-overhead",
-    "torch-plain",
-)
+COMPILED_TORCH_PATHS = ("torch-compile", "torch-compile-max-autotune", "torch-compile-reduce-overhead")
+TORCH_PATHS = ("torch-eager", *COMPILED_TORCH_PATHS, "torch-plain")
 JAX_PATHS = ("jax", "jax-plain")
-PATHS = (*TORCH_PATHS, *JAX_PATHS)
+# Inference runtimes, each running a file exported from the canonical weights (impls/export.py);
+# they infer and predict tiles, and train nothing.
+RUNTIME_PATHS = ("onnxruntime", "openvino", "torch-aoti", "tensorrt")
+PATHS = (*TORCH_PATHS, *JAX_PATHS, *RUNTIME_PATHS)
 # The same model written as each framework's tutorials write it, none of the project's tuned
 # choices: what those choices add. References, not contenders.
 PLAIN_PATHS = ("torch-plain", "jax-plain")
-CUDA_ONLY_PATHS = ("torch-compile-max-autotune", "torch-compile-reduce-overhead")
+CUDA_ONLY_PATHS = ("torch-compile-max-autotune", "torch-compile-reduce-overhead", "tensorrt")
+# What a runtime path imports beyond the lock's frameworks; missing, its cases are not-installed.
+RUNTIME_PACKAGES = {
+    "onnxruntime": ("onnxruntime", "onnx", "onnxscript"),
+    "openvino": ("openvino", "onnx", "onnxscript"),
+    "torch-aoti": (),
+    "tensorrt": ("torch_tensorrt",),
+}
+# The precisions each runtime computes, and why not the others
+RUNTIME_PRECISIONS = {
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16"),  # bf16 where the CPU has AVX-512 BF16 or AMX (asked of OpenVINO)
+    "torch-aoti": ("fp32",),
+    "tensorrt": ("fp32", "bf16"),
+}
+NO_REDUCED_PRECISION = {
+    "onnxruntime": "onnxruntime's CPU and CUDA execution providers have no bf16 convolutions",
+    "torch-aoti": "an AOTInductor package runs the dtypes it was exported in; a bf16 export would "
+    "not compute torch's autocast, which the other paths' bf16 is",
+}
 # "tiled": one whole image predicted in tiles (impls/tiling.py); size is the tile side,
 # batch the tiles per call.
 TASKS = ("train", "infer", "tiled")
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "weighted")  # softmax cross-entropy; the same weighted pixel by pixel
 UPCONVS = ("auto", "native", "matmul")
+FREEZINGS = ("auto", "on", "off")  # inductor's freezing of compiled inference; "auto": measured
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # torch's; "auto": the faster, measured
 SCALINGS = ("weak", "strong")
 LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
 
 
+class NotApplicable(ValueError):
+    """A case its path cannot run by design (training on an inference runtime, a precision the
+    runtime lacks): recorded as not-applicable, never as a failure."""
+
+
 def framework(path: str) -> str:
-    """Which framework a path runs on: "torch" or "jax"."""
-    return "jax" if path in JAX_PATHS else "torch"
+    """Which framework a path runs on: "torch", "jax" or "runtime" (an inference runtime)."""
+    if path in JAX_PATHS:
+        return "jax"
+    return "runtime" if path in RUNTIME_PATHS else "torch"
+
+
+def freezing_applies(config: RunConfig) -> bool:
+    """Whether inductor's freezing is one of the case's settings: compiled inference on a CPU,
+    where it folds the weights into the graph and prepacks them for oneDNN."""
+    return config.path in COMPILED_TORCH_PATHS and config.task != "train" and config.device == "cpu"
+
+
+def unavailable(config: RunConfig) -> tuple[str, str] | None:
+    """("not-applicable" or "not-installed", why) for a case its path cannot run here; None if it can."""
+    path = config.path
+    if path not in RUNTIME_PATHS:
+        return None
+    if config.task == "train":
+        return "not-applicable", f"{path} is an inference runtime: it runs an exported forward, no training"
+    missing = [name for name in RUNTIME_PACKAGES[path] if importlib.util.find_spec(name) is None]
+    if missing:
+        return "not-installed", (
+            f"{path} needs {', '.join(missing)}, not installed here; the README's "
+            "'Deployment runtimes' says what to install"
+        )
+    if config.precision not in RUNTIME_PRECISIONS[path]:
+        return "not-applicable", f"{path} in {config.precision}: {NO_REDUCED_PRECISION[path]}"
+    return None
 
 
 def check_device(device: str) -> None:
@@ -59,7 +109,9 @@ class RunConfig:
     frameworks alike; no effect on a CPU). ``upconv``: the transposed convs'
     exact form, "native", "matmul" or "auto" (the faster, measured). ``memory_format``:
     torch's layout of the model and batch, "channels_last", "contiguous" or "auto" (the
-    faster whole eager step, measured); JAX ignores it. The plain paths ignore both and
+    faster whole eager step, measured); JAX ignores it. ``freezing``: inductor's freezing of
+    compiled inference on a CPU, "on", "off" or "auto" (the faster, measured); other cases run
+    without it. The plain paths ignore all three and
     use the frameworks' defaults (native up-conv, contiguous NCHW). ``loss``
     "weighted" trains on the paper's pixel-weighted cross-entropy.
     ``image_size``: the whole image of the "tiled" task. ``weights_file``: a
@@ -80,6 +132,7 @@ class RunConfig:
     tf32: bool = False
     upconv: str = "auto"
     memory_format: str = "auto"
+    freezing: str = "auto"
     loss: str = "ce"
     learning_rate: float = LEARNING_RATE
     image_size: int | None = None
@@ -95,6 +148,7 @@ class RunConfig:
             ("loss", self.loss, LOSSES),
             ("upconv", self.upconv, UPCONVS),
             ("memory_format", self.memory_format, MEMORY_FORMATS),
+            ("freezing", self.freezing, FREEZINGS),
         ):
             if value not in allowed:
                 shown = PRECISIONS if name == "precision" else allowed
@@ -108,6 +162,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} {value!r}: expected a whole number >= 1")
+        if self.devices is not None and self.path in RUNTIME_PATHS:
+            raise ValueError(f"path {self.path!r} runs on one device: expected devices None")
         if self.devices is not None and self.batch % self.devices:
             raise ValueError(f"batch {self.batch} must split evenly over {self.devices} devices")
         if self.scaling is not None and self.scaling not in SCALINGS:

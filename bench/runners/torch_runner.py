@@ -15,7 +15,7 @@ import torch
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import PLAIN_PATHS, RunConfig
+from bench.runners.config import PLAIN_PATHS, RunConfig, freezing_applies
 from bench.runners.workload import workload
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
@@ -156,10 +156,12 @@ class TorchRunner:
             self.pixel_weights = self._to_device(
                 self.placement.shard(self.work.pixel_weights).astype(self._input_dtype)
             )
+        # Built without freezing where it is to be measured (freezing_forms, after the cold call).
+        self.freezing = config.freezing if config.freezing != "auto" else "off"
         self._train, self._infer = self._train_fn, self._infer_fn
         if self.compile_mode is not None:
             self._train = torch.compile(self._train_fn, mode=self.compile_mode)
-            self._infer = torch.compile(self._infer_fn, mode=self.compile_mode)
+            self._infer = self._compiled_infer(self.freezing == "on")
         peak_method = (
             "torch.cuda.max_memory_allocated since the worker started" if self.cuda else memory.CPU_METHOD
         )
@@ -183,6 +185,7 @@ class TorchRunner:
             "loss": config.loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
+            **({"freezing": self.freezing, "freezing_seconds": None} if freezing_applies(config) else {}),
             "threads": torch.get_num_threads(),
             "memory": peak_method + (PEAK_AFTER_TIMING if memory_format_seconds else ""),
             **self.placement.settings,
@@ -192,6 +195,29 @@ class TorchRunner:
         """Seconds for the largest up-conv in each exact form, as this case runs it: compiled where
         the path compiles, with its backward where the case trains."""
         return time_upconv_forms(self._upconv_timing, self.device, self.autocast_dtype)
+
+    def _compiled_infer(self, freezing: bool) -> Callable:
+        """The forward compiled in the path's mode, or with inductor's freezing (the weights folded
+        in as constants: a compiled forward then never sees ``reset_state``; inference changes no
+        weight). torch.compile takes a mode or options, not both: freezing runs in the default mode."""
+        if freezing:
+            return torch.compile(self._infer_fn, options={"freezing": True})
+        return torch.compile(self._infer_fn, mode=self.compile_mode)
+
+    def freezing_forms(self) -> dict[str, float]:
+        """Seconds of the case's compiled forward with inductor's freezing on and off, each its own
+        compile (the one built is reused), timed in turn."""
+        self._mode(False)
+        compiled = {"on": None, "off": None, self.freezing: self._infer}
+        runs = {}
+        for form, infer in compiled.items():
+            infer = infer or self._compiled_infer(form == "on")
+            runs[form] = functools.partial(self._infer_once, infer)
+        return forms.time_forms(runs)
+
+    def _infer_once(self, infer: Callable) -> None:
+        infer(self.images)
+        self._sync()
 
     def _memory_format(self, upconv: str, batch: int) -> tuple[str, dict[str, float] | None]:
         """The style's memory format, or the faster measured (and its seconds per format)."""
@@ -242,8 +268,7 @@ class TorchRunner:
 
     def infer(self) -> None:
         self._mode(False)
-        self._infer(self.images)
-        self._sync()
+        self._infer_once(self._infer)
 
     def train_step(self) -> None:
         self._mode(True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -38,7 +39,8 @@ from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
-from bench.runners.config import RunConfig
+from bench.runners.config import RUNTIME_PACKAGES, RunConfig
+from bench.runners.runtime_runner import EXPORT_DIR
 
 WORKER_FIELDS = ("address", "authkey", "compile_cache", "log_dir", "steps", "out")
 
@@ -68,6 +70,7 @@ def _set_environment(config: RunConfig, compile_cache: str | None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
         os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
         os.environ["CUDA_CACHE_PATH"] = str(cache / "cuda")
+        os.environ[EXPORT_DIR] = str(cache / "export")  # the runtime paths' exported files
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if config.framework == "jax" and config.device == "cpu" and (config.devices or 1) > 1:
         flags = os.environ.get("XLA_FLAGS", "")
@@ -99,7 +102,11 @@ def _placement(config: RunConfig) -> Any:
 
 def warm_up(config: RunConfig) -> None:
     """The framework's one-time start (thread pools, kernel libraries), billed to no case:
-    a small conv forward and backward, eager, so that no compile cache is touched."""
+    a small conv forward and backward, eager, so that no compile cache is touched; for a runtime
+    path, the import of its runtime (its sessions' start counts in its compile time)."""
+    if config.framework == "runtime":
+        importlib.import_module((*RUNTIME_PACKAGES[config.path], "torch")[0])
+        return
     if config.framework == "jax":
         import jax
         import jax.numpy as jnp
@@ -218,7 +225,8 @@ class Service:
             "infer": runner.infer,
             "outputs": runner.outputs,
             "outputs_in": self.outputs_in,
-            "upconv_forms": runner.upconv_forms,
+            "upconv_forms": lambda: runner.upconv_forms(),  # torch and jax runners only
+            "freezing_forms": lambda: runner.freezing_forms(),  # torch runners only
             "reset_state": runner.reset_state,
             "weights": runner.weights,
             "peak_memory_bytes": runner.peak_memory_bytes,
