@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 
-.PHONY: install test bench lint lock
+.PHONY: install test bench bench-deploy lint lock
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest --benchmark-only
+
+# Inference where users deploy: the frameworks beside the inference runtimes (README: "Deployment
+# runtimes"). On a GPU: DEPLOY_PATHS=torch-eager,torch-compile,jax,onnxruntime,torch-aoti,tensorrt
+DEPLOY_PATHS ?= torch-eager,torch-compile,jax,onnxruntime,openvino,torch-aoti
+bench-deploy: $(STAMP)
+	$(BIN)/python -m pytest --benchmark-only --tasks=infer --paths=$(DEPLOY_PATHS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

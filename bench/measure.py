@@ -565,12 +565,18 @@ class Sweep:
         return {**cold, "reused": False}, self._remember(asked, _chosen_forms(cold)), entry
 
     def _cold_worker(self, config: RunConfig, entry: Path, deadline: float) -> tuple[dict, Worker]:
-        """A fresh worker in an emptied folder, after its first call; the worker is left open. A
-        compiled path that chooses its own up-conv form or freezing times them compiled after that
-        call (``TIMED_AFTER_COLD``: compiling them before would warm the cold figure, 35 s instead of
-        45-50 s, seen here), and where a form other than the one built wins, the winners' cold call
-        is measured afresh."""
+        """A fresh worker in an emptied folder, after its first call and the forms timed after
+        it (``_after_cold``); the worker is left open."""
         cold, worker = self._cold_call(config, entry, deadline)
+        return self._after_cold(config, cold, worker, entry, deadline)
+
+    def _after_cold(
+        self, config: RunConfig, cold: dict, worker: Worker, entry: Path, deadline: float
+    ) -> tuple[dict, Worker]:
+        """A compiled path that chooses its own up-conv form or freezing times them compiled in its
+        cold worker after the cold call (``TIMED_AFTER_COLD``: compiling them before would warm the
+        cold figure, 35 s instead of 45-50 s, seen here); where a form other than the one built
+        wins, the winners' cold call is measured afresh in a new worker. The worker is left open."""
         timed = [
             form
             for form in TIMED_AFTER_COLD
@@ -616,26 +622,33 @@ class Sweep:
     def _cold_per_form(self, asked: RunConfig, config: RunConfig, form: str, deadline: float) -> dict:
         """``form`` chosen compiled: one cold worker per value, each in an empty folder of its own,
         then ``OWN_FORM_ROUNDS`` rounds of each in turn. The choice and its timings go to forms.json;
-        the faster's cold call is returned, and its folder is the case's from now on."""
+        the faster's worker then times the forms chosen after a cold call (``_after_cold``: in the
+        winner alone, each such compile being seconds), and its cold call is returned; its folder
+        is the case's from now on."""
         entries = {v: self._entry(asked.replace(**{form: v})) for v in FORM_VALUES[form] if v != "auto"}
         colds: dict[str, dict[str, Any]] = {}
         workers: dict[str, Worker] = {}
         try:
             for value, entry in entries.items():
                 candidate = config.replace(**{form: value})
-                colds[value], workers[value] = self._cold_worker(candidate, entry, deadline)
+                colds[value], workers[value] = self._cold_call(candidate, entry, deadline)
             rounds: dict[str, list[float]] = {value: [] for value in entries}
             for _ in range(OWN_FORM_ROUNDS):
                 for value, worker in workers.items():
                     rounds[value].append(self.time_round(worker))
+            seconds = {value: float(np.median(r)) for value, r in rounds.items()}
+            chosen = forms.fastest(seconds)
+            for value in entries:
+                if value != chosen:
+                    workers.pop(value).close()
+                    shutil.rmtree(entries[value], ignore_errors=True)  # caches no worker will read
+            winner = config.replace(**{form: chosen})
+            cold, workers[chosen] = self._after_cold(
+                winner, colds[chosen], workers[chosen], entries[chosen], deadline
+            )
         finally:
             for worker in workers.values():
                 worker.close()
-        seconds = {value: float(np.median(r)) for value, r in rounds.items()}
-        chosen = forms.fastest(seconds)
-        for value, entry in entries.items():
-            if value != chosen:  # caches no worker will read
-                shutil.rmtree(entry, ignore_errors=True)
         choice = {
             "chosen": {form: chosen},
             "seconds": {form: seconds},
@@ -643,7 +656,7 @@ class Sweep:
             "timed": f"compiled, one cold worker per {form}, median of {OWN_FORM_ROUNDS} rounds each in turn",
         }
         self._save_forms(asked, asked.path, choice)
-        return colds[chosen]
+        return cold
 
     # -- the rounds ---------------------------------------------------------------------------
 
@@ -740,7 +753,7 @@ class Sweep:
     def _result(self, p: Prepared, schedule: str) -> dict[str, Any]:
         info: dict[str, Any] = {
             "peak_memory_bytes": _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes()),
-            "settings": p.worker.settings,
+            "settings": p.worker.call("settings"),  # now: a runtime fills in its export at the first call
             "schedule": schedule,
         }
         if self.timing:

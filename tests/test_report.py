@@ -429,3 +429,42 @@ def test_the_repository_readme_matches_its_runs() -> None:
     names; after new runs: run that command (`--check` says whether it is needed)."""
     assert report.readme_runs(), "README.md has no generated results"
     assert report.readme_matches(), "README.md's results are stale: python -m bench.report --readme"
+
+
+def test_deployment_ranks_runtimes_with_frameworks_their_cost_and_the_noise(tmp_path: Path) -> None:
+    """Each inference group with a runtime: every path against the fastest framework path, its
+    speed-up's interval called beyond or within the noise, its export or compile and its packages."""
+    infer = {"torch-eager": 1.0, "torch-compile": 1.3, "jax": 0.5, "onnxruntime": 1.9, "openvino": 1.32}
+    run = fake_run(tmp_path / "run", {("infer", 64, 1): infer, ("infer", 64, 2): infer})
+    measured = report.load(run)[0]
+    versions = {"onnxruntime": "1.32.0", "onnx": "1.23.2", "torch": "2.13.0"}
+    lines = report.deployment(measured, versions)
+    assert lines[0] == "- **infer 64px b1 fp32**, against torch-compile, its fastest framework path:"
+    assert re.match(
+        r"  - onnxruntime: 1\.4\dx \[1\.\d\d, 1\.\d\d\], faster beyond the noise \(export and build ",
+        lines[1],
+    )
+    assert lines[1].endswith("needs onnxruntime 1.32.0, onnx 1.23.2, onnxscript)")
+    assert re.match(r"  - openvino: 1\.0\dx \[.*\], within the noise \(11%\)", lines[2])
+    assert lines[3].startswith("  - torch-compile: 1x (compile 30 s cold, 1 s cached; needs torch 2.13.0)")
+    assert re.match(r"  - jax: 0\.3\dx \[.*\], slower beyond the noise \(.*needs jax, flax\)", lines[5])
+    assert len(lines) == 12  # both groups; the train groups have no runtime
+    assert "### Deploying for inference" in report.write_run(run)
+    assert report.deployment(measured[~measured.path.isin(["onnxruntime", "openvino"])], versions) == []
+
+
+def test_what_a_path_cannot_run_is_listed_apart_from_failures(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    with (run / "progress.jsonl").open("a") as progress:
+        for size in (64, 128):
+            case = {"path": "onnxruntime", "task": "train", "size": size, "batch": 1, "precision": "fp32"}
+            why = "onnxruntime is an inference runtime: it runs an exported forward, no training"
+            progress.write(
+                json.dumps({"case": case, "id": f"x{size}", "status": "not-applicable", "message": why})
+                + "\n"
+            )
+    text = report.write_run(run)
+    assert "## Cases without a number" not in text
+    assert "## Not applicable or not installed" in text
+    assert text.count("| onnxruntime | train  | fp32        |") == 1  # one row for every size
+    assert "none without a number, 2 not applicable or not installed" in report.readme_run(run, "run")

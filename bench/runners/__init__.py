@@ -1,11 +1,12 @@
 """One runner per framework path, behind one small interface.
 
 A ``RunConfig`` (bench/runners/config.py) defines a case; ``build`` makes its
-runner in this process, loading the workload's canonical weights and seeded
-batch; the benchmarks run every case in fresh worker processes instead
-(bench/workers.py), each of which calls ``build``, data-parallel ones too. ``make_runner`` is the
-keyword-argument convenience. This package imports no framework until a
-runner of that framework is built.
+runner in this process (torch_runner, jax_runner, or runtime_runner for the
+inference runtimes, whose train_step refuses), loading the workload's
+canonical weights and seeded batch; the benchmarks run every case in fresh
+worker processes instead (bench/workers.py), each of which calls ``build``,
+data-parallel ones too. ``make_runner`` is the keyword-argument convenience.
+This package imports no framework until a runner of that framework is built.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench.runners.config import (
     PATHS,
     PLAIN_PATHS,
     PRECISIONS,
+    RUNTIME_PATHS,
     TASKS,
     TORCH_PATHS,
     RunConfig,
@@ -39,6 +41,7 @@ __all__ = [
     "PATHS",
     "PLAIN_PATHS",
     "PRECISIONS",
+    "RUNTIME_PATHS",
     "TASKS",
     "TORCH_PATHS",
     "RunConfig",

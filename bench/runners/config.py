@@ -9,6 +9,7 @@ same message wherever it is made. Imports no framework.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -76,6 +77,14 @@ def freezing_applies(config: RunConfig) -> bool:
     return config.path in COMPILED_TORCH_PATHS and config.task != "train" and config.device == "cpu"
 
 
+def _distribution(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def unavailable(config: RunConfig) -> tuple[str, str] | None:
     """("not-applicable" or "not-installed", why) for a case its path cannot run here; None if it can."""
     path = config.path
@@ -83,11 +92,18 @@ def unavailable(config: RunConfig) -> tuple[str, str] | None:
         return None
     if config.task == "train":
         return "not-applicable", f"{path} is an inference runtime: it runs an exported forward, no training"
+    if path == "openvino" and config.device != "cpu":
+        return "not-applicable", "openvino runs here through its CPU plugin only"
     missing = [name for name in RUNTIME_PACKAGES[path] if importlib.util.find_spec(name) is None]
     if missing:
         return "not-installed", (
             f"{path} needs {', '.join(missing)}, not installed here; the README's "
             "'Deployment runtimes' says what to install"
+        )
+    if path == "onnxruntime" and config.device != "cpu" and not _distribution("onnxruntime-gpu"):
+        return "not-installed", (
+            "onnxruntime on CUDA needs onnxruntime-gpu in place of onnxruntime; the README's "
+            "'NVIDIA GPUs' says how"
         )
     if config.precision not in RUNTIME_PRECISIONS[path]:
         return "not-applicable", f"{path} in {config.precision}: {NO_REDUCED_PRECISION[path]}"

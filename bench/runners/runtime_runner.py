@@ -133,8 +133,6 @@ class OpenVino:
     suffix, route = ".onnx", "onnx"
     def __init__(self, config: RunConfig, folder: Path) -> None:
         self.config, self.folder = config, folder
-        if config.device != "cpu":
-            raise NotApplicable("openvino here is its CPU plugin: expected device cpu")
         self.settings: dict[str, Any] = {"runtime": f"openvino {_version('openvino')}, CPU plugin"}
 
     def load(self, file: Path) -> Loaded:

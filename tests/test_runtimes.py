@@ -1,0 +1,206 @@
+"""The inference runtimes' paths (bench/runners/runtime_runner.py) and torch-compile's freezing:
+what they compute, what they refuse, what they cache, and how the sweep records them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import environment, measure
+from bench.measure import CaseSkipped, Sweep
+from bench.runners import RunConfig, make_runner
+from bench.runners import config as run_config
+from bench.runners.config import NotApplicable, framework, unavailable
+from bench.runners.runtime_runner import EXPORT_DIR
+from bench.workers import Worker, status_of
+from impls.checks import err
+from impls.spec import UNetSpec
+from tests.fakes import FakeBenchmark
+
+SPEC = UNetSpec(width=4, depth=2)
+SIZE, BATCH = 16, 2
+CPU_RUNTIMES = ("onnxruntime", "openvino", "torch-aoti")
+
+
+def _runner(path: str, task: str = "infer", **options):
+    return make_runner(
+        path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", task=task, **options
+    )
+
+
+@pytest.fixture(scope="module")
+def eager_logits() -> np.ndarray:
+    return _runner("torch-eager", upconv="native").outputs("infer")["logits"]
+
+
+# -- what each runtime computes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CPU_RUNTIMES)
+def test_a_runtime_computes_torch_eagers_forward_and_trains_nothing(path, eager_logits) -> None:
+    runner = _runner(path)
+    assert framework(path) == "runtime" and runner.settings["framework"] == "runtime"
+    logits = runner.outputs("infer")["logits"]
+    assert logits.shape == eager_logits.shape and err(logits, eager_logits) < 1e-5
+    assert runner.settings["export"].startswith("wrote ")  # exported and checked in its first call
+    assert np.array_equal(runner.predict(runner.work.images), logits)
+    runner.infer()
+    with pytest.raises(NotApplicable, match=f"{path} is an inference runtime"):
+        runner.train_step()
+
+
+def test_a_second_runner_loads_the_exported_file_instead_of_exporting(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(EXPORT_DIR, str(tmp_path))
+    first = _runner("onnxruntime")
+    first.infer()
+    assert first.settings["export"].startswith("wrote ")
+    assert first.settings["providers"] == ["CPUExecutionProvider"]
+    second = _runner("onnxruntime")
+    second.infer()
+    assert second.settings["export"].startswith(f"reused {first.file.name}")
+    other_size = make_runner(
+        "onnxruntime", SPEC, batch=BATCH, size=24, precision="fp32", device="cpu", task="infer"
+    )
+    assert other_size.file != first.file  # a file per case: its shape is fixed
+
+
+def test_openvino_computes_in_the_precision_asked_for() -> None:
+    """OpenVINO computes in bf16 by default on CPUs that have it: the path says which, explicitly."""
+    runner = _runner("openvino")
+    runner.infer()
+    assert runner.settings["INFERENCE_PRECISION_HINT"] == "f32"
+    bf16 = make_runner("openvino", SPEC, batch=BATCH, size=SIZE, precision="bf16", device="cpu", task="infer")
+    try:
+        bf16.infer()
+    except NotApplicable as error:  # a CPU without BF16
+        assert "no BF16" in str(error)
+    else:
+        assert bf16.settings["INFERENCE_PRECISION_HINT"] == "bf16"
+
+
+# -- what cannot run, and why -----------------------------------------------------------------
+
+
+def test_a_runtime_case_that_cannot_run_says_why(monkeypatch) -> None:
+    infer = RunConfig("onnxruntime", SPEC, SIZE, BATCH, task="infer")
+    assert unavailable(infer) is None
+    assert unavailable(RunConfig("torch-eager", SPEC, SIZE, BATCH)) is None
+    status, why = unavailable(infer.replace(task="train"))
+    assert status == "not-applicable" and "inference runtime" in why
+    status, why = unavailable(infer.replace(precision="bf16"))
+    assert status == "not-applicable" and "no bf16 convolutions" in why
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name)
+    )
+    status, why = unavailable(infer)
+    assert status == "not-installed" and why.startswith("onnxruntime needs onnxruntime, not installed")
+    with pytest.raises(ValueError, match="runs on one device"):
+        RunConfig("openvino", SPEC, SIZE, 4, task="infer", devices=2)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        RunConfig("tensorrt", SPEC, SIZE, BATCH, task="infer")
+    assert status_of("NotApplicable: openvino bf16: no BF16") == "not-applicable"
+    assert status_of("RuntimeError: NotApplicable") == "error"
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch) -> Sweep:
+    monkeypatch.setattr(environment, "peak_tflops", lambda *a: 1.0)
+    return Sweep(
+        progress_file=tmp_path / "progress.jsonl",
+        compile_cache=tmp_path / "cache",
+        min_rounds=2,
+        max_time=0.05,
+        replicates=1,
+        announce=lambda line: None,
+    )
+
+
+def test_the_sweep_records_what_cannot_run_and_starts_no_worker_for_it(sweep, monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(Worker, "__init__", no_worker)
+    sweep.cases = [
+        RunConfig("onnxruntime", SPEC, SIZE, BATCH, task="train"),
+        RunConfig("openvino", SPEC, SIZE, BATCH, task="infer"),
+    ]
+    for case, status in zip(sweep.cases, ("not-applicable", "not-installed"), strict=True):
+        with pytest.raises(CaseSkipped, match=f"^{status}: "):
+            sweep.run(case, FakeBenchmark())
+    assert [r["status"] for r in sweep.records] == ["not-applicable", "not-installed"]
+
+
+def test_a_runtimes_export_and_build_are_its_compile_time(sweep) -> None:
+    """Cold: a fresh worker exports and builds; cached: a fresh worker loads the file the cold one
+    wrote, in the case's compile folder."""
+    sweep.cases = [
+        RunConfig("torch-eager", SPEC, SIZE, BATCH, task="infer"),
+        RunConfig("onnxruntime", SPEC, SIZE, BATCH, task="infer"),
+    ]
+    _, runtime = (sweep.run(case, FakeBenchmark()) for case in sweep.cases)
+    assert runtime["status"] == "ok" and runtime["parity"]["errors"]["logits"] < 1e-5
+    assert runtime["settings"]["export"].startswith("reused ")  # the cached worker's
+    assert runtime["compile_seconds_cold"] > runtime["compile_seconds_cached"] >= 0
+    assert not runtime["compile_cold_reused"]
+    assert list((Path(runtime["compile_folder"]) / "export").glob("onnxruntime-*.onnx"))
+
+
+# -- torch-compile's freezing ------------------------------------------------------------------
+
+
+def test_freezing_is_a_setting_of_compiled_inference_on_a_cpu_only() -> None:
+    infer = RunConfig("torch-compile", SPEC, SIZE, BATCH, task="infer")
+    assert run_config.freezing_applies(infer) and run_config.freezing_applies(
+        infer.replace(task="tiled", image_size=64)
+    )
+    assert not run_config.freezing_applies(infer.replace(task="train"))
+    assert not run_config.freezing_applies(infer.replace(path="torch-eager"))
+    with pytest.raises(ValueError, match="freezing 'yes': expected one of auto, on, off"):
+        infer.replace(freezing="yes")
+
+
+def test_frozen_compiled_inference_computes_torch_eagers_forward(eager_logits) -> None:
+    runner = _runner("torch-compile", upconv="native", memory_format="contiguous", freezing="on")
+    assert runner.settings["freezing"] == "on"
+    assert err(runner.outputs("infer")["logits"], eager_logits) < 1e-5
+    seconds = runner.freezing_forms()  # the frozen forward reused, the other compiled
+    assert set(seconds) == {"on", "off"} and all(s > 0 for s in seconds.values())
+    train = _runner("torch-compile", task="train", upconv="native", memory_format="contiguous")
+    assert "freezing" not in train.settings
+
+
+def test_a_compiled_path_whose_freezing_loses_compiles_the_other_cold(sweep, monkeypatch) -> None:
+    """As the up-conv form: timed after the cold call, the winner's cold call measured afresh.
+    (torch eager stands in for torch-compile, with freezing in its settings: the mechanism is
+    tested, without minutes of compiling.)"""
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("freezing",)})
+    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
+    built: list[str] = []
+    real_init, real_call = Worker.__init__, Worker.call
+
+    def init(self, config, **kwargs):
+        real_init(self, config, **kwargs)
+        self.settings["freezing"] = "off" if config.freezing == "auto" else config.freezing
+
+    def call(self, command: str, *args):
+        if command == "first_call":
+            built.append(self.settings["freezing"])
+        if command == "freezing_forms":
+            return {"on": 1.0, "off": 2.0}
+        return real_call(self, command, *args)
+
+    monkeypatch.setattr(Worker, "__init__", init)
+    monkeypatch.setattr(Worker, "call", call)
+    sweep.cases = [RunConfig("torch-eager", SPEC, SIZE, BATCH, task="infer")]
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    assert built[0] == "off" and set(built[1:]) == {"on"}  # a fresh cold worker, then the cached one
+    choice = record["forms"]["torch-eager"]
+    assert choice["chosen"] == {"freezing": "on"} and choice["seconds"]["freezing"] == {"on": 1.0, "off": 2.0}
+    assert not record["compile_cold_reused"]
