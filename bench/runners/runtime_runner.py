@@ -131,6 +131,7 @@ class OpenVino:
     compiled blob kept in OpenVINO's model cache."""
 
     suffix, route = ".onnx", "onnx"
+
     def __init__(self, config: RunConfig, folder: Path) -> None:
         self.config, self.folder = config, folder
         self.settings: dict[str, Any] = {"runtime": f"openvino {_version('openvino')}, CPU plugin"}
