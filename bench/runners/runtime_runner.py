@@ -29,6 +29,8 @@ from bench import environment, memory
 from bench.runners.config import NotApplicable, RunConfig
 from bench.runners.workload import workload
 from impls import convert
+from impls.checks import err
+from impls.files import atomic_output
 
 EXPORT_DIR = "UNET_BENCH_EXPORT_DIR"
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # its inference precision hints
@@ -196,17 +198,36 @@ class TensorRt:
         import torch_tensorrt
 
         from impls import torch_unet
+        from impls.export import TOLERANCE, ExportError
 
         weights, spec = convert.load(checkpoint)
         model = convert.to_torch(weights, torch_unet.build(spec)).eval().to(self.config.device)
         x = torch.zeros(self.config.batch, spec.in_channels, self.config.size, self.config.size)
         x = x.to(self.config.device)
-        precisions = {torch.float32} | ({torch.bfloat16} if self.config.precision == "bf16" else set())
+        # fp32: explicit typing keeps the model's dtypes, and TF32 is off unless asked for (TensorRT
+        # lets fp32 layers use it by default). bf16: torch-tensorrt's rule-based autocast.
+        reduced = {"enable_autocast": True, "low_precision_type": torch.bfloat16}
         with torch.no_grad():
             compiled = torch_tensorrt.compile(
-                model, ir="dynamo", inputs=[x], enabled_precisions=precisions, use_explicit_typing=False
+                model,
+                ir="dynamo",
+                arg_inputs=[x],
+                use_explicit_typing=True,
+                disable_tf32=not self.config.tf32,
+                **(reduced if self.config.precision == "bf16" else {}),
             )
-            torch_tensorrt.save(compiled, str(file), inputs=[x])
+            if self.config.precision == "fp32":  # as impls/export.py checks its exports
+                seeded = torch.from_numpy(
+                    np.random.default_rng(0).normal(size=tuple(x.shape)).astype(np.float32)
+                )
+                seeded = seeded.to(self.config.device)
+                difference = err(compiled(seeded).float().cpu().numpy(), model(seeded).cpu().numpy())
+                if difference > TOLERANCE:
+                    raise ExportError(
+                        f"TensorRT engines differ from the model: err {difference:.3g} > {TOLERANCE:g}"
+                    )
+            with atomic_output(file, checkpoint, what="TensorRT program") as temporary:
+                torch_tensorrt.save(compiled, str(temporary), inputs=[x])
 
     def load(self, file: Path) -> Loaded:
         import torch
