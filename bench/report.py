@@ -1196,16 +1196,23 @@ def readme_run(run_dir: Path, link: str) -> str:
         *verdicts(measured, threshold),
         "",
     ]
+    deploying = deployment(measured, env.get("versions", {}), threshold) if _has_rounds(measured) else []
+    if deploying:
+        parts += ["**Deploying for inference** (every path against the fastest framework path):", ""]
+        parts += [*deploying, ""]
     if measured.tf32_backward.any():
         parts += [TF32_NOTE, ""]
     for task in _tasks(measured):
         parts += [f"**{README_TITLES[task]} ({_against(measured)}):**", ""]
         parts += [_md(throughput_table(measured, task)), ""]
-    if "train" in _tasks(measured):
-        parts += ["**Compile seconds, cold / from the caches (training):**", ""]
-        parts += [_md(compile_table(measured, "train")), "", _compile_note(measured), ""]
-        parts += ["**Peak memory, MiB (training):**", "", _md(memory_table(measured, "train")), ""]
-        parts += [_memory_note(measured[measured.task == "train"]), ""]
+    # training's compile and memory, or inference's in a run without training (a deployment run)
+    main = next((task for task in ("train", "infer") if task in _tasks(measured)), None)
+    if main is not None:
+        label = {"train": "training", "infer": "inference"}[main]
+        parts += [f"**Compile seconds, cold / from the caches ({label}):**", ""]
+        parts += [_md(compile_table(measured, main)), "", _compile_note(measured), ""]
+        parts += [f"**Peak memory, MiB ({label}):**", "", _md(memory_table(measured, main)), ""]
+        parts += [_memory_note(measured[measured.task == main]), ""]
     if (Path(run_dir) / "throughput-train.png").exists():
         parts += [f"![training throughput against image size]({link}/throughput-train.png)", ""]
     return "\n".join(parts)

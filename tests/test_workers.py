@@ -135,8 +135,16 @@ def _sweep(tmp_path: Path) -> subprocess.Popen:
         f"--results-dir={tmp_path / 'results'}",
         f"--compile-cache={tmp_path / 'cache'}",
     ]
+    # Ctrl-C's default action restored: a shell starts background jobs (`make test &`) with SIGINT
+    # ignored, which their children inherit, and the SIGINT case would then wait in vain.
     return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
