@@ -57,6 +57,7 @@ from bench import environment, flops, gate, stats
 from bench.runners import forms
 from bench.runners.config import (
     COMPILED_TORCH_PATHS,
+    COMPILES_NOTHING,
     FREEZINGS,
     MEMORY_FORMATS,
     PLAIN_PATHS,
@@ -128,7 +129,6 @@ def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
     return reference, own_noise
 
 
-COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The reference's own memory format first: its outputs are the reference; the other's error counts too.
 REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
 # Runtime paths run the file exported from the model as built (native up-conv, NCHW): their
@@ -701,17 +701,32 @@ class Sweep:
 
     def _restart(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
         """Fresh workers for another replicate: each with its own luck of the process. They find
-        the compiled code in the cases' folders; their first call (loading it) is not timed."""
-        failures = {}
+        the compiled code in the cases' folders; their first call (loading it) is not timed. All
+        are started before any is waited for, so that their imports and builds overlap (the
+        group's workers fit together: they just ran so)."""
         for p in prepared:
             p.peak_memory_bytes = _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes())
             p.worker.close()
-            deadline = time.monotonic() + self.case_timeout
-            try:
-                p.worker = Worker(p.config, compile_cache=p.record["compile_folder"], deadline=deadline)
-                p.worker.call("first_call")
-            except WorkerError as error:
-                failures[p] = error
+        failures: dict[Prepared, WorkerError] = {}
+        started: dict[Prepared, Worker] = {}
+        try:
+            for p in prepared:
+                deadline = time.monotonic() + self.case_timeout
+                compile_cache = p.record["compile_folder"]
+                started[p] = Worker(p.config, compile_cache=compile_cache, deadline=deadline, connect=False)
+            for p, worker in started.items():
+                try:
+                    worker.connect()
+                    worker.call("first_call")
+                except WorkerError as error:
+                    worker.close()
+                    failures[p] = error
+                else:
+                    p.worker = worker
+        except BaseException:
+            for worker in started.values():
+                worker.close()
+            raise
         return failures
 
     def _interleave(self, prepared: list[Prepared], replicate: int) -> dict[Prepared, WorkerError]:

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.runners.config import PLAIN_PATHS, RUNTIME_PACKAGES, RUNTIME_PATHS
+from bench.runners.config import COMPILES_NOTHING, PLAIN_PATHS, RUNTIME_PACKAGES, RUNTIME_PATHS
 from impls.files import atomic_output, write_text
 
 BASELINE = "torch-eager"
@@ -642,17 +642,12 @@ def _dependencies(path: str, versions: dict[str, str]) -> str:
 
 
 def _cost(case: pd.Series, versions: dict[str, str]) -> str:
-    """``export and build 3.1 s cold, 0.4 s cached; adds onnxruntime 1.32.0, ...``."""
-    if case.path in RUNTIME_PATHS:
-        what = "export and build"
-    elif case.compile_cold_s > 0 or case.compile_cached_s > 0:
-        what = "compile"
-    else:
-        what = "first-call overhead"
-    return (
-        f"{what} {case.compile_cold_s:.3g} s cold, {case.compile_cached_s:.3g} s cached; "
-        f"needs {_dependencies(case.path, versions)}"
-    )
+    """``export and build 3.1 s cold, 0.4 s cached; needs onnxruntime 1.32.0, ...``."""
+    needs = f"needs {_dependencies(case.path, versions)}"
+    if case.path in COMPILES_NOTHING:
+        return f"nothing to compile; {needs}"
+    what = "export and build" if case.path in RUNTIME_PATHS else "compile"
+    return f"{what} {case.compile_cold_s:.3g} s cold, {case.compile_cached_s:.3g} s cached; {needs}"
 
 
 def deployment(

@@ -117,6 +117,7 @@ class Worker:
         deadline: float | None = None,
         start_timeout: float = START_TIMEOUT,
         call_timeout: float = CALL_TIMEOUT,
+        connect: bool = True,
     ) -> None:
         self.config = config
         self.deadline, self.call_timeout = deadline, call_timeout
@@ -161,9 +162,20 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C at the terminal reaches the sweep, which ends it
             )
-            self._accept(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        self._start_timeout = start_timeout
+        if connect:
+            self.connect()
+
+    def connect(self) -> None:
+        """Wait for the started worker to connect and build its case (``connect=False`` starts a
+        worker without waiting, so that several start side by side: each is waited for here)."""
+        try:
+            self._accept(self._start_timeout)
             self.settings: dict[str, Any] = self.call("settings")
-            self.device_name = self.settings.get("device_name", config.device)
+            self.device_name = self.settings.get("device_name", self.config.device)
         except BaseException:
             self.close()
             raise

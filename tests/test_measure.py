@@ -150,36 +150,49 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep,
     assert record["compile_folder"] == str(folder) and set(calls) == {"contiguous"}
 
 
-def test_a_compiled_path_whose_up_conv_form_loses_compiles_the_other_cold(sweep, monkeypatch) -> None:
-    """A compiled path times its up-conv forms after its cold call (so as not to warm it); where the
-    form it was built in loses, the winner's cold call is measured in a fresh worker."""
-    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("upconv",)})
+def test_a_compiled_path_whose_up_conv_form_and_freezing_lose_compiles_the_winners_cold(
+    sweep, monkeypatch
+) -> None:
+    """A compiled path times its up-conv forms and (compiled inference on a CPU) freezing after its
+    cold call (so as not to warm it); where the forms it was built in lose, the winners' cold call
+    is measured in one fresh worker. (torch eager stands in for torch-compile, freezing put into its
+    settings: the mechanism is tested, without minutes of compiling.)"""
+    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("upconv", "freezing")})
     monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
-    built: list[str] = []
+    built: list[tuple[str, str]] = []
     timed: dict[str, float] = {}
-    real_call = Worker.call
+    real_connect, real_call = Worker.connect, Worker.call
+
+    def connect(self):
+        real_connect(self)
+        self.settings["freezing"] = "off" if self.config.freezing == "auto" else self.config.freezing
 
     def call(self, command: str, *args):
         if command == "first_call":
-            built.append(self.settings["upconv"])
+            built.append((self.settings["upconv"], self.settings["freezing"]))
         if command == "upconv_forms":  # the form the worker was built in loses
             timed.update({self.settings["upconv"]: 2.0, OTHER_FORM[self.settings["upconv"]]: 1.0})
             return dict(timed)
+        if command == "freezing_forms":
+            return {"on": 1.0, "off": 2.0}
         return real_call(self, command, *args)
 
+    monkeypatch.setattr(Worker, "connect", connect)
     monkeypatch.setattr(Worker, "call", call)
     sweep.cases = _cases("torch-eager")
     record = sweep.run(sweep.cases[0], FakeBenchmark())
-    winner = OTHER_FORM[built[0]]
-    assert built[1:] == [winner] * (len(built) - 1)  # a fresh cold worker, then the cached and replicates
+    winner = OTHER_FORM[built[0][0]]
+    assert built[0][1] == "off"
+    assert built[1:] == [(winner, "on")] * (len(built) - 1)  # one fresh cold worker, then the cached one
     assert record["settings"]["upconv"] == winner and not record["compile_cold_reused"]
     choice = record["forms"]["torch-eager"]
-    assert choice["chosen"] == {"upconv": winner} and choice["seconds"]["upconv"] == timed
-    native = sweep.cases[0].replace(upconv="native")
+    assert choice["chosen"] == {"upconv": winner, "freezing": "on"}
+    assert choice["seconds"] == {"upconv": timed, "freezing": {"on": 1.0, "off": 2.0}}
+    native = sweep.cases[0].replace(upconv="native", freezing="off")
     given = Sweep(compile_cache=sweep.compile_cache / "given", cases=[native])
     built.clear()
     assert given.run(given.cases[0], FakeBenchmark())["settings"]["upconv"] == "native"
-    assert set(built) == {"native"}  # a form given is never timed
+    assert set(built) == {("native", "off")}  # a form given is never timed
 
 
 def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:

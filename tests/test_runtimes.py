@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import environment, measure
+from bench import environment
 from bench.measure import CaseSkipped, Sweep
 from bench.runners import RunConfig, make_runner
 from bench.runners import config as run_config
@@ -174,33 +174,3 @@ def test_frozen_compiled_inference_computes_torch_eagers_forward(eager_logits) -
     assert set(seconds) == {"on", "off"} and all(s > 0 for s in seconds.values())
     train = _runner("torch-compile", task="train", upconv="native", memory_format="contiguous")
     assert "freezing" not in train.settings
-
-
-def test_a_compiled_path_whose_freezing_loses_compiles_the_other_cold(sweep, monkeypatch) -> None:
-    """As the up-conv form: timed after the cold call, the winner's cold call measured afresh.
-    (torch eager stands in for torch-compile, with freezing in its settings: the mechanism is
-    tested, without minutes of compiling.)"""
-    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("freezing",)})
-    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
-    built: list[str] = []
-    real_init, real_call = Worker.__init__, Worker.call
-
-    def init(self, config, **kwargs):
-        real_init(self, config, **kwargs)
-        self.settings["freezing"] = "off" if config.freezing == "auto" else config.freezing
-
-    def call(self, command: str, *args):
-        if command == "first_call":
-            built.append(self.settings["freezing"])
-        if command == "freezing_forms":
-            return {"on": 1.0, "off": 2.0}
-        return real_call(self, command, *args)
-
-    monkeypatch.setattr(Worker, "__init__", init)
-    monkeypatch.setattr(Worker, "call", call)
-    sweep.cases = [RunConfig("torch-eager", SPEC, SIZE, BATCH, task="infer")]
-    record = sweep.run(sweep.cases[0], FakeBenchmark())
-    assert built[0] == "off" and set(built[1:]) == {"on"}  # a fresh cold worker, then the cached one
-    choice = record["forms"]["torch-eager"]
-    assert choice["chosen"] == {"freezing": "on"} and choice["seconds"]["freezing"] == {"on": 1.0, "off": 2.0}
-    assert not record["compile_cold_reused"]

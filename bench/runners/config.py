@@ -24,6 +24,8 @@ JAX_PATHS = ("jax", "jax-plain")
 # they infer and predict tiles, and train nothing.
 RUNTIME_PATHS = ("onnxruntime", "openvino", "torch-aoti", "tensorrt")
 PATHS = (*TORCH_PATHS, *JAX_PATHS, *RUNTIME_PATHS)
+# Paths that compile nothing: their first call is just a call
+COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The same model written as each framework's tutorials write it, none of the project's tuned
 # choices: what those choices add. References, not contenders.
 PLAIN_PATHS = ("torch-plain", "jax-plain")

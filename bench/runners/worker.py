@@ -292,6 +292,9 @@ def main(argv: list[str]) -> int:
         _configure_jax(config, options.get("compile_cache"))
     from bench.runners import build
 
+    # The framework imported before the controller is reached: several workers started together
+    # (a replicate's, bench/measure.py) import side by side instead of one after another.
+    importlib.import_module(f"bench.runners.{config.framework}_runner")
     if "address" not in options:
         warm_up(config)
         return _standalone(Service(config, build(config, _placement(config))), options, rank)
