@@ -152,6 +152,19 @@ def test_a_runtimes_export_and_build_are_its_compile_time(sweep) -> None:
     assert list((Path(runtime["compile_folder"]) / "export").glob("onnxruntime-*.onnx"))
 
 
+def test_a_runtime_predicts_a_whole_image_in_tiles_untimed(sweep) -> None:
+    """The tiled task through a runtime: its predict over the tiles, the forward through the gate."""
+    sweep.timing = False
+    sweep.cases = [
+        RunConfig(path, SPEC, SIZE, BATCH, task="tiled", image_size=40)
+        for path in ("torch-eager", "openvino")
+    ]
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert records[1]["tiles_per_image"] == records[0]["tiles_per_image"] > BATCH
+    assert records[1]["parity"]["errors"]["logits"] < 1e-5
+
+
 # -- torch-compile's freezing ------------------------------------------------------------------
 
 
