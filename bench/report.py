@@ -632,10 +632,10 @@ FRAMEWORK_DEPENDENCIES = {"torch": ("torch",), "jax": ("jax", "flax")}
 def _dependencies(path: str, versions: dict[str, str]) -> str:
     """What adopting ``path`` adds to install, with the run's versions: a runtime's packages, or the
     framework it runs on."""
+    if path == "torch-aoti":
+        return "torch (and a C++ compiler where it is exported)"
     if path in RUNTIME_PATHS:
-        names = [name.replace("_", "-") for name in RUNTIME_PACKAGES[path]] or ["torch"]
-        if path == "torch-aoti":
-            return "torch (and a C++ compiler where it is exported)"
+        names = [name.replace("_", "-") for name in RUNTIME_PACKAGES[path]]
     else:
         names = list(FRAMEWORK_DEPENDENCIES["jax" if path.startswith("jax") else "torch"])
     return ", ".join(f"{name} {versions[name]}" if name in versions else name for name in names)
@@ -778,7 +778,8 @@ def _failed(failures: pd.DataFrame) -> pd.DataFrame:
 def _failure_summary(failures: pd.DataFrame) -> str:
     """``none without a number``, ``1 without a number (interrupted)``, ``3 ... (1 error, 2 skipped)``,
     and how many were not applicable or not installed."""
-    failed, by_design = _failed(failures), len(failures) - len(_failed(failures))
+    failed = _failed(failures)
+    by_design = len(failures) - len(failed)
     text = "none without a number"
     if not failed.empty:
         counts = failed.status.value_counts().sort_index()

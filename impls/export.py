@@ -134,11 +134,12 @@ def _second_size(spec: UNetSpec, sides: _Sides, h: int, w: int) -> tuple[int, in
     return h + step + (1 if spec.pad_to_skip else 0), w + 2 * step
 
 
-def _seeded(shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
+def seeded_input(shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
+    """The seeded float32 input every export is checked on (bench's TensorRT builds too)."""
     return np.random.default_rng(seed).normal(0.0, 1.0, shape).astype(np.float32)
 
 
-def _compare(
+def check_export(
     what: str, out: Path, shape: tuple[int, ...], got: np.ndarray, ref: np.ndarray
 ) -> tuple[tuple[int, ...], float]:
     """(shape, err), after refusing an exported model whose output differs from its source's."""
@@ -264,7 +265,7 @@ def _torch_model(job: _Job):
 
 def _torch_reference(model, torch, shape: tuple[int, ...]) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(_seeded(shape))).numpy()
+        return model(torch.from_numpy(seeded_input(shape))).numpy()
 
 
 def _torch_dims(job: _Job, sides: _Sides, torch, *, derived: bool) -> dict:
@@ -383,7 +384,9 @@ def _check_onnx(job: _Job, path: Path, shapes, reference: Callable[[tuple[int, .
     session = _onnx_session(path)
     name = session.get_inputs()[0].name
     return tuple(
-        _compare(what, job.out, shape, session.run(None, {name: _seeded(shape)})[0], reference(shape))
+        check_export(
+            what, job.out, shape, session.run(None, {name: seeded_input(shape)})[0], reference(shape)
+        )
         for shape in shapes
     )
 
@@ -392,7 +395,7 @@ def _onnx_from_torch(job: _Job) -> Export:
     model, torch = _torch_model(job)
     sides = _sides(job.spec, torch_route=True) if job.dynamic else None
     shapes = job.inputs(sides)
-    example = torch.from_numpy(_seeded(_example_shape(shapes[0], sides)))
+    example = torch.from_numpy(seeded_input(_example_shape(shapes[0], sides)))
     dims = _torch_dims(job, sides, torch, derived=True) if sides else None
     with _quiet("torch.onnx", "torch.export", "torch._dynamo"), _legacy_tf32_readable(torch):
         # torch.export first, then the program to torch.onnx: given the model and dynamic_shapes,
@@ -428,7 +431,7 @@ def _aoti(job: _Job) -> Export:
     model, torch = _torch_model(job)
     sides = _sides(job.spec, torch_route=True) if job.dynamic else None
     shapes = job.inputs(sides)
-    example = torch.from_numpy(_seeded(_example_shape(shapes[0], sides)))
+    example = torch.from_numpy(seeded_input(_example_shape(shapes[0], sides)))
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
     metadata = _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides))
@@ -453,11 +456,11 @@ def _aoti(job: _Job) -> Export:
 
             def run(shape: tuple[int, ...]) -> np.ndarray:
                 with torch.no_grad():
-                    out = runner(torch.from_numpy(_seeded(shape)))
+                    out = runner(torch.from_numpy(seeded_input(shape)))
                 return (out[0] if isinstance(out, (list, tuple)) else out).numpy()
 
             checks = tuple(
-                _compare(
+                check_export(
                     "AOTInductor package", job.out, shape, run(shape), _torch_reference(model, torch, shape)
                 )
                 for shape in shapes
@@ -516,12 +519,12 @@ def _jax(job: _Job) -> Export:
         temporary.write_bytes(exported.serialize())
         reloaded = jax.export.deserialize(bytearray(temporary.read_bytes()))
         checks = tuple(
-            _compare(
+            check_export(
                 "StableHLO",
                 job.out,
                 shape,
-                np.asarray(reloaded.call(_seeded(shape))),
-                np.asarray(forward(_seeded(shape))),
+                np.asarray(reloaded.call(seeded_input(shape))),
+                np.asarray(forward(seeded_input(shape))),
             )
             for shape in shapes
         )
@@ -557,7 +560,7 @@ def _onnx_from_flax(job: _Job) -> Export:
         raise ExportError(f"{job.out}: jax2onnx failed for {job.spec}: {_first_line(error)}") from error
 
     def reference(shape: tuple[int, ...]) -> np.ndarray:
-        return np.asarray(forward(_seeded(shape).transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+        return np.asarray(forward(seeded_input(shape).transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
 
     with atomic_output(job.out, job.checkpoint) as temporary:
         _save_onnx(proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, None)))

@@ -12,6 +12,7 @@ This package imports no framework until a runner of that framework is built.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -94,11 +95,15 @@ class Runner(Protocol):
         """Peak memory since this process started, by ``settings["memory"]``'s method."""
 
 
+def runner_module(config: RunConfig) -> ModuleType:
+    """The module of ``config``'s runner (importing it imports its framework)."""
+    return importlib.import_module(f"bench.runners.{config.framework}_runner")
+
+
 def build(config: RunConfig, placement: Any = None) -> Runner:
     """The runner of ``config`` in this process, on one device unless ``placement`` says otherwise
     (bench/runners/torch_ddp.py, bench/runners/jax_dp.py)."""
-    module = importlib.import_module(f"bench.runners.{config.framework}_runner")
-    return getattr(module, f"{config.framework.capitalize()}Runner")(config, placement)
+    return getattr(runner_module(config), f"{config.framework.capitalize()}Runner")(config, placement)
 
 
 def make_runner(

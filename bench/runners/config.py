@@ -9,12 +9,12 @@ same message wherever it is made. Imports no framework.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import importlib.util
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from bench import environment
 from impls.spec import UNetSpec
 
 COMPILED_TORCH_PATHS = ("torch-compile", "torch-compile-max-autotune", "torch-compile-reduce-overhead")
@@ -79,14 +79,6 @@ def freezing_applies(config: RunConfig) -> bool:
     return config.path in COMPILED_TORCH_PATHS and config.task != "train" and config.device == "cpu"
 
 
-def _distribution(name: str) -> bool:
-    try:
-        importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 def unavailable(config: RunConfig) -> tuple[str, str] | None:
     """("not-applicable" or "not-installed", why) for a case its path cannot run here; None if it can."""
     path = config.path
@@ -102,7 +94,7 @@ def unavailable(config: RunConfig) -> tuple[str, str] | None:
             f"{path} needs {', '.join(missing)}, not installed here; the README's "
             "'Deployment runtimes' says what to install"
         )
-    if path == "onnxruntime" and config.device != "cpu" and not _distribution("onnxruntime-gpu"):
+    if path == "onnxruntime" and config.device != "cpu" and "onnxruntime-gpu" not in environment.versions():
         return "not-installed", (
             "onnxruntime on CUDA needs onnxruntime-gpu in place of onnxruntime; the README's "
             "'NVIDIA GPUs' says how"

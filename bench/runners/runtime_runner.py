@@ -19,7 +19,6 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from bench import environment, memory
 from bench.runners.config import NotApplicable, RunConfig
 from bench.runners.workload import workload
 from impls import convert
-from impls.checks import err
 from impls.files import atomic_output
 
 EXPORT_DIR = "UNET_BENCH_EXPORT_DIR"
@@ -66,10 +64,7 @@ def _torch_loaded(module: Callable, device: Any) -> Loaded:
 
 
 def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
+    return environment.versions().get(package, "?")  # as every result records it
 
 
 class OnnxRuntime:
@@ -197,8 +192,7 @@ class TensorRt:
         import torch
         import torch_tensorrt
 
-        from impls import torch_unet
-        from impls.export import TOLERANCE, ExportError
+        from impls import export, torch_unet
 
         weights, spec = convert.load(checkpoint)
         model = convert.to_torch(weights, torch_unet.build(spec)).eval().to(self.config.device)
@@ -217,15 +211,10 @@ class TensorRt:
                 **(reduced if self.config.precision == "bf16" else {}),
             )
             if self.config.precision == "fp32":  # as impls/export.py checks its exports
-                seeded = torch.from_numpy(
-                    np.random.default_rng(0).normal(size=tuple(x.shape)).astype(np.float32)
-                )
-                seeded = seeded.to(self.config.device)
-                difference = err(compiled(seeded).float().cpu().numpy(), model(seeded).cpu().numpy())
-                if difference > TOLERANCE:
-                    raise ExportError(
-                        f"TensorRT engines differ from the model: err {difference:.3g} > {TOLERANCE:g}"
-                    )
+                shape = tuple(x.shape)
+                seeded = torch.from_numpy(export.seeded_input(shape)).to(self.config.device)
+                got, ref = compiled(seeded).float().cpu().numpy(), model(seeded).cpu().numpy()
+                export.check_export("TensorRT program", file, shape, got, ref)
             with atomic_output(file, checkpoint, what="TensorRT program") as temporary:
                 torch_tensorrt.save(compiled, str(temporary), inputs=[x])
 
@@ -262,9 +251,7 @@ class RuntimeRunner:
     """A runtime path's runner: the Runner interface for inference (train_step refuses)."""
 
     def __init__(self, config: RunConfig, placement: Any = None) -> None:
-        if placement is not None:
-            raise NotApplicable(f"{config.path} runs on one device")
-        self.config = config
+        self.config = config  # on one device: RunConfig refuses devices for a runtime path
         self.device_name = "cpu" if config.device == "cpu" else environment.device_name(config.device)
         self.work = workload(config)
         given = os.environ.get(EXPORT_DIR)
@@ -329,12 +316,14 @@ class RuntimeRunner:
     def infer(self) -> None:
         self._ready().run(self._input)
 
+    def _no_training(self) -> NotApplicable:
+        return NotApplicable(f"{self.config.path} is an inference runtime: it trains nothing")
+
     def train_step(self) -> None:
-        raise NotApplicable(f"{self.config.path} is an inference runtime: it trains nothing")
+        raise self._no_training()
 
     def fit(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
-        self.train_step()
-        raise AssertionError("unreachable")
+        raise self._no_training()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         loaded = self._ready()
@@ -342,7 +331,7 @@ class RuntimeRunner:
 
     def outputs(self, task: str) -> dict[str, Any]:
         if task != "infer":
-            self.train_step()
+            raise self._no_training()
         return {"logits": self.predict(self.work.images)}
 
     def reset_state(self) -> None:

@@ -105,7 +105,8 @@ def warm_up(config: RunConfig) -> None:
     a small conv forward and backward, eager, so that no compile cache is touched; for a runtime
     path, the import of its runtime (its sessions' start counts in its compile time)."""
     if config.framework == "runtime":
-        importlib.import_module((*RUNTIME_PACKAGES[config.path], "torch")[0])
+        packages = RUNTIME_PACKAGES[config.path]
+        importlib.import_module(packages[0] if packages else "torch")  # torch-aoti needs no other
         return
     if config.framework == "jax":
         import jax
@@ -290,11 +291,11 @@ def main(argv: list[str]) -> int:
     _set_environment(config, options.get("compile_cache"))
     if config.framework == "jax":
         _configure_jax(config, options.get("compile_cache"))
-    from bench.runners import build
+    from bench.runners import build, runner_module
 
     # The framework imported before the controller is reached: several workers started together
     # (a replicate's, bench/measure.py) import side by side instead of one after another.
-    importlib.import_module(f"bench.runners.{config.framework}_runner")
+    runner_module(config)
     if "address" not in options:
         warm_up(config)
         return _standalone(Service(config, build(config, _placement(config))), options, rank)
