@@ -56,13 +56,16 @@ import numpy as np
 from bench import environment, flops, gate, stats
 from bench.runners import forms
 from bench.runners.config import (
+    CALIBRATION_REFERENCE,
     COMPILED_TORCH_PATHS,
-    COMPILES_NOTHING,
     FREEZINGS,
     MEMORY_FORMATS,
     PLAIN_PATHS,
     UPCONVS,
     RunConfig,
+    calibration_effect,
+    competes,
+    compiles_nothing,
     unavailable,
 )
 from bench.workers import Worker, WorkerError
@@ -133,18 +136,32 @@ def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
 REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
 # Runtime paths run the file exported from the model as built (native up-conv, NCHW): their
 # runtimes choose their own layouts and kernels.
-PINNED_FORMS = {"torch": ("upconv", "memory_format", "freezing"), "jax": ("upconv",), "runtime": ()}
+PINNED_FORMS = {
+    "torch": ("upconv", "memory_format", "freezing", "calibration_repeats"),
+    "jax": ("upconv",),
+    "runtime": (),
+}
 # Compiled code's best forms are not eager's (run -7: eager chose NCHW for inference at 64 px,
 # where compiled NCHW took 94 ms and compiled channels_last 67 ms). So compiled torch paths choose
 # their own, compiled: the memory format with a cold worker per format, since it changes the whole
 # graph; the up-conv form in those workers, on the layer (bench/runners/torch_runner.py).
 OWN_FORMS = {path: ("memory_format", "upconv", "freezing") for path in COMPILED_TORCH_PATHS}
+CALIBRATION_FORMS = ("calibration_repeats",)  # a calibration path's own: its extra work, timed once
 COLD_TIMED_FORM = "memory_format"
 # Timed in the cold worker after its cold call, by these worker commands (freezing only where it
 # applies: compiled inference on a CPU)
 TIMED_AFTER_COLD = {"upconv": "upconv_forms", "freezing": "freezing_forms"}
 FORM_VALUES = {"upconv": UPCONVS, "memory_format": MEMORY_FORMATS, "freezing": FREEZINGS}  # each with "auto"
 OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
+# Untimed interleaved blocks before each replicate's rounds. In an A/A pilot (results/calibration-pilot:
+# torch eager against an identical path) the first block after the group's fresh workers started ran
+# about 60% slower on every path, and the slowdown lasted into the next block: the machine settling
+# after several processes start, which the first timed places of every replicate then paid (the
+# identical path came out 0.89x, all five workers alike).
+WARM_UP_SECONDS = 3.0
+# Timed blocks per worker at least: a worker's median of three survives one stray round (the pilot's
+# rounds ran up to 70% slow now and then, on any path; with two a worker's median is their mean).
+BLOCKS_PER_WORKER = 3
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
 MAX_ROUNDS = 1000  # per case, whatever the interval
 GUESS_SECONDS = {"cpu": 40.0, "cuda": 90.0}  # a case never run before, for the first estimate
@@ -156,6 +173,11 @@ class CaseSkipped(Exception):
 
 # Statuses of cases that did not run and did not fail: pytest skips them
 NOT_RUN = ("skipped", "not-applicable", "not-installed")
+
+
+def own_forms(path: str) -> tuple[str, ...]:
+    """The forms a path chooses itself rather than take its framework's (``OWN_FORMS``)."""
+    return CALIBRATION_FORMS if calibration_effect(path) is not None else OWN_FORMS.get(path, ())
 
 
 def rotation(count: int, block: int) -> list[int]:
@@ -233,6 +255,10 @@ class Sweep:
     max_time: float = 1.0
     target_ci: float = 0.02
     replicates: int = 3  # fresh worker processes per case, one after another, for the process's luck
+    max_replicates: int = 12  # the most, while a comparison is undecided and the budget allows
+    group_budget: float = 90.0  # seconds of sampling per group (rounds and fresh workers), after set-up
+    margin: float = stats.MARGIN
+    run_spread: float = stats.RUN_SPREAD
     max_minutes: float | None = None
     cases: list[RunConfig] = field(default_factory=list)  # the run's, for its groups and estimates
     announce: Callable[[str], None] | None = None  # progress lines, to the terminal
@@ -431,7 +457,7 @@ class Sweep:
 
     def _owner(self, config: RunConfig, form: str) -> str:
         """Who chooses ``form`` for ``config``: its path (``OWN_FORMS``) or its framework's first path."""
-        return config.path if form in OWN_FORMS.get(config.path, ()) else config.framework
+        return config.path if form in own_forms(config.path) else config.framework
 
     def _saved_forms(self, config: RunConfig, owner: str) -> dict[str, Any] | None:
         key = self._forms_key(config, owner)
@@ -503,7 +529,7 @@ class Sweep:
         # folder, as a user's programs share the frameworks' caches, and compile once what they can.
         folder = self.compile_cache / "untimed"
         cold = None
-        if self.timing and config.path not in COMPILES_NOTHING:
+        if self.timing and not compiles_nothing(config.path):
             cold, config, folder = self._cold(asked, deadline)
             lap("cold_worker")
         elif self.timing:
@@ -541,7 +567,7 @@ class Sweep:
         """The compile folder of a case as asked for ("auto" forms: the choices are kept in
         forms.json), but with a compiled path's own form as chosen: each form compiles its own."""
         form = COLD_TIMED_FORM
-        own = self._saved_forms(asked, asked.path) if form in OWN_FORMS.get(asked.path, ()) else None
+        own = self._saved_forms(asked, asked.path) if form in own_forms(asked.path) else None
         if own is not None and form in own["chosen"] and getattr(asked, form) == "auto":
             asked = asked.replace(**{form: own["chosen"][form]})
         return self.compile_cache / cache_key(asked, environment.device_name(asked.device))
@@ -551,7 +577,7 @@ class Sweep:
         earlier run's folder; the case pinned to the forms it compiled, and its folder."""
         config = self._pin(asked)
         form = COLD_TIMED_FORM
-        if form in OWN_FORMS.get(asked.path, ()) and getattr(config, form) == "auto":
+        if form in own_forms(asked.path) and getattr(config, form) == "auto":
             cold = self._cold_per_form(asked, config, form, deadline)
             entry = self._entry(asked)  # the chosen form's, now that it is saved
         else:
@@ -580,9 +606,7 @@ class Sweep:
         timed = [
             form
             for form in TIMED_AFTER_COLD
-            if form in OWN_FORMS.get(config.path, ())
-            and getattr(config, form) == "auto"
-            and form in cold["forms"]
+            if form in own_forms(config.path) and getattr(config, form) == "auto" and form in cold["forms"]
         ]
         try:
             seconds = {form: worker.call(TIMED_AFTER_COLD[form]) for form in timed}
@@ -666,11 +690,9 @@ class Sweep:
 
     def _time_and_record(self, prepared: list[Prepared], schedule: str) -> None:
         rounds_started = time.perf_counter()
+        sampling = None
         if self.timing:
-            failures = self._interleave(prepared, 0)
-            for replicate in range(1, self.replicates):
-                failures |= self._restart([p for p in prepared if p not in failures])
-                failures |= self._interleave([p for p in prepared if p not in failures], replicate)
+            failures, sampling = self._sample(prepared)
         else:
             failures = self._once(prepared)
         share = (time.perf_counter() - rounds_started) / max(1, len(prepared))
@@ -683,12 +705,66 @@ class Sweep:
                 else:
                     record.update(self._result(p, schedule))
                     record["status"] = "ok"
+                    if sampling is not None:
+                        record["sampling"] = sampling
                 record["case_wall_seconds"] = p.setup_seconds + share
                 record["phase_seconds"]["rounds"] = share
             finally:
                 p.worker.close()
             self._remember_wall(p)
             self.record(record)
+
+    def _sample(self, prepared: list[Prepared]) -> tuple[dict[Prepared, WorkerError], dict[str, Any]]:
+        """Replicates until the group is decided: at least ``replicates`` (fresh workers for every
+        path, each with its blocks of rounds), then one more while a comparison is inconclusive and
+        another would end within ``group_budget`` seconds (at the mean cost of those so far), up to
+        ``max_replicates``. The rounds' time goes where the answer is still open."""
+        started = time.perf_counter()
+        failures = self._interleave(prepared, 0)
+        replicate, stopped = 1, "decided"
+        while True:
+            live = [p for p in prepared if p not in failures]
+            spent = time.perf_counter() - started
+            if not live:
+                stopped = "no case left"
+                break
+            if replicate >= self.replicates:
+                judgement = self._judgement(live)
+                if judgement is None or judgement.decided:
+                    stopped = "decided" if judgement is not None else "nothing to compare"
+                    break
+                if replicate >= self.max_replicates:
+                    stopped = f"undecided after --max-replicates {self.max_replicates}"
+                    break
+                if spent + spent / replicate > self.group_budget:
+                    stopped = f"undecided when the group budget ({self.group_budget:g} s) ran out"
+                    break
+            failures |= self._restart(live)
+            failures |= self._interleave([p for p in live if p not in failures], replicate)
+            replicate += 1
+        seconds = time.perf_counter() - started
+        return failures, {
+            "workers": replicate,
+            "seconds": seconds,
+            "seconds_per_worker": seconds / replicate,
+            "group_budget": self.group_budget,
+            "margin": self.margin,
+            "run_spread": self.run_spread,
+            "stopped": stopped,
+        }
+
+    def _judgement(self, live: list[Prepared]) -> stats.Judgement | None:
+        """The group's comparisons as the report will judge them; None with fewer than two paths."""
+        rounds = {p.config.path: (p.rounds, p.blocks, p.workers) for p in live}
+        competing = [path for path in rounds if competes(path)]
+        calibration = {
+            path: CALIBRATION_REFERENCE
+            for path in rounds
+            if calibration_effect(path) is not None and CALIBRATION_REFERENCE in rounds
+        }
+        if not competing or len(competing) + len(calibration) < 2:
+            return None
+        return stats.judge(rounds, competing, calibration, self.margin, self.run_spread)
 
     def _once(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
         failures = {}
@@ -729,20 +805,35 @@ class Sweep:
             raise
         return failures
 
-    def _interleave(self, prepared: list[Prepared], replicate: int) -> dict[Prepared, WorkerError]:
-        """Blocks of one round per case, in rotated order, until every median of this replicate
-        is known to ``target_ci`` (checked at growing intervals: the bootstrap is not free) or its
-        share of the time is up."""
+    def _warm_up(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
+        """Untimed blocks, interleaved as the timed ones, for ``WARM_UP_SECONDS`` (one at least)."""
         failures: dict[Prepared, WorkerError] = {}
+        started, live, block = time.perf_counter(), list(prepared), 0
+        while live and (block == 0 or time.perf_counter() - started < WARM_UP_SECONDS):
+            for index in rotation(len(live), block):
+                try:
+                    live[index].worker.call("call")
+                except WorkerError as error:
+                    failures[live[index]] = error
+            live = [p for p in live if p not in failures]
+            block += 1
+        return failures
+
+    def _interleave(self, prepared: list[Prepared], replicate: int) -> dict[Prepared, WorkerError]:
+        """After a warm-up, blocks of one round per case, in rotated order (continued across
+        replicates, so that every path takes every place in a block), until every median of this
+        replicate is known to ``target_ci`` (checked at growing intervals: the bootstrap is not
+        free) or its share of the time is up."""
         for p in prepared:  # the rounds have a time limit of their own, whenever they come
             p.worker.deadline = time.monotonic() + self.case_timeout
+        failures = self._warm_up(prepared)
         budget = self.max_time * len(prepared) / self.replicates
-        fewest = math.ceil(self.min_rounds / self.replicates)
+        fewest = max(BLOCKS_PER_WORKER, math.ceil(self.min_rounds / self.replicates))
         first = 1 + max((b for p in prepared for b in p.blocks), default=-1)
         started = time.perf_counter()
-        live, block, next_check = list(prepared), 0, fewest
+        live, block, next_check = [p for p in prepared if p not in failures], 0, fewest
         while live:
-            for index in rotation(len(live), block):
+            for index in rotation(len(live), first + block):
                 p = live[index]
                 try:
                     p.rounds.append(self.time_round(p.worker))
@@ -808,7 +899,7 @@ class Sweep:
             return info
         # as benchmark.json has them, so that progress.jsonl alone rebuilds the report
         info["stats"] = round_stats(p.rounds, p.workers)
-        median = info["stats"]["median"]
+        median = stats.estimate((p.rounds, p.blocks, p.workers))  # the one estimate (bench/stats.py)
         images_per_second = (1 if config.task == "tiled" else config.batch) / median
         if config.task == "tiled":
             info["megapixels_per_second"] = config.image_size**2 / 1e6 / median

@@ -26,6 +26,7 @@ import pytest
 from bench import environment, report, stats
 from bench.measure import Sweep, default_compile_cache
 from bench.runners.config import (
+    CALIBRATION_REFERENCE,
     CUDA_ONLY_PATHS,
     FREEZINGS,
     LOSSES,
@@ -35,19 +36,25 @@ from bench.runners.config import (
     SCALINGS,
     TASKS,
     RunConfig,
+    calibration_path,
 )
 from bench.workers import leftover_processes
 from impls.files import check_folder, write_text
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
 
 DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
-DEFAULT_PATHS = ("torch-eager", "torch-plain", "torch-compile", "jax", "jax-plain")
+# The plain references (torch-plain, jax-plain) run when asked for with --paths: in no verdict, their
+# set-up and rounds went to the default run's 15 minutes that deciding the verdicts needs more.
+DEFAULT_PATHS = ("torch-eager", "torch-compile", "jax")
 # The default matrix fits the machine: small images on a CPU, large ones on a GPU.
 # bf16 on a CPU (slow under XLA's CPU backend, rare in practice) is asked for with --precisions.
 DEFAULTS = {
     "cpu": {
         "tasks": ["train", "infer"],  # tiled when asked for: 3 minutes more, past the 15 the run fits in
-        "sizes": [64, 128],
+        # One size: each group's set-up (torch-compile's two cold compiles, about 2 minutes to train)
+        # and a sampling budget that decides its comparisons (docs/verdicts.md) fit 15 minutes twice
+        # over, four groups did not. --sizes 64,128 adds a size.
+        "sizes": [128],
         "batches": [2],
         "precisions": ["fp32"],
         "image_size": 256,
@@ -55,6 +62,7 @@ DEFAULTS = {
         "case_timeout": 900,
         "max_time": 3.0,
         "replicates": 3,
+        "group_budget": 120.0,
     },
     # About 52 minutes from cold caches on one H200 (README: each phase measured there, then added
     # up): worker starts and compiles are most of it, so two sizes, one batch, and the default
@@ -69,8 +77,10 @@ DEFAULTS = {
         "case_timeout": 1800,
         "max_time": 2.0,
         "replicates": 3,
+        "group_budget": 60.0,
     },
 }
+MAX_REPLICATES = 12  # workers per case at most, while a comparison is undecided and the budget allows
 RUN_DIR_KEY = pytest.StashKey[Path]()
 CASES_KEY = pytest.StashKey[list]()
 SCALING_KEY = pytest.StashKey[list]()
@@ -194,6 +204,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="fresh worker processes per case, one after another, sharing its rounds (default 3): "
         "the intervals then cover each process's own luck, which moved a case by up to 7%% "
         "between runs",
+    )
+    group.addoption(
+        "--max-replicates",
+        type=int,
+        help="the most worker processes per case while a comparison is undecided (default 12)",
+    )
+    group.addoption(
+        "--group-budget",
+        type=float,
+        help="seconds of sampling per group after its set-up (rounds and fresh workers): replicates "
+        "are added past --replicates while a comparison is inconclusive and the next fits "
+        f"(default {DEFAULTS['cpu']['group_budget']:g} on a CPU, "
+        f"{DEFAULTS['cuda']['group_budget']:g} on a GPU)",
+    )
+    group.addoption(
+        "--margin",
+        type=float,
+        help="practical margin: a speed-up within it either way is equivalent "
+        f"(default {stats.MARGIN:g}: 5%%)",
+    )
+    group.addoption(
+        "--run-spread",
+        type=float,
+        help=f"run-to-run sd of a log speed-up added to every interval (default {stats.RUN_SPREAD:g}, "
+        "from calibration: README, 'Calibration')",
+    )
+    group.addoption(
+        "--calibration",
+        type=_csv(int),
+        help="add paths torch-eager+N%% for each N (e.g. 0,5,10,20): torch eager plus N%% more of the same "
+        "work, to measure how often the rule calls known effects",
     )
     group.addoption(
         "--max-minutes",
@@ -330,6 +371,26 @@ def _check_sizes(config: pytest.Config, spec: UNetSpec, sizes: list[int]) -> Non
             ) from None
 
 
+def _calibration(config: pytest.Config, paths: list[str]) -> list[str]:
+    """The calibration paths of --calibration, each measured against torch-eager (which must run)."""
+    percents = config.getoption("calibration")
+    if percents is None:
+        return []
+    if not percents:
+        raise pytest.UsageError("--calibration is empty: expected percentages, e.g. 0,5,10,20")
+    for i, percent in enumerate(percents):
+        if not 0 <= percent <= 100 or percent in percents[:i]:
+            raise pytest.UsageError(
+                f"--calibration {','.join(map(str, percents))}: expected distinct whole percentages "
+                "from 0 to 100"
+            )
+    if CALIBRATION_REFERENCE not in paths:
+        raise pytest.UsageError(
+            f"--calibration: its paths are measured against {CALIBRATION_REFERENCE}; add it to --paths"
+        )
+    return [calibration_path(percent) for percent in percents]
+
+
 def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     """The cases of the command line, and the options every case shares."""
     option = config.getoption
@@ -349,6 +410,21 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     if not 0 < target_ci < 1:
         raise pytest.UsageError(f"--target-ci {target_ci:g}: expected a share between 0 and 1, e.g. 0.02")
     replicates = _positive(config, "replicates", defaults["replicates"], "workers")
+    max_replicates = _positive(config, "max_replicates", max(replicates, MAX_REPLICATES), "workers")
+    if max_replicates < replicates:
+        raise pytest.UsageError(
+            f"--max-replicates {max_replicates}: expected at least --replicates ({replicates})"
+        )
+    group_budget = _positive(config, "group_budget", defaults["group_budget"], "seconds")
+    margin = option("margin")
+    margin = stats.MARGIN if margin is None else margin
+    if not 0 < margin < 1:
+        raise pytest.UsageError(f"--margin {margin:g}: expected a share between 0 and 1, e.g. 0.05")
+    run_spread = option("run_spread")
+    run_spread = stats.RUN_SPREAD if run_spread is None else run_spread
+    if not 0 <= run_spread < 1:
+        raise pytest.UsageError(f"--run-spread {run_spread:g}: expected an sd on logs from 0 to 1, e.g. 0.01")
+    calibration = _calibration(config, paths)
     max_minutes = _positive(config, "max_minutes", None, "minutes")
     image_size = _positive(config, "image_size", defaults["image_size"], "pixels")
     if "--benchmark-max-time" not in " ".join(config.invocation_params.args):
@@ -373,7 +449,9 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
             image_size=image_size if task == "tiled" else None,
             **shared,
         )
-        for task, precision, size, batch, path in itertools.product(tasks, precisions, sizes, batches, paths)
+        for task, precision, size, batch, path in itertools.product(
+            tasks, precisions, sizes, batches, paths + calibration
+        )
         if task != "tiled" or (size, batch) == (max(sizes), max(batches))
     ]
     return cases, {
@@ -382,9 +460,13 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
         "case_timeout": case_timeout,
         "target_ci": target_ci,
         "replicates": replicates,
+        "max_replicates": max_replicates,
+        "group_budget": group_budget,
+        "margin": margin,
+        "run_spread": run_spread,
+        "calibration": calibration,
         "max_time": float(config.option.benchmark_max_time),
         "min_rounds": int(config.getoption("benchmark_min_rounds")),
-        "noise_threshold": stats.NOISE_THRESHOLD,
         "max_minutes": max_minutes,
     }
 
@@ -467,6 +549,10 @@ def pytest_configure(config: pytest.Config) -> None:
         max_time=float(config.getoption("benchmark_max_time")),
         target_ci=options["target_ci"],
         replicates=options["replicates"] if timing else 1,
+        max_replicates=options["max_replicates"],
+        group_budget=options["group_budget"],
+        margin=options["margin"],
+        run_spread=options["run_spread"],
         max_minutes=options["max_minutes"],
         cases=cases + config.stash[SCALING_KEY],
         announce=_announcer(config),

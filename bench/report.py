@@ -19,8 +19,11 @@ line, it is a one-line error that says which file and what is wrong with it.
 Intervals and verdicts come from bench/stats.py: a case's median time with a
 95% interval over its worker processes (or, with one, a bootstrap over its
 rounds), speed-ups from the blocks of rounds that the engine measured side by
-side, every interval over workers no narrower than the run's pooled
-worker-to-worker spread allows, and the tie rule. Runs of the older
+side, every interval over workers no narrower than the group's pooled
+worker-to-worker spread allows and widened by the run-to-run spread, and the
+four outcomes at the run's margin (faster, slower, equivalent, inconclusive).
+Times, rates, the order of paths and speed-ups all come from one estimate
+(stats.estimate). Runs of the older
 engines kept no rounds: their tables have values without intervals, and no
 verdicts.
 """
@@ -46,7 +49,15 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.runners.config import COMPILES_NOTHING, PLAIN_PATHS, RUNTIME_PACKAGES, RUNTIME_PATHS
+from bench.runners.config import (
+    CALIBRATION_REFERENCE,
+    PLAIN_PATHS,
+    RUNTIME_PACKAGES,
+    RUNTIME_PATHS,
+    calibration_effect,
+    competes,
+    compiles_nothing,
+)
 from impls.files import atomic_output, write_text
 
 BASELINE = "torch-eager"
@@ -70,7 +81,7 @@ UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole imag
 SUSPECT = 1.0  # of the device's measured peak: more is physically suspect, never explained away
 NO_ROUNDS = "this run has no interleaved rounds (older engine)"
 NAN = stats.Interval(math.nan, math.nan, math.nan)
-INTERNAL = ["round_seconds", "time_spread", "speedup_spread"]  # what the intervals are made from: no CSV
+INTERNAL = ["round_seconds", "time_spread", "judgement"]  # what the intervals are made from: no CSV
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_COMMAND = "python -m bench.report --readme"
@@ -311,8 +322,17 @@ def _case_row(bench: dict) -> dict:
         "scaling": info.get("scaling"),
         "tf32_backward": _tf32_backward(info),
         "memory_method": info.get("settings", {}).get("memory", "?"),
+        "workers": info.get("sampling", {}).get("workers", len(set(rounds[2])) if rounds else math.nan),
+        "seconds_per_worker": info.get("sampling", {}).get("seconds_per_worker", math.nan),
+        "calibration_extra_ms": _extra_ms(info),
         "round_seconds": rounds,
     }
+
+
+def _extra_ms(info: dict) -> float:
+    """A calibration path's extra work per call, the median of its last worker's calls (ms)."""
+    extra = info.get("settings", {}).get("calibration", {}).get("extra_seconds")
+    return float(np.median(extra)) * 1e3 if extra else math.nan
 
 
 def _group_keys(measured: pd.DataFrame) -> list[str]:
@@ -320,8 +340,9 @@ def _group_keys(measured: pd.DataFrame) -> list[str]:
     return [str(tuple(case)) for case in measured[GROUP].itertuples(index=False)]
 
 
-def _speedup(case: pd.Series, baseline: pd.Series | None) -> stats.Interval:
-    """The case against torch-eager of its group: paired blocks where both kept their rounds,
+def _speedup(case: pd.Series, baseline: pd.Series | None, run_spread: float) -> stats.Interval:
+    """The case against torch-eager of its group: paired blocks where both kept their rounds (floored
+    by the group's pooled spread, widened by the run-to-run spread, as its verdict's comparisons are),
     otherwise (older engines) the ratio of the medians alone."""
     if baseline is None:
         return NAN
@@ -329,7 +350,10 @@ def _speedup(case: pd.Series, baseline: pd.Series | None) -> stats.Interval:
         return stats.Interval(1.0, math.nan, math.nan)
     if case.round_seconds is None or baseline.round_seconds is None:
         return stats.Interval(baseline.median_ms / case.median_ms, math.nan, math.nan)
-    return stats.speedup_interval(baseline.round_seconds, case.round_seconds, floor=case.speedup_spread)
+    floor = case.judgement.floor if case.judgement is not None else None
+    return stats.speedup_interval(
+        baseline.round_seconds, case.round_seconds, floor=floor, run_spread=run_spread
+    )
 
 
 def _median(case: pd.Series) -> stats.Interval:
@@ -339,35 +363,69 @@ def _median(case: pd.Series) -> stats.Interval:
     return stats.median_interval(seconds, workers=workers, floor=case.time_spread)
 
 
-def _spreads(cases: list[pd.Series], baselines: list[pd.Series | None]) -> tuple[list, list]:
-    """Each case's floors for its intervals: the worker-to-worker spread of its device's times and
-    of its device's speed-ups over torch-eager, pooled over the run's cases (stats.replicate_interval)."""
+def _time_spreads(cases: list[pd.Series]) -> list:
+    """Each case's floor for its time's interval: the worker-to-worker spread of its device's times,
+    pooled over the run's cases (stats.replicate_interval)."""
     times: dict[str, list] = {}
-    speedups: dict[str, list] = {}
-    for case, baseline in zip(cases, baselines, strict=True):
-        if case.round_seconds is None:
-            continue
-        seconds, _, workers = case.round_seconds
-        times.setdefault(case.device_name, []).append(stats.worker_medians(seconds, workers))
-        if baseline is not None and case.path != BASELINE and baseline.round_seconds is not None:
-            ratios = stats.worker_speedups(baseline.round_seconds, case.round_seconds)
-            speedups.setdefault(case.device_name, []).append(ratios)
-    time_floor = {device: stats.pooled_spread(values) for device, values in times.items()}
-    speedup_floor = {device: stats.pooled_spread(values) for device, values in speedups.items()}
-    return [time_floor.get(c.device_name) for c in cases], [speedup_floor.get(c.device_name) for c in cases]
+    for case in cases:
+        if case.round_seconds is not None:
+            seconds, _, workers = case.round_seconds
+            times.setdefault(case.device_name, []).append(stats.worker_medians(seconds, workers))
+    floor = {device: stats.pooled_spread(values) for device, values in times.items()}
+    return [floor.get(c.device_name) for c in cases]
 
 
-def _with_intervals(measured: pd.DataFrame) -> pd.DataFrame:
-    """Each case's median time and speed-up over torch-eager, with their 95% intervals."""
+def judge_group(group: pd.DataFrame, margin: float, run_spread: float) -> stats.Judgement | None:
+    """A group's stats.Judgement: the paths that compete (not the plain references, the calibration
+    paths or TF32-backward rows) against the fastest, each calibration path against torch-eager;
+    None without rounds or with nothing to compare."""
+    usable = group[group.round_seconds.notna() & ~group.tf32_backward]
+    rounds = dict(zip(usable.path, usable.round_seconds, strict=True))
+    competing = _path_order(path for path in rounds if competes(path))
+    calibration = {
+        path: CALIBRATION_REFERENCE
+        for path in _path_order(rounds)
+        if calibration_effect(path) is not None and CALIBRATION_REFERENCE in rounds
+    }
+    if not competing or len(competing) + len(calibration) < 2:
+        return None
+    return stats.judge(rounds, competing, calibration, margin, run_spread)
+
+
+def rule_of(section: dict) -> tuple[float, float]:
+    """The margin and the run-to-run spread a run recorded; today's for runs that recorded none."""
+    options = section.get("options", {})
+    return options.get("margin", stats.MARGIN), options.get("run_spread", stats.RUN_SPREAD)
+
+
+def _with_intervals(measured: pd.DataFrame, margin: float, run_spread: float) -> pd.DataFrame:
+    """Each case's time (the one estimate) and speed-up over torch-eager, with their 95% intervals,
+    its rates from that time, and its group's Judgement."""
     keys, cases = _group_keys(measured), [case for _, case in measured.iterrows()]
-    by_key = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
-    baselines = [by_key.get(key) for key in keys]
-    measured["time_spread"], measured["speedup_spread"] = _spreads(cases, baselines)
+    measured["time_spread"] = _time_spreads(cases)
     cases = [case for _, case in measured.iterrows()]
     medians = [_median(case) for case in cases]
+    estimated = [
+        m.value * 1e3 if np.isfinite(m.value) else old
+        for m, old in zip(medians, measured.median_ms, strict=True)
+    ]
+    # every rate from the one estimate: rescaled from the time it was computed from (a call is a
+    # batch, or a whole image for "tiled")
+    per_call = np.where(measured.task == "tiled", 1, measured.batch)
+    rated_ms = per_call / measured.img_per_s.to_numpy(float) * 1e3
+    scale = rated_ms / np.asarray(estimated, dtype=float)
+    for column in ("img_per_s", "megapixels_per_s", "tflops", "utilization"):
+        measured[column] = measured[column] * scale
+    measured["median_ms"] = estimated
     measured["median_ms_low"] = [m.low * 1e3 for m in medians]
     measured["median_ms_high"] = [m.high * 1e3 for m in medians]
-    intervals = [_speedup(case, baseline) for case, baseline in zip(cases, baselines, strict=True)]
+    judgements = {
+        key: judge_group(measured[[k == key for k in keys]], margin, run_spread) for key in set(keys)
+    }
+    measured["judgement"] = [judgements[key] for key in keys]
+    cases = [case for _, case in measured.iterrows()]
+    by_key = {key: case for key, case in zip(keys, cases, strict=True) if case.path == BASELINE}
+    intervals = [_speedup(case, by_key.get(key), run_spread) for key, case in zip(keys, cases, strict=True)]
     for column, field in zip(SPEEDUP, ("value", "low", "high"), strict=True):
         measured[column] = [getattr(interval, field) for interval in intervals]
     return measured
@@ -387,7 +445,7 @@ def _tables(run: _Run) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     measured = pd.DataFrame([row for _, row in cases])
     if not measured.empty:
         measured["devices"] = measured["devices"].astype(float)
-        measured = _with_intervals(measured)
+        measured = _with_intervals(measured, *rule_of(run.section))
     failures = pd.DataFrame([row for _, row in _each(run.file, run.failures, _failure_row)])
     return measured, failures, run.section
 
@@ -556,73 +614,141 @@ def utilization_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
 # -- verdicts ------------------------------------------------------------------------------------
 
 
-def group_verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESHOLD) -> pd.DataFrame:
-    """Per group of single-device cases: its stats.Verdict over the paths that compete (the plain
-    references and TF32-backward rows never do), or None with the reason; and its schedule."""
+def group_verdicts(measured: pd.DataFrame) -> pd.DataFrame:
+    """Per group of single-device cases: its stats.Judgement (or None with the reason), its sampling
+    and its schedule."""
     rows = []
     for key, group in measured.groupby(["task", *CASE], sort=False):
-        competing = group[~group.path.isin(PLAIN_PATHS) & ~group.tf32_backward & group.round_seconds.notna()]
-        verdict, reason = None, ""
+        judgement = group.judgement.iloc[0]
+        reason = ""
         if group.round_seconds.isna().all():
             reason = NO_ROUNDS
-        elif len(competing) < 2:
+        elif judgement is None:
             reason = "fewer than two paths to compare"
-        else:
-            rounds = dict(zip(competing.path, competing.round_seconds, strict=True))
-            verdict = stats.decide(rounds, threshold, floor=competing.speedup_spread.iloc[0])
         sequential = sorted({s for s in group.schedule if s.startswith("sequential")})
         rows.append(
             {
                 **dict(zip(["task", *CASE], key, strict=True)),
-                "verdict": verdict,
+                "judgement": judgement,
                 "reason": reason,
+                "workers": group.workers.max(),
+                "seconds_per_worker": group.seconds_per_worker.max(),
                 "schedule": "; ".join(sequential),
             }
         )
-    return pd.DataFrame(rows, columns=["task", *CASE, "verdict", "reason", "schedule"])
+    columns = ["task", *CASE, "judgement", "reason", "workers", "seconds_per_worker", "schedule"]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _outcome(verdict: stats.Verdict) -> str:
-    """What a group's verdict counts as in a summary: one path faster, or a tie between named paths."""
-    return f"{verdict.winner} faster" if verdict.winner else f"tie ({', '.join(_path_order(verdict.tied))})"
+def _comparisons(verdicts: pd.DataFrame) -> list[stats.Comparison]:
+    return [c for j in verdicts.judgement if j is not None for c in j.comparisons]
 
 
 def _summary(verdicts: pd.DataFrame) -> str:
-    """``torch-compile faster in 2 of 4 groups, tie (torch-eager, torch-compile) in 2``."""
-    decided = [v for v in verdicts.verdict if v is not None]
-    counts = sorted(Counter(map(_outcome, decided)).items(), key=lambda item: -item[1])  # ties: in order met
-    (first, count), rest = counts[0], counts[1:]
-    text = f"{first} in {count} of {len(verdicts)} groups" + "".join(f", {label} in {n}" for label, n in rest)
-    undecided = len(verdicts) - len(decided)
-    return text + (f", no verdict in {undecided}" if undecided else "")
+    """``a winner in 1 of 2 groups, equivalent in 1; 3 of 4 comparisons decided``."""
+    judged = [j for j in verdicts.judgement if j is not None]
+    counts = Counter(j.verdict for j in judged)
+    parts = [
+        f"{label} in {counts[label]}" for label in ("winner", "equivalent", "inconclusive") if counts[label]
+    ]
+    text = f"{len(verdicts)} groups: " + ", ".join(parts) if parts else f"{len(verdicts)} groups"
+    comparisons = _comparisons(verdicts)
+    decided = sum(c.decided for c in comparisons)
+    text += f"; {decided} of {len(comparisons)} comparisons decided"
+    undecided = len(verdicts) - len(judged)
+    return text + (f"; no verdict in {undecided}" if undecided else "")
+
+
+def _open_cost(row) -> str:
+    """What would decide an inconclusive group: more minutes of sampling, or nothing at this margin."""
+    judgement = row.judgement
+    if np.isfinite(row.seconds_per_worker):
+        minutes = judgement.minutes_to_decide(row.seconds_per_worker)
+        if minutes is not None:
+            return f"about {minutes:.1f} more minutes of sampling should decide it"
+    else:
+        needed = [c.workers_to_decide(judgement.margin, judgement.run_spread) for c in judgement.comparisons]
+        if all(n is not None for n in needed):
+            return f"about {max(needed)} workers per path should decide it"
+    return f"more sampling would not decide it at a {judgement.margin:.0%} margin (a speed-up on the margin)"
 
 
 def _group_line(row, break_even: pd.DataFrame, unit: str) -> str:
     text = f"{row.size}px b{row.batch}: "
-    if row.verdict is None:
+    if row.judgement is None:
         return text + f"no verdict: {row.reason}"
-    text += row.verdict.describe()
-    winner = row.verdict.winner
-    steps = break_even.get(winner, {}).get((row.size, row.batch, row.precision))
-    if steps:  # a compiling winner, with eager measured beside it
-        text += f"; its compile pays back after {steps} {unit}"
+    judgement = row.judgement
+    text += judgement.describe()
+    if judgement.verdict == "inconclusive":
+        text += f"; {_open_cost(row)}"
+    elif judgement.verdict == "winner":
+        steps = break_even.get(judgement.best, {}).get((row.size, row.batch, row.precision))
+        if steps:  # a compiling winner, with eager measured beside it
+            text += f"; its compile pays back after {steps} {unit}"
+    if np.isfinite(row.workers):
+        text += f"; {int(row.workers)} worker{'s' if row.workers > 1 else ''} per path"
     return text + (f" (rounds not interleaved: {row.schedule})" if row.schedule else "")
 
 
-def verdicts(measured: pd.DataFrame, threshold: float = stats.NOISE_THRESHOLD) -> list[str]:
+def verdicts(measured: pd.DataFrame) -> list[str]:
     """Markdown bullets: per task and precision a summary over its groups, each group below it."""
     if not _has_rounds(measured):
         return [f"No verdict: {NO_ROUNDS}."]
-    table = group_verdicts(measured, threshold)
+    table = group_verdicts(measured)
     lines = []
     for (task, precision), part in table.groupby(["task", "precision"], sort=False):
-        if part.verdict.isna().all():
+        if part.judgement.isna().all():
             lines.append(f"- **{task}, {precision}**: no verdict: {'; '.join(sorted(set(part.reason)))}.")
             continue
         lines.append(f"- **{task}, {precision}**: {_summary(part)}.")
         break_even = break_even_table(measured, task)
         lines += [f"  - {_group_line(row, break_even, UNITS[task])}" for row in part.itertuples()]
     return lines
+
+
+def calibration_rows(measured: pd.DataFrame) -> pd.DataFrame:
+    """Each calibration comparison of a run: nominal and measured effect, speed-up, outcome."""
+    rows = []
+    for key, group in measured.groupby(["task", *CASE], sort=False):
+        judgement = group.judgement.iloc[0]
+        if judgement is None or not judgement.calibration:
+            continue
+        reference = group[group.path == CALIBRATION_REFERENCE].iloc[0]
+        extra = group.set_index("path").calibration_extra_ms
+        for c in judgement.calibration:
+            rows.append(
+                {
+                    **dict(zip(["task", *CASE], key, strict=True)),
+                    "path": c.path,
+                    "nominal": calibration_effect(c.path),
+                    "measured": extra[c.path] / reference.median_ms,
+                    "speedup": c.speedup.value,
+                    "low": c.speedup.low,
+                    "high": c.speedup.high,
+                    "outcome": c.outcome,
+                    "workers": c.workers,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _calibration_section(measured: pd.DataFrame) -> list[str]:
+    rows = calibration_rows(measured)
+    if rows.empty:
+        return []
+    shown = rows.assign(
+        nominal=rows.nominal.map("{:.0%}".format),
+        measured=rows.measured.map("{:.1%}".format),
+        speedup=[stats.Interval(*v).format() for v in rows[["speedup", "low", "high"]].to_numpy(float)],
+    ).drop(columns=["low", "high"])
+    return [
+        f"## Calibration: known effects against {CALIBRATION_REFERENCE}",
+        "",
+        CALIBRATION_NOTE,
+        "",
+        shown.to_markdown(index=False),
+        "",
+    ]
 
 
 INFERENCE_TASKS = ("infer", "tiled")
@@ -644,25 +770,23 @@ def _dependencies(path: str, versions: dict[str, str]) -> str:
 def _cost(case: pd.Series, versions: dict[str, str]) -> str:
     """``export and build 3.1 s cold, 0.4 s cached; needs onnxruntime 1.32.0, ...``."""
     needs = f"needs {_dependencies(case.path, versions)}"
-    if case.path in COMPILES_NOTHING:
+    if compiles_nothing(case.path):
         return f"nothing to compile; {needs}"
     what = "export and build" if case.path in RUNTIME_PATHS else "compile"
     return f"{what} {case.compile_cold_s:.3g} s cold, {case.compile_cached_s:.3g} s cached; {needs}"
 
 
-def deployment(
-    measured: pd.DataFrame, versions: dict[str, str], threshold: float = stats.NOISE_THRESHOLD
-) -> list[str]:
+def deployment(measured: pd.DataFrame, versions: dict[str, str]) -> list[str]:
     """Markdown bullets for each inference group that has a runtime: every competing path, fastest
-    first, with its speed-up over the group's fastest training-framework path (95% interval, paired
-    blocks, floored as every speed-up is), what adopting it costs, and whether its difference from
-    that path clears the noise threshold."""
+    first, with its speed-up over the group's fastest training-framework path (95% interval, as
+    every speed-up), its outcome at the run's margin, and what adopting it costs."""
     lines = []
     inference = measured[measured.task.isin(INFERENCE_TASKS) & measured.round_seconds.notna()]
     for (task, size, batch, precision), group in inference.groupby(["task", *CASE], sort=False):
-        competing = group[~group.path.isin(PLAIN_PATHS) & ~group.tf32_backward]
+        competing = group[group.path.map(competes) & ~group.tf32_backward]
         frameworks = competing[~competing.path.isin(RUNTIME_PATHS)]
-        if frameworks.empty or not competing.path.isin(RUNTIME_PATHS).any():
+        judgement = group.judgement.iloc[0]
+        if frameworks.empty or judgement is None or not competing.path.isin(RUNTIME_PATHS).any():
             continue
         best = frameworks.loc[frameworks.median_ms.idxmin()]
         lines.append(
@@ -673,27 +797,28 @@ def deployment(
                 lines.append(f"  - {case.path}: 1x ({_cost(case, versions)})")
                 continue
             interval = stats.speedup_interval(
-                best.round_seconds, case.round_seconds, floor=case.speedup_spread
+                best.round_seconds, case.round_seconds, floor=judgement.floor, run_spread=judgement.run_spread
             )
-            if interval.above(1 + threshold):
-                call = "faster beyond the noise"
-            elif interval.below(1 / (1 + threshold)):
-                call = "slower beyond the noise"
-            else:
-                call = f"within the noise ({threshold:.0%})"
-            lines.append(f"  - {case.path}: {interval.format()}, {call} ({_cost(case, versions)})")
+            call = stats.outcome(interval, judgement.margin)
+            lines.append(f"  - {case.path}: {interval.format()} {call} ({_cost(case, versions)})")
     return lines
 
 
-def rule(threshold: float) -> str:
-    """The tie rule, as the report states it."""
+def rule(margin: float, run_spread: float) -> str:
+    """The decision rule, as the report states it."""
+    low, high = 1 / (1 + margin), 1 + margin
     return (
-        f"A path is called faster in a group (one task, size, batch and precision) only when its 95% "
-        f"speed-up interval over every other path lies wholly above {1 + threshold:.2f}x, the noise "
-        f"threshold being {threshold:.0%}; otherwise the group is a tie between the fastest path and every "
-        "path that does not clear that bar. Speed-ups pair the blocks of rounds that the paths ran side "
-        f"by side. {' and '.join(PLAIN_PATHS)}, plainly written references, are in the tables but in no "
-        "verdict."
+        f"Each path of a group (one task, size, batch and precision) is compared with the group's fastest: "
+        f"its speed-up's 95% interval decides **faster** (wholly above {high:.2f}x), **slower** (wholly "
+        f"below {low:.3f}x), **equivalent** (wholly inside [{low:.3f}, {high:.2f}]) or **inconclusive**, "
+        f"the margin being {margin:.0%}, fixed before any run. A group has a **winner** when every other "
+        "path is slower; it is **equivalent** when the others are equivalent or slower (pick among the "
+        "equivalent by compile time, memory or deployment); else **inconclusive**, with what more "
+        "sampling would take. Speed-ups pair the blocks of rounds that the paths ran side by side, one "
+        "ratio per worker process, with a t interval over the workers (no narrower than the group's "
+        f"pooled spread) widened by a run-to-run spread of {run_spread:.3f} on logs. Rates, times, the "
+        f"order and the speed-ups come from one estimate. {' and '.join(PLAIN_PATHS)}, plainly written "
+        "references, and the calibration paths are in the tables but in no verdict."
     )
 
 
@@ -705,9 +830,16 @@ BY_DESIGN_NOTE = (
     "Cases a path cannot run by design (training on an inference runtime, a precision it lacks) or "
     "without a package it needs; no worker was started for them. One row for all sizes and batches."
 )
+CALIBRATION_NOTE = (
+    "Calibration paths: torch eager's call plus N% more of the same real work (3x3 convolutions at "
+    "the first level's width, in slices timed against the call by the path's first worker), each with "
+    "workers of its own, judged against torch-eager by the same rule as every comparison. measured: "
+    "the extra work's median seconds per call over torch-eager's time. The calibration table over many "
+    "groups: `python -m bench.calibration RUN_DIR...`."
+)
 DEPLOY_NOTE = (
     "Each inference group's paths, fastest first, against the group's fastest training-framework "
-    "path: the speed-up (95% interval), whether it clears the noise threshold either way, and what "
+    "path: the speed-up (95% interval), its outcome at the run's margin, and what "
     "adopting the path costs: its compile time, or for a runtime its export from the canonical "
     "weights (checked against the model) and build, from nothing and from the caches, and what it "
     "needs installed."
@@ -760,11 +892,18 @@ def _options_line(section: dict) -> list[str]:
     if "target_ci" not in options:
         return []
     limit, budget = options.get("max_minutes"), options.get("max_time")
+    margin, run_spread = rule_of(section)
+    sampling = ""
+    if "group_budget" in options:
+        sampling = (
+            f"; at least {options['replicates']} workers per path, more (up to {options['max_replicates']}) "
+            f"while a comparison was inconclusive, within {options['group_budget']:g} s of sampling per group"
+        )
     return [
-        f"Rounds: interleaved in blocks across each group's paths, added until every median's 95% "
-        f"interval was within ±{options['target_ci']:.0%}"
-        + (f" or a case had {budget:g} s of rounds" if budget else "")
-        + f"; noise threshold {stats.NOISE_THRESHOLD:.0%}; "
+        f"Rounds: interleaved in blocks across each group's paths; in each worker, blocks were added until "
+        f"every median's 95% interval was within ±{options['target_ci']:.0%}"
+        + (f" or the worker had its share of {budget:g} s of rounds per case" if budget else "")
+        + f"{sampling}; margin {margin:.0%}, run-to-run spread {run_spread:.3f}; "
         + (f"no case started after {limit:g} minutes." if limit else "no --max-minutes."),
         "",
     ]
@@ -854,7 +993,6 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     env = section.get("environment", {})
     scaling = scaling_table(measured) if not measured.empty else measured
     measured = _single_device(measured)
-    threshold = stats.NOISE_THRESHOLD
     parts = [f"# unet-bench run: {env.get('device_name', '?')}", ""]
     spec = section.get("spec")
     if spec:
@@ -865,8 +1003,9 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
         parts += [f"Note: {note}.", ""]
     parts += _options_line(section)
     if not measured.empty:
-        parts += ["## Which to pick", "", rule(threshold), "", *verdicts(measured, threshold), ""]
-        deploying = deployment(measured, env.get("versions", {}), threshold) if _has_rounds(measured) else []
+        parts += ["## Which to pick", "", rule(*rule_of(section)), "", *verdicts(measured), ""]
+        parts += _calibration_section(measured)
+        deploying = deployment(measured, env.get("versions", {})) if _has_rounds(measured) else []
         if deploying:
             parts += ["### Deploying for inference: the runtimes beside the frameworks", "", DEPLOY_NOTE, ""]
             parts += [*deploying, ""]
@@ -1071,35 +1210,66 @@ def _speedup_pairs(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     return pairs[keys].assign(a=a, b=b, inside=inside)
 
 
-def _verdict_pairs(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
-    """Every group in both runs: both verdicts, and whether they agree: the same winner, or a tie in
-    both (None where either run has no verdict)."""
-    pairs = first.merge(second, on=["task", *CASE], suffixes=("_a", "_b"))
-    agree = [
-        a.winner == b.winner if a is not None and b is not None else None
-        for a, b in zip(pairs.verdict_a, pairs.verdict_b, strict=True)
-    ]
-    return pairs.assign(agree=agree)
+FLIPPED = {"faster": "slower", "slower": "faster", "equivalent": "equivalent", "inconclusive": "inconclusive"}
 
 
-def _verdict_text(verdict: stats.Verdict | None, reason: str) -> str:
-    return _outcome(verdict) if verdict is not None else f"no verdict: {reason}"
+def _comparison_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Every comparison of a run's groups, one orientation per pair of paths (the first in path
+    order against the second), so that two runs whose fastest paths differ still line up."""
+    rows = []
+    for row in verdicts.itertuples():
+        if row.judgement is None:
+            continue
+        for c in (*row.judgement.comparisons, *row.judgement.calibration):
+            first, second = _path_order([c.path, c.against])
+            flip = first != c.path
+            interval = stats.Interval(*(1 / v for v in (c.speedup.value, c.speedup.high, c.speedup.low)))
+            rows.append(
+                {
+                    **{k: getattr(row, k) for k in ["task", *CASE]},
+                    "path": first,
+                    "against": second,
+                    "speedup": interval if flip else c.speedup,
+                    "outcome": FLIPPED[c.outcome] if flip else c.outcome,
+                }
+            )
+    return pd.DataFrame(rows, columns=["task", *CASE, "path", "against", "speedup", "outcome"])
 
 
-def _agreement(speed: pd.DataFrame, verdict: pd.DataFrame, name_a: str, name_b: str) -> list[str]:
-    """The comparison's two summary lines."""
-    checked, decided = speed.inside.dropna(), verdict.agree.dropna()
+def contradicts(a: str, b: str) -> bool:
+    """Decided one way in one run and the other way, or equivalent, in the other."""
+    return a != b and "inconclusive" not in (a, b)
+
+
+def _decided_line(name: str, rows: pd.DataFrame) -> str:
+    decided = int((rows.outcome != "inconclusive").sum())
+    counts = rows.outcome.value_counts()
+    shown = ", ".join(f"{counts[o]} {o}" for o in stats.OUTCOMES if o in counts)
+    return f"- {name} decided {decided} of {len(rows)} comparisons ({shown})"
+
+
+def _agreement(
+    speed: pd.DataFrame, pairs: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str
+) -> list[str]:
+    """The comparison's summary lines."""
+    checked = speed.inside.dropna()
     if len(checked):
         inside = f"{checked.mean():.0%} of {name_b}'s speed-ups lie inside {name_a}'s 95% intervals"
     else:
         inside = f"no 95% intervals in {name_a} to check {name_b}'s speed-ups against"
+    both = pairs[(pairs.outcome_a != "inconclusive") & (pairs.outcome_b != "inconclusive")]
     lines = [
-        f"- verdicts agree in {int(decided.sum())} of {len(decided)} groups",
+        _decided_line(name_a, a),
+        _decided_line(name_b, b),
+        f"- {int(pairs.contradiction.sum())} of {len(pairs)} comparisons in both runs contradict "
+        f"(decided one way in one, the other way or equivalent in the other); "
+        f"{len(both)} are decided in both, "
+        f"{int((both.outcome_a == both.outcome_b).sum())} of them alike",
         f"- {inside} ({int(checked.sum())} of {len(checked)})",
     ]
     shifts = [abs(math.log(y.value / x.value)) for x, y in zip(speed.a, speed.b, strict=True)]
     shifts = [math.expm1(s) for s in shifts if math.isfinite(s)]
-    if shifts:  # what the noise threshold is measured from (bench/stats.py)
+    if shifts:
         median, tenth = np.percentile(shifts, [50, 90])
         lines.append(
             f"- the speed-ups moved between the runs by a median of {median:.1%}, by less than "
@@ -1109,38 +1279,40 @@ def _agreement(speed: pd.DataFrame, verdict: pd.DataFrame, name_a: str, name_b: 
 
 
 def compare(run_a: Path, run_b: Path) -> str:
-    """Markdown: does RUN_B reproduce RUN_A? Its speed-ups against RUN_A's 95% intervals, and the
-    verdicts of the groups both measured."""
+    """Markdown: does RUN_B reproduce RUN_A? Every comparison's outcome in both runs (each run judged
+    by its own recorded margin and run-to-run spread), and RUN_B's speed-ups against RUN_A's
+    95% intervals."""
     name_a, name_b = Path(run_a).name, Path(run_b).name
     a, b = load(run_a)[0], load(run_b)[0]
     a, b = _single_device(a), _single_device(b)
     if a.empty or b.empty:
         return f"# {name_b} against {name_a}\n\nNo case measured in both runs.\n"
     speed = _speedup_pairs(a, b)
-    verdict = _verdict_pairs(group_verdicts(a), group_verdicts(b))
+    rows_a, rows_b = _comparison_rows(group_verdicts(a)), _comparison_rows(group_verdicts(b))
+    pairs = rows_a.merge(rows_b, on=["task", *CASE, "path", "against"], suffixes=("_a", "_b"))
+    pairs["contradiction"] = [
+        contradicts(x, y) for x, y in zip(pairs.outcome_a, pairs.outcome_b, strict=True)
+    ]
     speed_table = speed.assign(
         a=[x.format() for x in speed.a], b=[y.format() for y in speed.b], inside=speed.inside.map(_yes_no)
     ).rename(columns={"a": name_a, "b": name_b, "inside": "second inside the first's interval"})
-    verdict_table = pd.DataFrame(
+    pair_table = pd.DataFrame(
         {
-            **{k: verdict[k] for k in ["task", *CASE]},
-            name_a: list(map(_verdict_text, verdict.verdict_a, verdict.reason_a)),
-            name_b: list(map(_verdict_text, verdict.verdict_b, verdict.reason_b)),
-            "agree": verdict.agree.map(_yes_no),
+            **{k: pairs[k] for k in ["task", *CASE, "path", "against"]},
+            name_a: [f"{i.format()} {o}" for i, o in zip(pairs.speedup_a, pairs.outcome_a, strict=True)],
+            name_b: [f"{i.format()} {o}" for i, o in zip(pairs.speedup_b, pairs.outcome_b, strict=True)],
+            "contradiction": pairs.contradiction.map(_yes_no),
         }
     )
     return "\n".join(
         [
             f"# {name_b} against {name_a}",
             "",
-            *_agreement(speed, verdict, name_a, name_b),
+            *_agreement(speed, pairs, rows_a, rows_b, name_a, name_b),
             "",
-            "Verdicts agree when they name the same winner, or both are ties; groups without a verdict in "
-            "either run are not counted, nor are speed-ups where the first run has no interval.",
+            "## Comparisons in both runs (each path's speed-up over the other, and its outcome)",
             "",
-            f"## Verdicts per group (noise threshold {stats.NOISE_THRESHOLD:.0%}, as for every run)",
-            "",
-            verdict_table.to_markdown(index=False),
+            pair_table.to_markdown(index=False) if len(pair_table) else "None.",
             "",
             f"## Speed-ups against {BASELINE}, 95% intervals",
             "",
@@ -1175,7 +1347,7 @@ def readme_run(run_dir: Path, link: str) -> str:
     """One run's part of the README's results: environment, verdicts, the main tables, the plot."""
     measured, failures, section = load(run_dir)
     measured, env = _single_device(measured), section.get("environment", {})
-    threshold = stats.NOISE_THRESHOLD
+    margin, _ = rule_of(section)
     engine = f"; measured by {_engine(measured)}" if not measured.empty else ""
     parts = [
         f"### {env.get('device_name', '?')}",
@@ -1187,12 +1359,12 @@ def readme_run(run_dir: Path, link: str) -> str:
     if measured.empty:
         return "\n".join(parts)
     parts += [
-        f"**Which to pick** (noise threshold {threshold:.0%}):",
+        f"**Which to pick** (margin {margin:.0%}):",
         "",
-        *verdicts(measured, threshold),
+        *verdicts(measured),
         "",
     ]
-    deploying = deployment(measured, env.get("versions", {}), threshold) if _has_rounds(measured) else []
+    deploying = deployment(measured, env.get("versions", {})) if _has_rounds(measured) else []
     if deploying:
         parts += ["**Deploying for inference** (every path against the fastest framework path):", ""]
         parts += [*deploying, ""]
@@ -1221,7 +1393,7 @@ def readme_block(links: list[str], root: Path) -> str:
         raise ValueError(f"not a run folder (no benchmark.json or progress.jsonl): {', '.join(missing)}")
     begin = f"<!-- begin generated: {README_COMMAND} {' '.join(links)} -->"
     runs = [readme_run(root / link, link) for link in links]
-    return "\n".join([begin, "", rule(stats.NOISE_THRESHOLD), "", *runs]) + "<!-- end generated -->"
+    return "\n".join([begin, "", rule(stats.MARGIN, stats.RUN_SPREAD), "", *runs]) + "<!-- end generated -->"
 
 
 def _marked(text: str, readme: Path) -> re.Match:

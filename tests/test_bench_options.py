@@ -45,6 +45,11 @@ def test_help_lists_every_axis() -> None:
         "--memory-format",
         "--target-ci",
         "--max-minutes",
+        "--margin",
+        "--group-budget",
+        "--max-replicates",
+        "--run-spread",
+        "--calibration",
     ):
         assert option in out, option
 
@@ -83,11 +88,21 @@ def test_the_main_command_collects_no_unit_test() -> None:
 def test_default_cpu_matrix() -> None:
     result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
-    # paths (with the two plain ones) x train and infer x sizes x batches x fp32; no tiled image
-    assert len(ids) == 5 * 2 * 2 * 1
+    # paths (the plain references only when asked for) x train and infer x sizes x batches x fp32
+    assert len(ids) == 3 * 2 * 1 * 1
     assert "test_unet[train-torch-compile-128px-b2-fp32]" in result.stdout
-    assert "test_unet[infer-jax-plain-64px-b2-fp32]" in result.stdout
-    assert "tiled" not in result.stdout
+    assert "plain" not in result.stdout and "tiled" not in result.stdout
+
+
+def test_calibration_adds_its_paths_to_every_group() -> None:
+    result = _collect("--paths", "torch-eager", "--calibration", "0,20", "--tasks", "train", "--sizes", "128")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = [line.split("[")[1].rstrip("]") for line in result.stdout.splitlines() if "test_unet[" in line]
+    assert ids == [
+        "train-torch-eager-128px-b2-fp32",
+        "train-torch-eager+0%-128px-b2-fp32",
+        "train-torch-eager+20%-128px-b2-fp32",
+    ]
 
 
 def test_scaling_cases_on_simulated_devices() -> None:
@@ -182,20 +197,31 @@ SIZES = [
         "expected a depth from 1 to 15",
     ),
     (
-        ("--depth", "7", "--device", "cpu"),
-        "--depth 7: the default sizes 64,128 do not fit it: UNetSpec(depth=7, padding='same'): side 64 "
-        "is not a valid input size (padding='same' needs a multiple of 2**depth = 128); nearest valid: "
-        "128; give valid ones with --sizes",
+        ("--depth", "8", "--device", "cpu"),
+        "--depth 8: the default sizes 128 do not fit it: UNetSpec(depth=8, padding='same'): side 128 "
+        "is not a valid input size (padding='same' needs a multiple of 2**depth = 256); nearest valid: "
+        "256; give valid ones with --sizes",
     ),
     (
         ("--padding", "valid", "--device", "cpu"),
-        "--padding valid: the default sizes 64,128 do not fit it",
+        "--padding valid: the default sizes 128 do not fit it",
     ),
 ]
 
 BAD = [
     (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
     (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
+    (("--margin", "0"), "--margin 0: expected a share between 0 and 1, e.g. 0.05"),
+    (("--run-spread", "-0.1"), "--run-spread -0.1: expected an sd on logs from 0 to 1"),
+    (
+        ("--replicates", "5", "--max-replicates", "4"),
+        "--max-replicates 4: expected at least --replicates (5)",
+    ),
+    (("--group-budget", "0"), "--group-budget 0: expected a number of seconds > 0"),
+    (("--calibration", "10,10"), "expected distinct whole percentages from 0 to 100"),
+    (("--calibration", "101"), "expected distinct whole percentages from 0 to 100"),
+    (("--paths", "jax", "--calibration", "10"), "--calibration: its paths are measured against torch-eager"),
+    (("--paths", "torch-eager+10%"), "--paths torch-eager+10%: expected some of"),
 ]
 
 

@@ -117,7 +117,7 @@ def test_untimed_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sw
 def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep, monkeypatch) -> None:
     # torch eager stands in for a compiled path: the mechanism is tested, without minutes of compiling
     monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("memory_format", "upconv")})
-    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
+    monkeypatch.setattr(measure, "compiles_nothing", lambda path: False)
     seconds = {"channels_last": 0.02, "contiguous": 0.01}
     calls: list[str] = []
 
@@ -158,7 +158,7 @@ def test_a_compiled_path_whose_up_conv_form_and_freezing_lose_compiles_the_winne
     is measured in one fresh worker. (torch eager stands in for torch-compile, freezing put into its
     settings: the mechanism is tested, without minutes of compiling.)"""
     monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("upconv", "freezing")})
-    monkeypatch.setattr(measure, "COMPILES_NOTHING", ())
+    monkeypatch.setattr(measure, "compiles_nothing", lambda path: False)
     built: list[tuple[str, str]] = []
     timed: dict[str, float] = {}
     real_connect, real_call = Worker.connect, Worker.call
@@ -248,3 +248,49 @@ def test_references_and_records_are_written_whole(tmp_path) -> None:
     measure._write_json(tmp_path / "cache" / "forms.json", {"key": {"chosen": "contiguous"}})
     assert measure._read_json(tmp_path / "cache" / "forms.json") == {"key": {"chosen": "contiguous"}}
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["forms.json", "key.npz"]
+
+
+def _timed_by_worker(monkeypatch, seconds) -> None:
+    """Rounds of ``seconds(path, worker number)``: each fresh worker of a path gets the next number."""
+    seen: list[Worker] = []  # kept, so that no two workers are told apart by a reused id
+
+    def time_round(self, worker) -> float:
+        if not any(w is worker for w in seen):
+            seen.append(worker)
+        return seconds(worker.config.path, next(i for i, w in enumerate(seen) if w is worker))
+
+    monkeypatch.setattr(Sweep, "time_round", time_round)
+
+
+def test_a_decided_group_stops_at_the_fewest_workers(sweep, monkeypatch) -> None:
+    """An A/A pair whose rounds are identical is equivalent after --replicates workers: no more."""
+    _timed_by_worker(monkeypatch, lambda path, number: 0.01)
+    sweep.replicates, sweep.max_replicates, sweep.group_budget = 2, 5, 600.0
+    sweep.cases = _cases("torch-eager", "torch-eager+0%")
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
+    for record in records:
+        assert record["sampling"]["workers"] == 2 and record["sampling"]["stopped"] == "decided"
+        assert sorted(set(record["round_workers"])) == [0, 1]
+    assert record["settings"]["calibration_repeats"] >= 0 and record["forms"]["torch-eager+0%"]["by"] == {
+        "calibration_repeats": "torch-eager+0%"
+    }
+    assert leftover_processes() == []
+
+
+def test_an_undecided_group_samples_more_workers_until_its_limit_or_budget(sweep, monkeypatch) -> None:
+    """Workers 30% apart at random: the comparison stays inconclusive, so fresh workers are added up
+    to --max-replicates; with a budget that one more would overrun, none is added."""
+    luck = np.random.default_rng(0).lognormal(0.0, 0.3, 100)
+    _timed_by_worker(monkeypatch, lambda path, number: 0.01 * luck[number])
+    sweep.replicates, sweep.max_replicates, sweep.group_budget = 2, 4, 600.0
+    sweep.cases = _cases("torch-eager", "torch-eager+0%")
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    assert record["sampling"]["workers"] == 4
+    assert record["sampling"]["stopped"] == "undecided after --max-replicates 4"
+    assert sorted(set(record["round_workers"])) == [0, 1, 2, 3]
+    sweep.group_budget = 1e-6
+    sweep.cases = _cases("torch-eager", "torch-eager+0%", size=32)
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    assert record["sampling"]["workers"] == 2
+    assert record["sampling"]["stopped"].startswith("undecided when the group budget")
+    assert leftover_processes() == []

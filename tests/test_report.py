@@ -54,18 +54,30 @@ def _record(path: str, task: str, size: int, batch: int, seconds: np.ndarray) ->
     }
 
 
-def fake_run(folder: Path, speedups: dict[tuple, dict[str, float]] | None = None, blocks: int = 12) -> Path:
+def fake_run(
+    folder: Path,
+    speedups: dict[tuple, dict[str, float]] | None = None,
+    blocks: int = 12,
+    workers: int = 1,
+    luck: float = 0.04,
+) -> Path:
     """A run folder of the current engine (progress.jsonl, environment.json): per group of GROUPS,
     every path's rounds ``speedups[group][path]`` times faster than torch-eager's 0.1 s (SPEEDUPS
-    unless given), each block's drift falling on all of them."""
+    unless given), each block's drift falling on all of them; with several ``workers``, each worker
+    of each path has a luck of its own (``luck``, lognormal)."""
     folder.mkdir(parents=True)
     records = []
     for number, group in enumerate(GROUPS):
         rng = np.random.default_rng(number)
         drift = rng.uniform(1.0, 1.3, blocks)
+        worker = np.arange(blocks) * workers // blocks
         for path, speedup in (speedups or {}).get(group, SPEEDUPS).items():
             noise = 1 + 0.002 * rng.standard_normal(blocks)
-            records.append(_record(path, *group, 0.1 / speedup * drift * noise))
+            share = rng.lognormal(0.0, luck, workers)[worker] if workers > 1 else 1.0
+            record = _record(path, *group, 0.1 / speedup * drift * noise * share)
+            if workers > 1:
+                record["round_workers"] = [int(w) for w in worker]
+            records.append(record)
     (folder / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     environment = {"device": "cpu", "device_name": "Fake CPU", "versions": {"python": "3.11.7", "torch": "2"}}
     (folder / "environment.json").write_text(json.dumps(environment))
@@ -248,22 +260,47 @@ def test_tables_show_speedups_with_intervals_and_plain_paths_only_there(tmp_path
     # torch-eager's milliseconds: the median, its interval, the IQR
     assert re.search(r"\| 1\d\d \[1\d\d, 1\d\d\] \(1\.0\) ", text)
     verdict = text.split("## Which to pick")[1].split("## train")[0]
-    assert "- **train, fp32**: torch-compile faster in 2 of 2 groups." in verdict
-    assert "- **infer, fp32**: torch-compile faster in 2 of 2 groups." in verdict
+    assert "- **train, fp32**: 2 groups: winner in 2; 4 of 4 comparisons decided." in verdict
+    assert "- **infer, fp32**: 2 groups: winner in 2; 4 of 4 comparisons decided." in verdict
     assert "torch-plain" not in verdict.split("in no verdict.")[1]
     # 30 s of compiling against about 0.12 s x (1 - 1/1.3) saved per step
-    winner = r"64px b1: torch-compile faster, 1\.\d\dx \[1\.\d\d, 1\.\d\d\] over torch-eager; "
+    winner = (
+        r"64px b1: torch-compile faster than every other path by more than 5% \(torch-eager "
+        r"0\.7\dx \[0\.\d\d, 0\.\d\d\] slower; jax 0\.3\dx \[0\.\d\d, 0\.\d\d\] slower\); "
+    )
     assert re.search(winner + r"its compile pays back after 1\d{3} \[1\d{3}, 1\d{3}\] train steps", verdict)
 
 
-def test_a_group_within_the_noise_threshold_is_a_tie(tmp_path: Path) -> None:
+def test_a_group_within_the_margin_is_equivalent(tmp_path: Path) -> None:
     level = {"torch-eager": 1.0, "torch-compile": 1.005, "jax": 0.5}
     run = fake_run(tmp_path / "run", {("train", 64, 2): level})
     lines = report.verdicts(report.load(run)[0])
-    assert lines[0] == (
-        "- **train, fp32**: torch-compile faster in 1 of 2 groups, tie (torch-eager, torch-compile) in 1."
+    assert (
+        lines[0] == "- **train, fp32**: 2 groups: winner in 1, equivalent in 1; 4 of 4 comparisons decided."
     )
-    assert lines[2].startswith("  - 64px b2: tie (torch-compile, torch-eager): torch-compile 1.0")
+    assert lines[2].startswith(
+        "  - 64px b2: equivalent within 5%: torch-compile, torch-eager; pick by compile time, memory or "
+        "deployment (torch-eager 0.99x [0.9"
+    )
+    assert "jax 0.50x [0.5" in lines[2] and "slower)" in lines[2]
+
+
+def test_an_undecided_group_says_what_more_sampling_would_take(tmp_path: Path) -> None:
+    """Three workers 4% apart cannot tell 1.07x from the margin: inconclusive, with the minutes more
+    workers would take at the group's measured cost per worker."""
+    run = fake_run(
+        tmp_path / "run", {("train", 64, 2): {"torch-eager": 1.0, "torch-compile": 1.07}}, workers=3
+    )
+    records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    for record in records:
+        record["sampling"] = {"workers": 3, "seconds_per_worker": 30.0}
+    (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = report.verdicts(report.load(run)[0])
+    line = next(line for line in lines if "64px b2" in line)
+    assert line.startswith("  - 64px b2: inconclusive at 5%: torch-compile leads (torch-eager 0.9")
+    assert re.search(
+        r"; about \d+\.\d more minutes of sampling should decide it; 3 workers per path$", line
+    ) or ("more sampling would not decide it at a 5% margin" in line)
 
 
 def test_skipped_cases_are_listed(tmp_path: Path) -> None:
@@ -286,13 +323,19 @@ def test_compare_two_runs(tmp_path: Path, capsys) -> None:
     assert report.main(["--compare", str(first), str(second)]) == 0
     text = capsys.readouterr().out
     assert (second / "comparison-with-first.md").read_text().strip() == text.strip()
-    assert "- verdicts agree in 3 of 4 groups" in text
+    assert "- first decided 8 of 8 comparisons (4 faster, 4 slower)" in text
+    assert "- second decided 8 of 8 comparisons (4 faster, 3 slower, 1 equivalent)" in text
+    # infer 64px b1: torch-eager slower than torch-compile in the first, equivalent in the second; the
+    # pair torch-compile and jax is compared in the first only (in the second, eager is the fastest)
+    assert "- 1 of 7 comparisons in both runs contradict" in text
+    row = "| torch-eager   | torch-compile | 0.77x [0.77, 0.77] slower | 1.00x [1.00, 1.00] equivalent |"
+    assert f"| infer  |     64 |       1 | fp32        {row}" in text
     assert "- 92% of second's speed-ups lie inside first's 95% intervals (11 of 12)" in text
 
 
 def test_compare_with_an_older_run_counts_nothing_it_cannot_check(tmp_path: Path, run_dir: Path) -> None:
     text = report.compare(run_dir, run_dir)
-    assert "- verdicts agree in 0 of 0 groups" in text
+    assert "- 0 of 0 comparisons in both runs contradict" in text
     assert "- no 95% intervals in run to check run's speed-ups against (0 of 0)" in text
 
 
@@ -415,7 +458,7 @@ def test_readme_sections_are_written_between_the_markers(tmp_path: Path) -> None
         "<!-- end generated -->\n\nAfter.\n"
     )
     assert "stale" not in text and "[one](results/one/report.md)" in text
-    assert "torch-compile faster in 2 of 2 groups" in text and "1.3" in text
+    assert "2 groups: winner in 2" in text and "1.3" in text
     assert report.readme_matches(readme)
     fake_run(tmp_path / "results" / "two")
     report.write_readme([tmp_path / "results" / "two", tmp_path / "results" / "one"], readme)
@@ -431,9 +474,9 @@ def test_the_repository_readme_matches_its_runs() -> None:
     assert report.readme_matches(), "README.md's results are stale: python -m bench.report --readme"
 
 
-def test_deployment_ranks_runtimes_with_frameworks_their_cost_and_the_noise(tmp_path: Path) -> None:
+def test_deployment_ranks_runtimes_with_frameworks_their_cost_and_outcome(tmp_path: Path) -> None:
     """Each inference group with a runtime: every path against the fastest framework path, its
-    speed-up's interval called beyond or within the noise, its export or compile and its packages."""
+    speed-up's interval and outcome at the margin, its export or compile and its packages."""
     infer = {"torch-eager": 1.0, "torch-compile": 1.3, "jax": 0.5, "onnxruntime": 1.9, "openvino": 1.32}
     run = fake_run(tmp_path / "run", {("infer", 64, 1): infer, ("infer", 64, 2): infer})
     measured = report.load(run)[0]
@@ -441,13 +484,13 @@ def test_deployment_ranks_runtimes_with_frameworks_their_cost_and_the_noise(tmp_
     lines = report.deployment(measured, versions)
     assert lines[0] == "- **infer 64px b1 fp32**, against torch-compile, its fastest framework path:"
     assert re.match(
-        r"  - onnxruntime: 1\.4\dx \[1\.\d\d, 1\.\d\d\], faster beyond the noise \(export and build ",
+        r"  - onnxruntime: 1\.4\dx \[1\.\d\d, 1\.\d\d\] faster \(export and build ",
         lines[1],
     )
     assert lines[1].endswith("needs onnxruntime 1.32.0, onnx 1.23.2, onnxscript)")
-    assert re.match(r"  - openvino: 1\.0\dx \[.*\], within the noise \(11%\)", lines[2])
+    assert re.match(r"  - openvino: 1\.0\dx \[.*\] equivalent \(", lines[2])
     assert lines[3].startswith("  - torch-compile: 1x (compile 30 s cold, 1 s cached; needs torch 2.13.0)")
-    assert re.match(r"  - jax: 0\.3\dx \[.*\], slower beyond the noise \(.*needs jax, flax\)", lines[5])
+    assert re.match(r"  - jax: 0\.3\dx \[.*\] slower \(.*needs jax, flax\)", lines[5])
     assert len(lines) == 12  # both groups; the train groups have no runtime
     assert "### Deploying for inference" in report.write_run(run)
     assert report.deployment(measured[~measured.path.isin(["onnxruntime", "openvino"])], versions) == []

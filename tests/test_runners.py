@@ -15,7 +15,7 @@ import torch
 
 from bench import gate
 from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, torch_runner
-from bench.runners.config import framework
+from bench.runners.config import calibration_effect, calibration_path, competes, framework
 from bench.runners.torch_runner import conv_fp32_precision
 from bench.runners.worker import Service
 from bench.runners.workload import workload
@@ -170,6 +170,48 @@ def test_run_config_round_trips_through_json() -> None:
         RunConfig.from_json(config.to_json().replace('"loss"', '"los"'))
     with pytest.raises(ValueError, match="batch 3 must split evenly over 2 devices"):
         config.replace(batch=3)
+
+
+# -- the calibration paths ----------------------------------------------------
+
+
+def test_a_calibration_path_adds_timed_real_work_and_computes_what_torch_eager_does() -> None:
+    """torch-eager+N%: its slices of extra work are counted by timing them against the call (or
+    given), timed on every call, and change nothing the parity gate sees."""
+    pinned = {"upconv": "native", "memory_format": "contiguous", "task": "train"}
+    common = dict(batch=BATCH, size=SIZE, precision="fp32", device="cpu", **pinned)
+    timed = make_runner("torch-eager+50%", SPEC, **common)
+    assert timed.settings["calibration_repeats"] >= 1
+    assert "call" in timed.settings["calibration_repeats_seconds"]
+    given = make_runner("torch-eager+50%", SPEC, calibration_repeats=3, **common)
+    assert (given.settings["calibration_repeats"], given.settings["calibration_repeats_seconds"]) == (3, None)
+    given.train_step()
+    given.train_step()
+    extra = given.settings["calibration"]["extra_seconds"]
+    assert len(extra) == 2 and min(extra) > 0 and given.settings["calibration"]["effect"] == 0.5
+    eager = make_runner("torch-eager", SPEC, **common)
+    for name, value in eager.outputs("train").items():
+        other = timed.outputs("train")[name]
+        if name == "gradients":
+            for key in value:
+                np.testing.assert_array_equal(value[key], other[key])
+        else:
+            np.testing.assert_array_equal(value, other)
+    assert make_runner("torch-eager+0%", SPEC, **common).settings["calibration_repeats"] == 0
+
+
+def test_calibration_paths_are_named_by_their_effect() -> None:
+    assert calibration_path(10) == "torch-eager+10%" and calibration_effect("torch-eager+10%") == 0.1
+    assert calibration_effect("torch-eager") is None and calibration_effect("torch-eager+10") is None
+    assert (
+        framework("torch-eager+5%") == "torch"
+        and not competes("torch-eager+5%")
+        and not competes("jax-plain")
+    )
+    with pytest.raises(ValueError, match="or torch-eager\\+N% \\(calibration\\)"):
+        RunConfig("torch-eagre", SPEC, SIZE, BATCH)
+    with pytest.raises(ValueError, match="calibration_repeats -1: expected 'auto' or a count >= 0"):
+        RunConfig("torch-eager+5%", SPEC, SIZE, BATCH, calibration_repeats=-1)
 
 
 # -- the plain paths ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""bench/stats.py: the intervals against known distributions, and the tie rule."""
+"""bench/stats.py: the intervals against known distributions, and the rule's four outcomes."""
 
 from __future__ import annotations
 
@@ -48,39 +48,108 @@ def test_speedup_pairs_only_the_blocks_both_paths_ran() -> None:
     assert np.isnan(stats.speedup_interval(baseline, ([0.1], [7])).value)
 
 
+def _workers(speedups: dict[str, float], workers: int = 5, spread: float = 0.0, seed: int = 0) -> dict:
+    """Each path's (seconds, blocks, workers): 4 blocks per worker, ``speedups[path]`` times faster than
+    0.1 s, a drift per block on every path alike, and per worker a lognormal luck of ``spread``."""
+    rng = np.random.default_rng(seed)
+    blocks = np.arange(4 * workers)
+    worker = blocks // 4
+    drift = rng.uniform(1.0, 1.3, blocks.size)
+    rounds = {}
+    for path, speedup in speedups.items():
+        luck = rng.lognormal(0.0, spread, workers)[worker] if spread else 1.0
+        seconds = 0.1 / speedup * drift * luck * (1 + 0.002 * rng.standard_normal(blocks.size))
+        rounds[path] = (list(seconds), list(blocks), list(worker))
+    return rounds
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (1.06, 1.2, "faster"),
+        (0.8, 0.95, "slower"),
+        (0.96, 1.04, "equivalent"),
+        (0.99, 1.08, "inconclusive"),  # neither clear of the margin nor inside it
+        (1.0, 1.0501, "inconclusive"),
+    ],
+)
+def test_four_outcomes_at_the_margin(low: float, high: float, expected: str) -> None:
+    assert stats.outcome(stats.Interval((low + high) / 2, low, high), margin=0.05) == expected
+    assert stats.outcome(stats.Interval(1.0, np.nan, np.nan)) == "inconclusive"
+
+
 def test_a_clear_winner() -> None:
-    verdict = stats.decide(_rounds({"torch-eager": 1.0, "torch-compile": 1.3}))
-    assert verdict.winner == "torch-compile" and verdict.runner_up == "torch-eager"
-    assert verdict.margin.above(1 + stats.NOISE_THRESHOLD)
-    assert verdict.describe().startswith("torch-compile faster, 1.3")
-
-
-def test_a_difference_within_the_noise_threshold_is_a_tie() -> None:
-    rounds = _rounds({"torch-eager": 1.0, "torch-compile": 1.01})  # a tight interval, not clear of 1.02
-    assert stats.speedup_interval(rounds["torch-eager"], rounds["torch-compile"]).low > 1.0
-    verdict = stats.decide(rounds)
-    assert verdict.winner is None
-    assert verdict.tied == ("torch-compile", "torch-eager")
-    assert verdict.describe().startswith("tie (torch-compile, torch-eager): torch-compile 1.01x [1.0")
-    assert stats.decide(rounds, threshold=0.001).winner == "torch-compile"
-
-
-def test_a_three_way_partial_tie_leaves_out_the_clearly_slower_path() -> None:
-    # jax within 0.5% of torch-compile, both clearly ahead of eager and of the slow path
-    verdict = stats.decide(
-        _rounds({"torch-eager": 1.0, "torch-compile": 1.3, "jax": 1.3 * 1.005, "slow": 0.6})
+    judgement = stats.judge(
+        _workers({"torch-eager": 1.0, "torch-compile": 1.3}), ["torch-eager", "torch-compile"]
     )
-    assert verdict.winner is None
-    assert verdict.tied == ("jax", "torch-compile")
-    assert verdict.runner_up == "torch-compile"
+    assert judgement.best == "torch-compile" and judgement.verdict == "winner" and judgement.decided
+    (comparison,) = judgement.comparisons
+    assert comparison.path == "torch-eager" and comparison.outcome == "slower"
+    assert judgement.describe().startswith(
+        "torch-compile faster than every other path by more than 5% (torch-eager 0.7"
+    )
 
 
-def test_a_single_path_wins_alone() -> None:
-    verdict = stats.decide(_rounds({"jax": 1.0}))
-    assert verdict.winner == "jax" and verdict.tied == ("jax",) and verdict.runner_up is None
-    assert verdict.describe() == "jax alone"
-    with pytest.raises(ValueError, match="no paths"):
-        stats.decide({})
+def test_paths_within_the_margin_are_equivalent_and_a_slow_one_is_named_slower() -> None:
+    rounds = _workers({"torch-eager": 1.0, "torch-compile": 1.01, "jax": 0.6})
+    judgement = stats.judge(rounds, ["torch-eager", "torch-compile", "jax"])
+    assert judgement.verdict == "equivalent" and judgement.decided
+    assert judgement.equivalent_paths() == ["torch-compile", "torch-eager"]
+    assert {c.path: c.outcome for c in judgement.comparisons} == {
+        "torch-eager": "equivalent",
+        "jax": "slower",
+    }
+    assert "equivalent within 5%: torch-compile, torch-eager" in judgement.describe()
+
+
+def test_an_effect_on_the_margin_is_inconclusive_and_more_workers_would_not_decide_it() -> None:
+    rounds = _workers({"torch-eager": 1.0, "torch-compile": 1.05}, spread=0.03, seed=3)
+    judgement = stats.judge(rounds, ["torch-eager", "torch-compile"])
+    assert judgement.verdict == "inconclusive" and not judgement.decided
+    (comparison,) = judgement.comparisons
+    assert comparison.workers == 5
+    needed = comparison.workers_to_decide(0.05, 0.0)
+    assert needed is None or needed > 5
+    assert stats.judge(rounds, ["torch-eager", "torch-compile"], margin=0.2).verdict == "equivalent"
+
+
+def test_an_open_comparison_says_how_many_workers_would_decide_it() -> None:
+    rounds = _workers({"torch-eager": 1.0, "torch-compile": 1.15}, workers=3, spread=0.05, seed=0)
+    judgement = stats.judge(rounds, ["torch-eager", "torch-compile"])
+    (comparison,) = judgement.comparisons
+    assert not comparison.decided  # 1.15x, but three workers 5% apart cannot tell it from 1.05x
+    needed = comparison.workers_to_decide(0.05, 0.0)
+    assert needed is not None and needed > 3
+    assert judgement.minutes_to_decide(60.0) == pytest.approx(needed - 3)
+
+
+def test_the_run_spread_widens_every_interval_and_can_leave_a_comparison_open() -> None:
+    rounds = _workers({"torch-eager": 1.0, "torch-eager+0%": 1.0}, workers=8)
+    tight = stats.judge(rounds, ["torch-eager"], {"torch-eager+0%": "torch-eager"})
+    wide = stats.judge(rounds, ["torch-eager"], {"torch-eager+0%": "torch-eager"}, run_spread=0.03)
+    assert tight.calibration[0].outcome == "equivalent" and tight.decided
+    assert wide.calibration[0].outcome == "inconclusive"  # 1.96 * 0.03 alone is past a 5% margin
+    assert wide.calibration[0].workers_to_decide(0.05, 0.03) is None
+    assert wide.verdict == "alone" and tight.comparisons == ()
+
+
+def test_one_estimate_orders_rates_and_speedups_alike() -> None:
+    """The path named first is never slower than the next: the speed-up's point is the ratio of the
+    two paths' estimates (the workers' median rounds, geometric mean), whatever the rounds' spread."""
+    rng = np.random.default_rng(4)
+    for trial in range(50):
+        speedups = {"a": 1.0, "b": float(rng.uniform(0.97, 1.03)), "c": float(rng.uniform(0.9, 1.1))}
+        rounds = _workers(speedups, workers=3, spread=0.05, seed=trial)
+        judgement = stats.judge(rounds, list(speedups))
+        best = stats.estimate(rounds[judgement.best])
+        for c in judgement.comparisons:
+            assert c.speedup.value <= 1.0
+            assert c.speedup.value == pytest.approx(best / stats.estimate(rounds[c.path]))
+
+
+def test_judge_needs_a_competing_path() -> None:
+    with pytest.raises(ValueError, match="no competing paths"):
+        stats.judge(_workers({"jax": 1.0}), [])
 
 
 def test_interval_format() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,10 @@ JAX_PATHS = ("jax", "jax-plain")
 # they infer and predict tiles, and train nothing.
 RUNTIME_PATHS = ("onnxruntime", "openvino", "torch-aoti", "tensorrt")
 PATHS = (*TORCH_PATHS, *JAX_PATHS, *RUNTIME_PATHS)
+# Calibration paths, "torch-eager+N%": torch eager's call plus N% more of the same real work, each
+# with workers of their own, to measure how often the verdict rule calls known effects (README).
+CALIBRATION_REFERENCE = "torch-eager"
+CALIBRATION_PATH = re.compile(r"torch-eager\+(\d{1,3})%")
 # Paths that compile nothing: their first call is just a call
 COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The same model written as each framework's tutorials write it, none of the project's tuned
@@ -64,6 +69,31 @@ LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
 class NotApplicable(ValueError):
     """A case its path cannot run by design (training on an inference runtime, a precision the
     runtime lacks): recorded as not-applicable, never as a failure."""
+
+
+def calibration_path(percent: int) -> str:
+    """The calibration path that adds ``percent`` % to torch eager's call."""
+    return f"{CALIBRATION_REFERENCE}+{percent}%"
+
+
+def calibration_effect(path: str) -> float | None:
+    """The share of work a calibration path adds (0.1 for "torch-eager+10%"); None for other paths."""
+    match = CALIBRATION_PATH.fullmatch(path)
+    return int(match.group(1)) / 100 if match else None
+
+
+def compiles_nothing(path: str) -> bool:
+    """Whether the path's first call is just a call: nothing compiled, nothing cached."""
+    return path in COMPILES_NOTHING or calibration_effect(path) is not None
+
+
+def competes(path: str) -> bool:
+    """Whether a path is in the verdicts: the plain references and the calibration paths are not."""
+    return path not in PLAIN_PATHS and calibration_effect(path) is None
+
+
+def known_path(path: str) -> bool:
+    return path in PATHS or calibration_effect(path) is not None
 
 
 def framework(path: str) -> str:
@@ -124,7 +154,9 @@ class RunConfig:
     without it. The plain paths ignore all three and
     use the frameworks' defaults (native up-conv, contiguous NCHW). ``loss``
     "weighted" trains on the paper's pixel-weighted cross-entropy.
-    ``image_size``: the whole image of the "tiled" task. ``weights_file``: a
+    ``calibration_repeats``: how many slices of extra work a calibration path adds to each call
+    ("auto": as many as make up its share of the call, timed by its first worker; see
+    torch_runner.CalibrationLoad). ``image_size``: the whole image of the "tiled" task. ``weights_file``: a
     canonical safetensors file to start from; None for PyTorch's default
     initialisation under the workload's seed.
     """
@@ -145,14 +177,26 @@ class RunConfig:
     freezing: str = "auto"
     loss: str = "ce"
     learning_rate: float = LEARNING_RATE
+    calibration_repeats: int | str = "auto"
     image_size: int | None = None
     weights_file: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.spec, dict):  # from JSON
             object.__setattr__(self, "spec", UNetSpec(**self.spec))
+        if not known_path(self.path):
+            raise ValueError(
+                f"path {self.path!r}: expected one of {', '.join(PATHS)}, or torch-eager+N% (calibration)"
+            )
+        if self.calibration_repeats != "auto" and (
+            isinstance(self.calibration_repeats, bool)
+            or not isinstance(self.calibration_repeats, int)
+            or self.calibration_repeats < 0
+        ):
+            raise ValueError(
+                f"calibration_repeats {self.calibration_repeats!r}: expected 'auto' or a count >= 0"
+            )
         for name, value, allowed in (
-            ("path", self.path, PATHS),
             ("task", self.task, TASKS),
             ("precision", self.precision, (*PRECISIONS, "fp64")),  # fp64: equivalence tests only
             ("loss", self.loss, LOSSES),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import PLAIN_PATHS, RunConfig, freezing_applies
+from bench.runners.config import PLAIN_PATHS, RunConfig, calibration_effect, freezing_applies
 from bench.runners.workload import workload
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
@@ -162,6 +163,7 @@ class TorchRunner:
         if self.compile_mode is not None:
             self._train = torch.compile(self._train_fn, mode=self.compile_mode)
             self._infer = self._compiled_infer(self.freezing == "on")
+        self.load = self._calibration_load(len(images))
         peak_method = (
             "torch.cuda.max_memory_allocated since the worker started" if self.cuda else memory.CPU_METHOD
         )
@@ -186,10 +188,25 @@ class TorchRunner:
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
             **({"freezing": self.freezing, "freezing_seconds": None} if freezing_applies(config) else {}),
+            **(self.load.settings if self.load else {}),
             "threads": torch.get_num_threads(),
             "memory": peak_method + (PEAK_AFTER_TIMING if memory_format_seconds else ""),
             **self.placement.settings,
         }
+
+    def _calibration_load(self, batch: int) -> CalibrationLoad | None:
+        """A calibration path's extra work, its repeats as given or timed here against the call."""
+        effect = calibration_effect(self.config.path)
+        if effect is None:
+            return None
+        load = CalibrationLoad(self.config, batch, self.device, self.memory_format, self._autocast)
+        repeats = self.config.calibration_repeats
+        if repeats == "auto":
+            call = self._train_once if self.config.task == "train" else self.infer
+            repeats, load.timed = load.repeats_for(effect, call)
+            self.reset_state()  # the timed train steps moved the weights
+        load.repeats = repeats
+        return load
 
     def upconv_forms(self) -> dict[str, float]:
         """Seconds for the largest up-conv in each exact form, as this case runs it: compiled where
@@ -269,11 +286,18 @@ class TorchRunner:
     def infer(self) -> None:
         self._mode(False)
         self._infer_once(self._infer)
+        if self.load:
+            self.load.run()
 
-    def train_step(self) -> None:
+    def _train_once(self) -> None:
         self._mode(True)
         self._train(self.images, self.labels, self.pixel_weights)
         self._sync()
+
+    def train_step(self) -> None:
+        self._train_once()
+        if self.load:
+            self.load.run()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         self._mode(False)
@@ -329,6 +353,71 @@ class TorchRunner:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             memory.reset_peak_rss()
+
+
+CALIBRATION_ROWS = 8  # a slice of extra work covers 1/8 of the input's rows: fine steps of work
+
+
+class CalibrationLoad:
+    """The extra work of a calibration path: ``repeats`` slices, each a 3x3 convolution at the first
+    level's width on 1/8 of the input's rows, as the case runs it (its memory format and autocast;
+    forward and backward where it trains), on a layer and tensors of its own: the model, its
+    gradients and its optimizer never see it. Real work on the same kernels and threads as the call,
+    never a sleep, so that it slows with the machine as the call does. Each call's extra seconds are
+    kept (``settings["calibration"]``), for the effect measured beside the nominal one."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        batch: int,
+        device: torch.device,
+        memory_format: torch.memory_format,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+    ) -> None:
+        width, rows = config.spec.width, max(1, config.size // CALIBRATION_ROWS)
+        self.conv = torch.nn.Conv2d(width, width, 3, padding=1).to(device, memory_format=memory_format)
+        seeded = torch.Generator().manual_seed(0)  # the process's own generator stays untouched
+        self.input = torch.randn(batch, width, rows, config.size, generator=seeded).to(device)
+        self.input = self.input.to(memory_format=memory_format).requires_grad_(config.task == "train")
+        self.backward, self.device, self.autocast = config.task == "train", device, autocast
+        self.repeats = 0
+        self.timed: dict[str, float] | None = None
+        self.effect = calibration_effect(config.path)
+        self.extra_seconds: list[float] = []  # one per call, the first (untimed) call's too
+
+    def _slices(self, count: int) -> None:
+        for _ in range(count):
+            with self.autocast(), torch.set_grad_enabled(self.backward):
+                out = self.conv(self.input).float().sum()
+            if self.backward:
+                out.backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def repeats_for(self, effect: float, call: Callable[[], None]) -> tuple[int, dict[str, float]]:
+        """How many slices take ``effect`` of ``call``'s time, from both timed in turn here: a first
+        guess from one slice, then the guessed run of slices timed whole (a lone slice pays its
+        start-up each time; the pilot's first guesses added 60-75% of the nominal work)."""
+        seconds = forms.time_forms({"call": call, "slice": functools.partial(self._slices, 1)})
+        guess = max(1, round(effect * seconds["call"] / seconds["slice"]))
+        run = forms.time_forms({"call": call, "slices": functools.partial(self._slices, guess)})
+        repeats = round(effect * guess * run["call"] / run["slices"])
+        return repeats, {"call": run["call"], f"{guess} slices": run["slices"]}
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        self._slices(self.repeats)
+        self.extra_seconds.append(time.perf_counter() - start)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """As a runner's settings name them: the repeats (a form, pinned for the group's later
+        workers) and the seconds they were chosen from; the extra seconds, a list that grows."""
+        return {
+            "calibration_repeats": self.repeats,
+            "calibration_repeats_seconds": self.timed,
+            "calibration": {"effect": self.effect, "extra_seconds": self.extra_seconds},
+        }
 
 
 @dataclass(frozen=True)

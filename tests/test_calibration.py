@@ -1,0 +1,91 @@
+"""bench/calibration.py and the report's calibration section, on synthetic calibration runs whose
+effects and run-to-run spread are known."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import calibration, report
+from tests.test_report import GROUPS, fake_run
+
+EFFECTS = {"torch-eager": 1.0, "torch-eager+0%": 1.0, "torch-eager+10%": 1 / 1.1, "torch-eager+20%": 1 / 1.2}
+
+
+def calibration_run(folder: Path, seed: int, run_shift: float = 0.0) -> Path:
+    """A run of GROUPS, each with torch-eager and three calibration paths over five workers 1% apart; each
+    calibration path's extra seconds per call as nominal, and its speed-ups moved by a lognormal
+    ``run_shift`` drawn per group (the run-to-run spread it should find)."""
+    rng = np.random.default_rng(seed)
+    speedups = {}
+    for group in GROUPS:
+        shift = float(np.exp(run_shift * rng.standard_normal()))
+        speedups[group] = {p: s * (shift if p != "torch-eager" else 1.0) for p, s in EFFECTS.items()}
+    run = fake_run(folder, speedups, blocks=15, workers=5, luck=0.01)
+    records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    eager = {r["group"]: r["stats"]["median"] for r in records if r["case"]["path"] == "torch-eager"}
+    for record in records:
+        effect = report.calibration_effect(record["case"]["path"])
+        if effect is not None:  # the extra work: as nominal, of torch eager's median round
+            extra = [effect * eager[record["group"]]] * 3
+            record["settings"]["calibration"] = {"effect": effect, "extra_seconds": extra}
+    (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_the_report_shows_each_calibration_comparison_with_its_measured_effect(tmp_path: Path) -> None:
+    text = report.write_run(calibration_run(tmp_path / "run", seed=0))
+    section = text.split("## Calibration: known effects against torch-eager")[1].split("## train")[0]
+    assert re.search(
+        r"\| train  \|     64 \|       1 \| fp32        \| torch-eager\+10% \| 10%       \| 9\.\d%", section
+    )
+    assert "slower" in section and "equivalent" in section
+    rows = report.calibration_rows(report.load(tmp_path / "run")[0])
+    assert len(rows) == 3 * len(GROUPS)
+    assert set(rows[rows.nominal == 0].outcome) == {"equivalent"}
+    assert set(rows[rows.nominal == 0.2].outcome) == {"slower"}
+    # no verdict names a calibration path: torch-eager is the one competing path
+    assert "calibration paths are in the tables but in no verdict" in text
+    assert "torch-eager alone" in text
+
+
+def test_the_table_pools_groups_and_checks_the_bars(tmp_path: Path, capsys) -> None:
+    runs = [calibration_run(tmp_path / f"run{i}", seed=i) for i in range(2)]
+    out = tmp_path / "calibration.md"
+    assert calibration.main([*map(str, runs), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.read_text() == text + "\n" or out.read_text().strip() == text.strip()
+    assert "| 0%       |        8 |      2 |" in text  # eight groups from two runs
+    assert "- 0% (called faster or slower in at most 1 group of 30" in text
+    assert (
+        "met so far, 8 of 30 groups: 0 faster or slower, 100% equivalent, 1.00 inside 100% in 8 groups"
+        in text
+    )
+    assert (
+        "- 20% (called slower in at least 95%): met so far, 8 of 30 groups: 100% slower in 8 groups" in text
+    )
+
+
+@pytest.mark.parametrize(("shift", "low", "high"), [(0.0, 0.0, 0.012), (0.05, 0.025, 0.09)])
+def test_the_run_spread_is_recovered_from_groups_of_several_runs(
+    tmp_path: Path, shift: float, low: float, high: float
+) -> None:
+    runs = [calibration_run(tmp_path / f"run{i}", seed=i, run_shift=shift) for i in range(4)]
+    found = calibration.trials(runs)
+    value, how = calibration.run_spread(found)
+    assert low <= value <= high, how
+
+
+def test_the_command_refuses_what_it_cannot_use(tmp_path: Path, capsys) -> None:
+    plain = fake_run(tmp_path / "plain")
+    assert calibration.main([str(plain)]) == 2
+    assert "have no calibration paths: make them with --calibration 0,5,10,20" in capsys.readouterr().err
+    one = calibration_run(tmp_path / "one", seed=0)
+    assert calibration.main(["--run-spread", str(one)]) == 2
+    assert "needs groups from at least two runs" in capsys.readouterr().err
+    assert calibration.main([str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
