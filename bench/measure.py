@@ -153,11 +153,12 @@ COLD_TIMED_FORM = "memory_format"
 TIMED_AFTER_COLD = {"upconv": "upconv_forms", "freezing": "freezing_forms"}
 FORM_VALUES = {"upconv": UPCONVS, "memory_format": MEMORY_FORMATS, "freezing": FREEZINGS}  # each with "auto"
 OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
-# Untimed interleaved blocks before each replicate's rounds. In an A/A pilot (results/calibration-pilot:
-# torch eager against an identical path) the first block after the group's fresh workers started ran
-# about 60% slower on every path, and the slowdown lasted into the next block: the machine settling
-# after several processes start, which the first timed places of every replicate then paid (the
-# identical path came out 0.89x, all five workers alike).
+# Untimed interleaved blocks before each replicate's rounds. In an A/A pilot of this session (torch
+# eager against an identical path, train 64 px; the run was made with the engine before this line and
+# not kept) the first block after the group's fresh workers started ran about 60% slower on every
+# path, and the slowdown lasted into the next block: the machine settling after several processes
+# start, which the first timed places of every replicate then paid (the identical path came out
+# 0.89x, all five workers alike). With this warm-up the next pilot's A/A came out 1.02x.
 WARM_UP_SECONDS = 3.0
 # Timed blocks per worker at least: a worker's median of three survives one stray round (the pilot's
 # rounds ran up to 70% slow now and then, on any path; with two a worker's median is their mean).
