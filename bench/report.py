@@ -324,6 +324,8 @@ def _case_row(bench: dict) -> dict:
         "memory_method": info.get("settings", {}).get("memory", "?"),
         "workers": info.get("sampling", {}).get("workers", len(set(rounds[2])) if rounds else math.nan),
         "seconds_per_worker": info.get("sampling", {}).get("seconds_per_worker", math.nan),
+        "sampling_s": info.get("sampling", {}).get("seconds", math.nan),
+        "group_budget_s": info.get("sampling", {}).get("group_budget", math.nan),
         "calibration_extra_ms": _extra_ms(info),
         "round_seconds": rounds,
     }
@@ -633,10 +635,13 @@ def group_verdicts(measured: pd.DataFrame) -> pd.DataFrame:
                 "reason": reason,
                 "workers": group.workers.max(),
                 "seconds_per_worker": group.seconds_per_worker.max(),
+                "sampling_s": group.sampling_s.max(),
+                "group_budget_s": group.group_budget_s.max(),
                 "schedule": "; ".join(sequential),
             }
         )
-    columns = ["task", *CASE, "judgement", "reason", "workers", "seconds_per_worker", "schedule"]
+    columns = ["task", *CASE, "judgement", "reason", "workers", "seconds_per_worker", "sampling_s"]
+    columns += ["group_budget_s", "schedule"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -687,6 +692,8 @@ def _group_line(row, break_even: pd.DataFrame, unit: str) -> str:
             text += f"; its compile pays back after {steps} {unit}"
     if np.isfinite(row.workers):
         text += f"; {int(row.workers)} worker{'s' if row.workers > 1 else ''} per path"
+    if np.isfinite(row.sampling_s):
+        text += f", {row.sampling_s:.0f} s of rounds and fresh workers (budget {row.group_budget_s:g} s)"
     return text + (f" (rounds not interleaved: {row.schedule})" if row.schedule else "")
 
 

@@ -293,14 +293,21 @@ def test_an_undecided_group_says_what_more_sampling_would_take(tmp_path: Path) -
     )
     records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     for record in records:
-        record["sampling"] = {"workers": 3, "seconds_per_worker": 30.0}
+        record["sampling"] = {
+            "workers": 3,
+            "seconds_per_worker": 30.0,
+            "seconds": 90.0,
+            "group_budget": 120.0,
+        }
     (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = report.verdicts(report.load(run)[0])
     line = next(line for line in lines if "64px b2" in line)
     assert line.startswith("  - 64px b2: inconclusive at 5%: torch-compile leads (torch-eager 0.9")
     assert re.search(
-        r"; about \d+\.\d more minutes of sampling should decide it; 3 workers per path$", line
-    ) or ("more sampling would not decide it at a 5% margin" in line)
+        r"; about \d+\.\d more minutes of sampling should decide it; 3 workers per path, 90 s of rounds "
+        r"and fresh workers \(budget 120 s\)$",
+        line,
+    ), line
 
 
 def test_skipped_cases_are_listed(tmp_path: Path) -> None:
