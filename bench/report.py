@@ -524,10 +524,26 @@ def _rate_and_speedup(rate: float, speedup: stats.Interval | None) -> str:
     return f"{rate:.3g} ({speedup.format()})"
 
 
+def _verdict_outcome(case: pd.Series) -> str:
+    """What the case's group verdict says of it: "fastest", or its comparison's outcome against the
+    fastest path; "" for a path in no verdict (or a group without one)."""
+    judgement = case.judgement
+    if judgement is None or not competes(case.path):
+        return ""
+    if case.path == judgement.best:
+        return "fastest"
+    return next((c.outcome for c in judgement.comparisons if c.path == case.path), "")
+
+
 def throughput_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Throughput and speed-up against torch-eager and its 95% interval: ``5.79 (1.11x [1.05, 1.16])``."""
+    """Throughput, speed-up against torch-eager and its 95% interval, and what the group's verdict
+    says of the path: ``5.79 (1.11x [1.05, 1.16]) fastest``."""
     column = THROUGHPUT[task][0]
     table = _combine(_rate_and_speedup, _pivot(measured, task, column), _intervals(measured, task, "speedup"))
+    outcomes = measured.assign(outcome=[_verdict_outcome(case) for _, case in measured.iterrows()])
+    table = _combine(
+        lambda text, outcome: f"{text} {outcome}".rstrip(), table, _pivot(outcomes, task, "outcome")
+    )
     return _mark(table, _pivot(measured, task, "tf32_backward"), "TF32-BACKWARD")
 
 
@@ -940,7 +956,11 @@ def _has_rounds(measured: pd.DataFrame) -> bool:
 
 
 def _against(measured: pd.DataFrame) -> str:
-    return f"speed-up against {BASELINE}" + (", 95% interval" if _has_rounds(measured) else "")
+    if not _has_rounds(measured):
+        return f"speed-up against {BASELINE}"
+    return (
+        f"speed-up against {BASELINE}, 95% interval; then the verdict's outcome against the group's fastest"
+    )
 
 
 def _task_sections(measured: pd.DataFrame, task: str) -> list[str]:

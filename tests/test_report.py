@@ -518,3 +518,24 @@ def test_what_a_path_cannot_run_is_listed_apart_from_failures(tmp_path: Path) ->
     assert "## Not applicable or not installed" in text
     assert text.count("| onnxruntime | train  | fp32        |") == 1  # one row for every size
     assert "none without a number, 2 not applicable or not installed" in report.readme_run(run, "run")
+
+
+def test_rates_order_speedups_and_verdicts_come_from_one_estimate(tmp_path: Path) -> None:
+    """Workers with luck of their own, paths close together: the pooled median of the rounds and the
+    paired speed-ups could point opposite ways; the report's images per second, the speed-ups, the
+    order and the verdict's fastest path must not."""
+    close = {"torch-eager": 1.0, "torch-compile": 1.01, "jax": 0.99}
+    run = fake_run(tmp_path / "run", dict.fromkeys(GROUPS, close), blocks=15, workers=5, luck=0.05)
+    measured = report.load(run)[0]
+    for _, group in measured.groupby(["task", "size", "batch"]):
+        judgement = group.judgement.iloc[0]
+        rates = group.set_index("path").img_per_s
+        assert rates.idxmax() == judgement.best  # the path named first has the highest rate
+        for c in judgement.comparisons:  # each speed-up is the ratio of the two rates
+            assert c.speedup.value == pytest.approx(rates[c.path] / rates[judgement.best], rel=1e-9)
+            assert c.speedup.value <= 1.0
+        eager = group[group.path == "torch-eager"].iloc[0]
+        for case in group.itertuples():
+            assert case.speedup == pytest.approx(case.img_per_s / eager.img_per_s, rel=1e-9)
+    table = report.throughput_table(measured, "train")
+    assert table.map(lambda cell: cell.endswith("fastest")).to_numpy().sum() == 2  # one per group
