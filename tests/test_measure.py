@@ -36,6 +36,7 @@ def sweep(tmp_path, monkeypatch) -> Sweep:
         min_rounds=4,
         max_time=0.05,
         replicates=1,  # each replicate restarts every worker: the test that needs more asks for them
+        max_replicates=1,  # likewise: no worker is added for an undecided comparison unless asked
         announce=lambda line: None,
     )
 
@@ -53,7 +54,8 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
         return time_round(self, worker)
 
     monkeypatch.setattr(Sweep, "time_round", logged)
-    sweep.replicates, sweep.min_rounds = 2, 6  # three blocks at least in each replicate
+    sweep.replicates = sweep.max_replicates = 2
+    sweep.min_rounds = 6  # three blocks at least in each replicate
     sweep.cases = _cases("torch-eager", "torch-plain", "jax")
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     a, b, c = (case.path for case in sweep.cases)
