@@ -62,7 +62,7 @@ DEFAULTS = {
         "case_timeout": 900,
         "max_time": 3.0,
         "replicates": 3,
-        "group_budget": 120.0,
+        "group_budget": 240.0,
     },
     # About 52 minutes from cold caches on one H200 (README: each phase measured there, then added
     # up): worker starts and compiles are most of it, so two sizes, one batch, and the default

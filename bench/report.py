@@ -343,8 +343,8 @@ def _group_keys(measured: pd.DataFrame) -> list[str]:
 
 
 def _speedup(case: pd.Series, baseline: pd.Series | None, run_spread: float) -> stats.Interval:
-    """The case against torch-eager of its group: paired blocks where both kept their rounds (floored
-    by the group's pooled spread, widened by the run-to-run spread, as its verdict's comparisons are),
+    """The case against torch-eager of its group: paired blocks where both kept their rounds (as its
+    verdict's comparisons are: stats.group_speedup),
     otherwise (older engines) the ratio of the medians alone."""
     if baseline is None:
         return NAN
@@ -353,9 +353,7 @@ def _speedup(case: pd.Series, baseline: pd.Series | None, run_spread: float) -> 
     if case.round_seconds is None or baseline.round_seconds is None:
         return stats.Interval(baseline.median_ms / case.median_ms, math.nan, math.nan)
     floor = case.judgement.floor if case.judgement is not None else None
-    return stats.speedup_interval(
-        baseline.round_seconds, case.round_seconds, floor=floor, run_spread=run_spread
-    )
+    return stats.group_speedup(baseline.round_seconds, case.round_seconds, floor, run_spread)
 
 
 def _median(case: pd.Series) -> stats.Interval:
@@ -819,8 +817,8 @@ def deployment(measured: pd.DataFrame, versions: dict[str, str]) -> list[str]:
             if case.path == best.path:
                 lines.append(f"  - {case.path}: 1x ({_cost(case, versions)})")
                 continue
-            interval = stats.speedup_interval(
-                best.round_seconds, case.round_seconds, floor=judgement.floor, run_spread=judgement.run_spread
+            interval = stats.group_speedup(
+                best.round_seconds, case.round_seconds, judgement.floor, judgement.run_spread
             )
             call = stats.outcome(interval, judgement.margin)
             lines.append(f"  - {case.path}: {interval.format()} {call} ({_cost(case, versions)})")

@@ -25,6 +25,11 @@ OUTCOMES = ("faster", "slower", "equivalent", "inconclusive")
 # --run-spread` from calibration groups made in separate pytest sessions, none of them cited as the
 # rule's evidence (README, "Calibration"); every run records the value it used.
 RUN_SPREAD = 0.0
+# Below this many workers a comparison's own spread is too unsure to stand alone (one case in ten of
+# three workers comes out below a third of the true spread): the group's pooled spread is its floor.
+# From this many on its own t interval stands: pooling would widen a quiet comparison by a noisy one
+# (an A/A pair's workers differ by about 5% here, the calibration paths' extra work by 10-14% more).
+FLOOR_WORKERS = 5
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,15 @@ def speedup_interval(
     return _paired_ratio(baseline[:2], other[:2], resamples)
 
 
+def group_speedup(
+    baseline: Sequence[Sequence], other: Sequence[Sequence], floor: Spread | None, run_spread: float
+) -> Interval:
+    """speedup_interval as a group's comparisons take it: the group's pooled ``floor`` only where the
+    two share fewer than FLOOR_WORKERS workers, and the run-to-run spread."""
+    few = len(worker_speedups(baseline, other)) < FLOOR_WORKERS
+    return speedup_interval(baseline, other, floor=floor if few else None, run_spread=run_spread)
+
+
 def _paired_blocks(baseline: Sequence[Sequence], other: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
     """The block medians of the blocks both ran, in pairs."""
     first, second = block_medians(*baseline), block_medians(*other)
@@ -302,7 +316,7 @@ class Judgement:
     calibration: tuple[Comparison, ...]
     margin: float
     run_spread: float
-    floor: Spread | None
+    floor: Spread | None  # for comparisons of fewer than FLOOR_WORKERS workers
 
     @property
     def decided(self) -> bool:
@@ -365,7 +379,8 @@ def judge(
 ) -> Judgement:
     """The group's Judgement from each path's rounds: (seconds, blocks, workers). ``competing``: the
     paths in the verdict; ``calibration``: {calibration path: the path it is measured against}.
-    Every interval's floor is the spread per worker pooled over all of the group's comparisons."""
+    A comparison of fewer than FLOOR_WORKERS workers has the spread per worker pooled over all of the
+    group's comparisons as its floor."""
     if not competing:
         raise ValueError("judge: no competing paths")
     best = min(competing, key=lambda path: estimate(rounds[path]))
@@ -375,9 +390,10 @@ def judge(
 
     def compared(path: str, against: str) -> Comparison:
         found = ratios[(path, against)]
-        interval = speedup_interval(rounds[against], rounds[path], floor=floor, run_spread=run_spread)
+        interval = group_speedup(rounds[against], rounds[path], floor, run_spread)
         own = float(np.std(np.log(found), ddof=1)) if len(found) > 1 else math.nan
-        sd = max(own, floor.sd) if floor is not None and np.isfinite(own) else own
+        floored = floor is not None and len(found) < FLOOR_WORKERS and np.isfinite(own)
+        sd = max(own, floor.sd) if floored else own
         return Comparison(path, against, interval, outcome(interval, margin), len(found), sd)
 
     made = [compared(path, against) for path, against in pairs]
