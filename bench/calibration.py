@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(found, args.run_dirs)
     print(text)
     if args.out:
-        write_text(args.out, text)
+        write_text(args.out, text + "\n")
     return 0
 
 

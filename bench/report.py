@@ -370,7 +370,7 @@ def _time_spreads(cases: list[pd.Series]) -> list:
     for case in cases:
         if case.round_seconds is not None:
             seconds, _, workers = case.round_seconds
-            times.setdefault(case.device_name, []).append(stats.worker_medians(seconds, workers))
+            times.setdefault(case.device_name, []).append(stats.worker_figures(seconds, workers))
     floor = {device: stats.pooled_spread(values) for device, values in times.items()}
     return [floor.get(c.device_name) for c in cases]
 
@@ -851,6 +851,12 @@ BY_DESIGN_NOTE = (
     "Cases a path cannot run by design (training on an inference runtime, a precision it lacks) or "
     "without a package it needs; no worker was started for them. One row for all sizes and batches."
 )
+TIME_NOTE = (
+    "Time per call: with several worker processes, the geometric mean of each worker's fastest round "
+    "(stray slow rounds, never fast ones, made most of a worker's spread: docs/verdicts.md), with a t "
+    "interval over the workers; with one worker, the median round and a bootstrap interval. Rates and "
+    "speed-ups come from the same figure."
+)
 CALIBRATION_NOTE = (
     "Calibration paths: torch eager's call plus N% more of the same real work (3x3 convolutions at "
     "the first level's width, in slices timed against the call by the path's first worker), each with "
@@ -963,15 +969,17 @@ def _against(measured: pd.DataFrame) -> str:
 
 def _task_sections(measured: pd.DataFrame, task: str) -> list[str]:
     label, unit = THROUGHPUT[task][1], UNITS[task]
-    median = "median [95% interval]" if _has_rounds(measured) else "median"
+    median = "time [95% interval]" if _has_rounds(measured) else "median"
     return [
         f"## {task}: {label} ({_against(measured)})",
         "",
         _md(throughput_table(measured, task)),
         "",
-        f"## {task}: milliseconds per call, {median} (IQR)",
+        f"## {task}: milliseconds per call, {median} (IQR of the rounds)",
         "",
         _md(time_table(measured, task)),
+        "",
+        TIME_NOTE,
         "",
         f"## {task}: peak memory, MiB",
         "",

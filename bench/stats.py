@@ -143,10 +143,19 @@ def _by_worker(rounds: Sequence[Sequence]) -> dict[int, tuple[list[float], list[
     return split
 
 
-def worker_medians(seconds: Sequence[float], workers: Sequence[int]) -> list[float]:
-    """Each worker process's median round."""
+def worker_figures(seconds: Sequence[float], workers: Sequence[int]) -> list[float]:
+    """Each worker process's figure: its fastest round.
+
+    Why the fastest, not the median: on these shared 2-core machines rounds run 20-50% slow now and
+    then, in runs of several (the first blocks after fresh workers start, a worker's slow stretch),
+    on any path, never faster. In a calibration group (train 128 px, six workers of five blocks per
+    path, results/calibration-spread) an A/A pair's workers' log ratios had an sd of 0.074 by their
+    medians and 0.036 by their fastest rounds; 5%, 10% and 20% more work came out 0.916x, 0.878x and
+    0.817x by medians, 0.952x, 0.897x and 0.815x by fastest rounds. A path whose own cost comes now
+    and then (a collector, a cache flush) would hide it here: the time table keeps every round's
+    IQR beside it."""
     split = _by_worker((seconds, [0] * len(seconds), workers))
-    return [float(np.median(values)) for values, _ in split.values()]
+    return [float(np.min(values)) for values, _ in split.values()]
 
 
 def median_interval(
@@ -156,10 +165,11 @@ def median_interval(
     floor: Spread | None = None,
 ) -> Interval:
     """The median of the rounds with a bootstrap 95% interval over the rounds; where the rounds
-    came from several worker processes (``workers``), over the processes' medians instead, no
-    narrower than the run's spread ``floor`` allows."""
+    came from several worker processes (``workers``), the geometric mean of the processes' figures
+    (worker_figures) with a t interval over them instead, no narrower than the run's spread ``floor``
+    allows: the time of ``estimate``."""
     if workers is not None and len(set(workers)) > 1:
-        return replicate_interval(worker_medians(seconds, workers), floor)
+        return replicate_interval(worker_figures(seconds, workers), floor)
     samples = np.asarray(seconds, dtype=float)
     median = float(np.median(samples))
     if samples.size < 2 or np.ptp(samples) == 0:
@@ -185,8 +195,8 @@ def worker_speedups(baseline: Sequence[Sequence], other: Sequence[Sequence]) -> 
     shared = sorted(set(first_split) & set(second_split))
     if len(shared) < 2:
         return []
-    # the point estimate alone: a bootstrap per worker would be thrown away
-    ratios = [_median_ratio(*_paired_blocks(first_split[w], second_split[w])) for w in shared]
+    # the point estimate alone (a bootstrap per worker would be thrown away), from the blocks both ran
+    ratios = [_best_ratio(*_paired_blocks(first_split[w], second_split[w])) for w in shared]
     return [r for r in ratios if np.isfinite(r)]
 
 
@@ -229,6 +239,11 @@ def _median_ratio(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.median(a) / np.median(b)) if a.size else float("nan")
 
 
+def _best_ratio(a: np.ndarray, b: np.ndarray) -> float:
+    """One worker's speed-up: the ratio of the two paths' fastest rounds (worker_figures)."""
+    return float(np.min(a) / np.min(b)) if a.size else float("nan")
+
+
 def _paired_ratio(
     baseline: Sequence[Sequence], other: Sequence[Sequence], resamples: int = RESAMPLES
 ) -> Interval:
@@ -250,12 +265,15 @@ def _paired_ratio(
 
 
 def estimate(rounds: Sequence[Sequence]) -> float:
-    """A path's time per call: the geometric mean of its worker processes' median rounds (with one
-    worker, the median round). The one estimate that rates, orders and speed-ups all come from:
-    where two paths ran the same blocks, the speed-up's point (the mean of the workers' paired log
-    ratios) is exactly the ratio of their estimates."""
-    medians = [np.median(values) for values, _ in _by_worker(rounds).values()]
-    return float(np.exp(np.mean(np.log(medians))))
+    """A path's time per call: the geometric mean of its worker processes' figures (worker_figures:
+    each one's fastest round); with one worker, its median round. The one estimate that rates,
+    orders and speed-ups all come from: where two paths ran the same blocks, the speed-up's point
+    (the mean of the workers' log ratios, or with one worker the ratio of the medians) is exactly
+    the ratio of their estimates."""
+    split = _by_worker(rounds)
+    if len(split) == 1:
+        return float(np.median(next(iter(split.values()))[0]))
+    return float(np.exp(np.mean(np.log([np.min(values) for values, _ in split.values()]))))
 
 
 def outcome(speedup: Interval, margin: float = MARGIN) -> str:
