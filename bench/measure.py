@@ -160,10 +160,8 @@ OWN_FORM_ROUNDS = 5  # rounds of each form, in turn, after the cold calls
 # start, which the first timed places of every replicate then paid (the identical path came out
 # 0.89x, all five workers alike). With this warm-up the next pilot's A/A came out 1.02x.
 WARM_UP_SECONDS = 3.0
-# Timed blocks per worker at least: a worker's median of five survives two stray rounds. Rounds here
-# run 20-50% slow now and then, on any path: in a calibration group of eight workers per path at three
-# blocks each (train 128 px, not kept), the A/A pair's workers' log ratios had an sd of 0.078 by their
-# medians and 0.034 by their fastest rounds, the stray rounds making most of the spread.
+# Timed blocks per worker at least, for its fastest round to be a clean one (stats.worker_figures):
+# rounds here run 20-50% slow now and then, in stretches, on any path.
 BLOCKS_PER_WORKER = 5
 MEMORY_HEADROOM = 0.8  # of a device's memory, what the live workers of a group may hold together
 MAX_ROUNDS = 1000  # per case, whatever the interval
