@@ -22,8 +22,10 @@ MARGIN = 0.05
 OUTCOMES = ("faster", "slower", "equivalent", "inconclusive")
 # The run-to-run spread of a log speed-up beyond what a run's own workers show (sd, on logs): added to
 # every speed-up's variance, since one run cannot see it. Estimated by `python -m bench.calibration
-# --run-spread` from calibration groups made in separate pytest sessions, none of them cited as the
-# rule's evidence (README, "Calibration"); every run records the value it used.
+# --run-spread results/calibration-spread/*/` from calibration groups made in two separate pytest
+# sessions (train and infer at 128 px, six workers per path each), none of them cited as the rule's
+# evidence (docs/verdicts.md): in all 8 pairs of groups the variance between the sessions was within
+# what the groups' own workers gave (pooled excess below 0), so 0. Every run records the value it used.
 RUN_SPREAD = 0.0
 # Below this many workers a comparison's own spread is too unsure to stand alone (one case in ten of
 # three workers comes out below a third of the true spread): the group's pooled spread is its floor.
