@@ -56,7 +56,6 @@ import numpy as np
 from bench import environment, flops, gate, stats
 from bench.runners import forms
 from bench.runners.config import (
-    CALIBRATION_REFERENCE,
     COMPILED_TORCH_PATHS,
     FREEZINGS,
     MEMORY_FORMATS,
@@ -64,9 +63,9 @@ from bench.runners.config import (
     UPCONVS,
     RunConfig,
     calibration_effect,
-    competes,
     compiles_nothing,
     unavailable,
+    verdict_roles,
 )
 from bench.workers import Worker, WorkerError
 from impls.files import atomic_output, write_text
@@ -257,7 +256,7 @@ class Sweep:
     target_ci: float = 0.02
     replicates: int = 3  # fresh worker processes per case, one after another, for the process's luck
     max_replicates: int = 12  # the most, while a comparison is undecided and the budget allows
-    group_budget: float = 90.0  # seconds of sampling per group (rounds and fresh workers), after set-up
+    group_budget: float = 240.0  # seconds of sampling per group (rounds and fresh workers), after set-up
     margin: float = stats.MARGIN
     run_spread: float = stats.RUN_SPREAD
     max_minutes: float | None = None
@@ -757,12 +756,7 @@ class Sweep:
     def _judgement(self, live: list[Prepared]) -> stats.Judgement | None:
         """The group's comparisons as the report will judge them; None with fewer than two paths."""
         rounds = {p.config.path: (p.rounds, p.blocks, p.workers) for p in live}
-        competing = [path for path in rounds if competes(path)]
-        calibration = {
-            path: CALIBRATION_REFERENCE
-            for path in rounds
-            if calibration_effect(path) is not None and CALIBRATION_REFERENCE in rounds
-        }
+        competing, calibration = verdict_roles(rounds)
         if not competing or len(competing) + len(calibration) < 2:
             return None
         return stats.judge(rounds, competing, calibration, self.margin, self.run_spread)

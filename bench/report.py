@@ -57,6 +57,7 @@ from bench.runners.config import (
     calibration_effect,
     competes,
     compiles_nothing,
+    verdict_roles,
 )
 from impls.files import atomic_output, write_text
 
@@ -381,12 +382,7 @@ def judge_group(group: pd.DataFrame, margin: float, run_spread: float) -> stats.
     None without rounds or with nothing to compare."""
     usable = group[group.round_seconds.notna() & ~group.tf32_backward]
     rounds = dict(zip(usable.path, usable.round_seconds, strict=True))
-    competing = _path_order(path for path in rounds if competes(path))
-    calibration = {
-        path: CALIBRATION_REFERENCE
-        for path in _path_order(rounds)
-        if calibration_effect(path) is not None and CALIBRATION_REFERENCE in rounds
-    }
+    competing, calibration = verdict_roles(_path_order(rounds))
     if not competing or len(competing) + len(calibration) < 2:
         return None
     return stats.judge(rounds, competing, calibration, margin, run_spread)

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,19 @@ def compiles_nothing(path: str) -> bool:
 def competes(path: str) -> bool:
     """Whether a path is in the verdicts: the plain references and the calibration paths are not."""
     return path not in PLAIN_PATHS and calibration_effect(path) is None
+
+
+def verdict_roles(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """A group's paths as its verdict takes them: those that compete, and each calibration path with
+    the path it is measured against (where that one ran); the plain references take no part."""
+    paths = list(paths)
+    competing = [path for path in paths if competes(path)]
+    calibration = {
+        path: CALIBRATION_REFERENCE
+        for path in paths
+        if calibration_effect(path) is not None and CALIBRATION_REFERENCE in paths
+    }
+    return competing, calibration
 
 
 def known_path(path: str) -> bool:
