@@ -9,6 +9,7 @@ of the runs it is given:
 
     python -m bench.calibration RUN_DIR...               # the table: outcomes per effect, the bars
     python -m bench.calibration --run-spread RUN_DIR...  # the run-to-run spread those runs show
+    python -m bench.calibration --worker-figures RUN_DIR...  # workers' spread by median, by fastest
 
 ``--run-spread`` estimates what a run's workers cannot show: the variance of a
 group's log speed-up across groups and sessions beyond its own workers' share
@@ -134,6 +135,35 @@ def run_spread(found: pd.DataFrame) -> tuple[float, str]:
     return float(np.sqrt(pooled)), "\n".join(lines)
 
 
+FIGURES = {"median": np.median, "fastest": np.min}  # a worker's figure, as the report had it and has it
+
+
+def worker_figure_spreads(run_dirs: list[Path]) -> pd.DataFrame:
+    """Per group kind and calibration path: the speed-up over torch-eager and the sd of the workers'
+    log ratios, with each worker's figure its median round or its fastest one (the choice behind
+    stats.worker_figures)."""
+    rows = []
+    for run_dir in run_dirs:
+        measured = report.load(run_dir)[0]
+        for key, group in measured[measured.devices.isna()].groupby(["task", "size", "batch", "precision"]):
+            rounds = dict(zip(group.path, group.round_seconds, strict=True))
+            reference = rounds.get(CALIBRATION_REFERENCE)
+            for path in (p for p in rounds if report.calibration_effect(p) is not None and reference):
+                row = {"run": Path(run_dir).name, "group": " ".join(map(str, key)), "path": path}
+                for name, figure in FIGURES.items():
+                    logs = []
+                    for worker in sorted(set(reference[2])):
+                        mine = [
+                            s for s, w in zip(rounds[path][0], rounds[path][2], strict=True) if w == worker
+                        ]
+                        theirs = [s for s, w in zip(reference[0], reference[2], strict=True) if w == worker]
+                        logs.append(np.log(figure(theirs) / figure(mine)))
+                    row[f"{name}: speed-up"] = float(np.exp(np.mean(logs)))
+                    row[f"{name}: sd"] = float(np.std(logs, ddof=1))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def markdown(found: pd.DataFrame, run_dirs: list[Path]) -> str:
     return "\n".join(
         [
@@ -156,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="runs made with --calibration")
     parser.add_argument("--run-spread", action="store_true", help="estimate the run-to-run spread instead")
+    parser.add_argument(
+        "--worker-figures",
+        action="store_true",
+        help="instead: each calibration comparison's workers' spread, by median and by fastest round",
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.run_dirs if not report.is_run(d)]
@@ -166,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        if args.worker_figures:
+            print(worker_figure_spreads(args.run_dirs).round(3).to_markdown(index=False))
+            return 0
         found = trials(args.run_dirs)
         if found.empty:
             raise ValueError("these runs have no calibration paths: make them with --calibration 0,5,10,20")

@@ -151,9 +151,10 @@ def worker_figures(seconds: Sequence[float], workers: Sequence[int]) -> list[flo
     Why the fastest, not the median: on these shared 2-core machines rounds run 20-50% slow now and
     then, in runs of several (the first blocks after fresh workers start, a worker's slow stretch),
     on any path, never faster. In a calibration group (train 128 px, six workers of five blocks per
-    path, results/calibration-spread) an A/A pair's workers' log ratios had an sd of 0.074 by their
-    medians and 0.036 by their fastest rounds; 5%, 10% and 20% more work came out 0.916x, 0.878x and
-    0.817x by medians, 0.952x, 0.897x and 0.815x by fastest rounds. A path whose own cost comes now
+    path: `python -m bench.calibration --worker-figures results/calibration-spread/*/`) an A/A pair's
+    workers' log ratios had an sd of 0.074 by their medians and 0.036 by their fastest rounds; 5%, 10%
+    and 20% more work came out 0.916x, 0.878x and 0.817x by medians, 0.952x, 0.897x and 0.815x by
+    fastest rounds. A path whose own cost comes now
     and then (a collector, a cache flush) would hide it here: the time table keeps every round's
     IQR beside it."""
     split = _by_worker((seconds, [0] * len(seconds), workers))
