@@ -16,7 +16,7 @@ from tests.test_report import GROUPS, fake_run
 EFFECTS = {"torch-eager": 1.0, "torch-eager+0%": 1.0, "torch-eager+10%": 1 / 1.1, "torch-eager+20%": 1 / 1.2}
 
 
-def calibration_run(folder: Path, seed: int, run_shift: float = 0.0) -> Path:
+def calibration_run(folder: Path, seed: int, run_shift: float = 0.0, blocks: int = 15) -> Path:
     """A run of GROUPS, each with torch-eager and three calibration paths over five workers 1% apart; each
     calibration path's extra seconds per call as nominal, and its speed-ups moved by a lognormal
     ``run_shift`` drawn per group (the run-to-run spread it should find)."""
@@ -25,7 +25,7 @@ def calibration_run(folder: Path, seed: int, run_shift: float = 0.0) -> Path:
     for group in GROUPS:
         shift = float(np.exp(run_shift * rng.standard_normal()))
         speedups[group] = {p: s * (shift if p != "torch-eager" else 1.0) for p, s in EFFECTS.items()}
-    run = fake_run(folder, speedups, blocks=15, workers=5, luck=0.01)
+    run = fake_run(folder, speedups, blocks=blocks, workers=5, luck=0.01)
     records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     eager = {r["group"]: r["stats"]["median"] for r in records if r["case"]["path"] == "torch-eager"}
     for record in records:
@@ -102,3 +102,26 @@ def test_the_committed_calibration_table_is_what_its_command_makes() -> None:
     assert runs and all(report.is_run(root / run) for run in runs)
     found = calibration.trials([root / run for run in runs])
     assert text == calibration.markdown(found, runs) + "\n"
+
+
+def test_worker_figures_compare_medians_and_fastest_rounds(tmp_path: Path, capsys) -> None:
+    """Stray slow rounds (a third of them, on one path) move a worker's median but
+    not its fastest round: the spread by fastest rounds stays small."""
+    run = calibration_run(tmp_path / "run", seed=0, blocks=25)  # five rounds per worker
+    records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    rng = np.random.default_rng(5)
+    for record in records:
+        if record["case"]["path"] == "torch-eager+0%":
+            seconds = np.asarray(record["rounds_seconds"])
+            slow = rng.random(seconds.size) < 0.3
+            record["rounds_seconds"] = list(
+                seconds * np.where(slow, rng.uniform(1.2, 1.5, seconds.size), 1.0)
+            )
+    (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = calibration.worker_figure_spreads([run])
+    assert len(table) == 3 * len(GROUPS)
+    aa = table[table.path == "torch-eager+0%"]
+    assert aa["fastest: sd"].mean() < aa["median: sd"].mean() / 2
+    assert ((aa["fastest: speed-up"] - 1).abs() < 0.03).all()
+    assert calibration.main(["--worker-figures", str(run)]) == 0
+    assert "fastest: sd |" in capsys.readouterr().out.splitlines()[0]
