@@ -666,7 +666,8 @@ def _summary(verdicts: pd.DataFrame) -> str:
     parts = [
         f"{label} in {counts[label]}" for label in ("winner", "equivalent", "inconclusive") if counts[label]
     ]
-    text = f"{len(verdicts)} groups: " + ", ".join(parts) if parts else f"{len(verdicts)} groups"
+    groups = f"{len(verdicts)} group{'s' if len(verdicts) != 1 else ''}"
+    text = f"{groups}: " + ", ".join(parts) if parts else groups
     comparisons = _comparisons(verdicts)
     decided = sum(c.decided for c in comparisons)
     text += f"; {decided} of {len(comparisons)} comparisons decided"
