@@ -52,12 +52,6 @@ class Interval:
             return float("inf")
         return max(self.high - self.value, self.value - self.low) / self.value
 
-    def above(self, threshold: float) -> bool:
-        return self.known and self.low > threshold
-
-    def below(self, threshold: float) -> bool:
-        return self.known and self.high < threshold
-
     def contains(self, value: float) -> bool:
         return self.known and self.low <= value <= self.high
 
