@@ -47,8 +47,9 @@ def trials(run_dirs: list[Path]) -> pd.DataFrame:
     frames = []
     for run_dir in run_dirs:
         measured = report.load(run_dir)[0]
-        measured = measured[measured.devices.isna()]
-        rows = report.calibration_rows(measured)
+        if measured.empty:  # a session stopped before its first group ended
+            continue
+        rows = report.calibration_rows(measured[measured.devices.isna()])
         if rows.empty:
             continue
         rounds = {
@@ -107,7 +108,7 @@ def bars(found: pd.DataFrame) -> list[str]:
             need = 0.8 if percent == 10 else 0.95
             met = shares["slower"] >= need
             figures = f"{shares['slower']:.0%} slower"
-        status = "met" if met and n >= 30 else ("not met" if not met else f"met so far, {n} of 30 groups")
+        status = ("met" if met else "not met") + ("" if n >= 30 else f" so far, {n} of 30 groups")
         lines.append(f"- {percent}% ({text}): {status}: {figures} in {n} groups")
     return lines
 
@@ -145,6 +146,8 @@ def worker_figure_spreads(run_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for run_dir in run_dirs:
         measured = report.load(run_dir)[0]
+        if measured.empty:
+            continue
         for key, group in measured[measured.devices.isna()].groupby(["task", "size", "batch", "precision"]):
             rounds = dict(zip(group.path, group.round_seconds, strict=True))
             reference = rounds.get(CALIBRATION_REFERENCE)
