@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import environment, measure
+from bench import environment, measure, stats
 from bench.measure import CaseSkipped, Sweep, rotation
 from bench.runners import RunConfig
 from bench.workers import Worker, leftover_processes
@@ -66,8 +66,10 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkey
         assert record["status"] == "ok" and record["schedule"] == "interleaved"
         assert len(record["rounds_seconds"]) == len(blocks) == record["stats"]["rounds"]
         assert sorted(set(record["round_workers"])) == list(range(sweep.replicates))
-        low, high = record["stats"]["median_interval"]
-        assert low <= record["stats"]["median"] <= high
+        low, high = record["stats"]["estimate_interval"]
+        assert low <= record["stats"]["estimate"] <= high
+        rounds = (record["rounds_seconds"], record["round_blocks"], record["round_workers"])
+        assert record["stats"]["estimate"] == pytest.approx(stats.estimate(rounds))
     assert leftover_processes() == []
 
 
