@@ -370,18 +370,11 @@ class Judgement:
     def minutes_to_decide(self, seconds_per_worker: float) -> float | None:
         """Extra minutes of sampling that would decide every open comparison, at the group's measured
         cost per worker (a fresh worker per path and its rounds); None where more sampling would not."""
-        needed = [
-            c.workers_to_decide(self.margin, self.run_spread) for c in self.comparisons if not c.decided
-        ]
-        if any(n is None for n in needed):
+        needed = [c.workers_to_decide(self.margin, self.run_spread) for c in self.comparisons]
+        if None in needed:
             return None
-        extra = max(
-            (
-                n - c.workers
-                for n, c in zip(needed, (c for c in self.comparisons if not c.decided), strict=True)
-            ),
-            default=0,
-        )
+        # a decided comparison needs the workers it has: no more
+        extra = max((n - c.workers for n, c in zip(needed, self.comparisons, strict=True)), default=0)
         return extra * seconds_per_worker / 60
 
 
