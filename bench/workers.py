@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.environment import allocator
 from bench.runners.config import NotApplicable, RunConfig
 
 START_TIMEOUT = 900.0  # seconds for a worker to start, build and connect
@@ -136,7 +137,7 @@ class Worker:
             "compile_cache": str(self.compile_cache),
             "log_dir": str(self.log_dir),
         }
-        env = {**os.environ, WORKER_MARKER: self._token, OWNER_MARKER: str(os.getpid())}
+        env = {**os.environ, **allocator(), WORKER_MARKER: self._token, OWNER_MARKER: str(os.getpid())}
         command = [sys.executable, "-m", "bench.runners.worker", json.dumps(arguments)]
         # A torch data-parallel case: one process per device under torchrun; jax drives its devices from one.
         self._torchrun = config.devices is not None and config.framework == "torch"

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import report, workers
+from bench import environment, report, workers
 from bench.measure import CaseFailure, Sweep, cache_key
 from bench.runners import RunConfig
 from bench.workers import OWNER_MARKER, Worker, WorkerError, leftover_processes
@@ -106,6 +106,17 @@ def test_a_worker_imports_only_its_own_framework(tmp_path) -> None:
         assert worker.call("modules") == ["torch"]
     with Worker(_case("jax").replace(weights_file=str(weights)), compile_cache=tmp_path) as worker:
         assert worker.call("modules") == ["jax"]
+
+
+def test_every_worker_runs_with_the_allocator_settings_the_run_records(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "268435456")  # a user's own value is kept
+    recorded = environment.describe("cpu")["allocator"]
+    assert recorded == {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": "268435456"}
+    with Worker(_case("torch-eager"), compile_cache=tmp_path):
+        (process,) = leftover_processes()  # the live worker, started by this process
+        seen = process.environ()
+    assert {name: seen.get(name) for name in recorded} == recorded
 
 
 # -- a whole sweep stopped from outside --------------------------------------------------
