@@ -45,9 +45,9 @@ ENV_FLAGS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DE
 # glibc's malloc with fixed thresholds, in every worker of every framework (bench/workers.py). By
 # default glibc maps each allocation above a threshold that it raises as the process frees memory, and
 # hands the heap's top back to the system, so a large activation is faulted in afresh at each step, by
-# a history that differs from process to process. Measured here (docs/verdicts.md, "The allocator"):
-# with these the workers' A/A spread fell by half or more and every path ran faster. A value the
-# user's environment already sets is kept.
+# a history that differs from process to process. Measured here (docs/verdicts.md, "Intervals over
+# the levels that vary"): with these the workers' A/A spread fell by half or more and every path ran
+# faster. A value the user's environment already sets is kept.
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 PROBE_TIMEOUT = 600.0
 ROOT = Path(__file__).resolve().parent.parent
