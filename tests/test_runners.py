@@ -3,6 +3,7 @@ the memory format, the run configuration."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, tor
 from bench.runners.config import calibration_effect, calibration_path, competes, framework
 from bench.runners.torch_runner import conv_fp32_precision
 from bench.runners.worker import Service
-from bench.runners.workload import workload
-from impls import convert
+from bench.runners.workload import BATCHNORM_RANGES, SEED, initial_weights, workload
+from impls import convert, torch_unet
 from impls.spec import UNetSpec
 
 SPEC = UNetSpec(width=4, depth=2)
@@ -94,6 +95,35 @@ def test_a_wrong_path_fails_the_gate(references, monkeypatch) -> None:
     result = _check(_outputs("jax", "infer", upconv="native"), references, "infer")
     assert not result.passed
     assert result.errors["logits"] > 10 * gate.FP32_TOLERANCE
+
+
+def test_the_gate_weights_batchnorm_as_a_trained_network_would() -> None:
+    """Every BatchNorm leaf drawn from its range, none at PyTorch's 1, 0, 0, 1; the convolutions
+    PyTorch's own initialisation."""
+    weights = initial_weights(SPEC)
+    norms = [n for n in weights if ".norm" in n]
+    assert len(norms) == 4 * 2 * (2 * SPEC.depth + 1)
+    for name in norms:
+        low, high = BATCHNORM_RANGES[name.rsplit(".", 1)[1]]
+        assert low <= weights[name].min() and weights[name].max() <= high, name
+        assert np.unique(weights[name]).size == weights[name].size, name
+    torch.manual_seed(SEED)
+    default = convert.from_torch(torch_unet.build(SPEC))
+    assert all(np.array_equal(weights[n], default[n]) for n in weights if ".norm" not in n)
+
+
+def test_a_network_without_its_batchnorms_fails_the_gate(references) -> None:
+    """The same convolutions with every BatchNorm removed: the forward that inference-mode
+    BatchNorm at PyTorch's default statistics (the identity) would have let through."""
+    without = dataclasses.replace(SPEC, norm="none")
+    weights = {n: v for n, v in initial_weights(SPEC).items() if ".norm" not in n}
+    model = convert.to_torch(weights, torch_unet.build(without)).eval()
+    images = workload(RunConfig("torch-eager", SPEC, SIZE, BATCH)).images
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    result = _check({"logits": logits}, references, "infer")
+    assert not result.passed
+    assert result.errors["logits"] > 100 * gate.FP32_TOLERANCE
 
 
 def test_a_wrong_backward_fails_the_gate(references) -> None:

@@ -1,6 +1,7 @@
 """What every runner loads: the same canonical weights, batch, labels and pixel weights.
 
 Weights are PyTorch's default initialisation of the spec under a fixed seed,
+with BatchNorm's parameters and statistics drawn as a trained network's might be,
 as a canonical dict; the sweep has a torch worker write them to a safetensors
 file once (``RunConfig.weights_file``), which every other worker reads, so a
 jax worker never imports torch. The batch is synthetic microscopy
@@ -32,16 +33,35 @@ class Workload:
     pixel_weights: np.ndarray  # (batch, out_h, out_w) float32: the paper's weight map
 
 
+# BatchNorm's leaves as in a trained network, not PyTorch's 1, 0, 0, 1: at those, inference-mode
+# BatchNorm is the identity, and a network without it, or one that folds it wrongly (a runtime,
+# freezing), would compute the same logits. Drawn as a numpy Generator's (low, high) uniform.
+BATCHNORM_RANGES = {
+    "weight": (0.5, 1.5),
+    "bias": (-0.2, 0.2),
+    "running_mean": (-0.2, 0.2),
+    "running_var": (0.5, 1.5),
+}
+
+
 @functools.cache
 def initial_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
-    """PyTorch's default initialisation under SEED (imports torch: made once per sweep, by a torch worker)."""
+    """PyTorch's default initialisation of the convolutions under SEED, BatchNorm's affine
+    parameters and running statistics drawn from BATCHNORM_RANGES (imports torch: made once per
+    sweep, by a torch worker)."""
     import torch
 
     from impls import torch_unet
 
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
-        return convert.from_torch(torch_unet.build(spec))
+        weights = convert.from_torch(torch_unet.build(spec))
+    rng = np.random.default_rng(SEED)
+    for name, value in weights.items():
+        module, leaf = name.rsplit(".", 1)
+        if module.rsplit(".", 1)[-1].startswith("norm"):
+            weights[name] = rng.uniform(*BATCHNORM_RANGES[leaf], size=value.shape).astype(value.dtype)
+    return weights
 
 
 def weights(config: RunConfig) -> dict[str, np.ndarray]:
