@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ import numpy as np
 
 from bench import cells, environment
 from bench.runners import make_runner
+from bench.runners.workload import from_scratch_weights
+from impls import convert
 from impls.losses import weight_map
 from impls.spec import UNetSpec
 
@@ -79,18 +82,23 @@ def _data(config: Config):
 
 
 def train(config: Config, path: str, weighting: str, data) -> Outcome:
-    """Train one path from the canonical initial weights; evaluate on the held-out images."""
+    """Train one path from PyTorch's initialisation; evaluate on the held-out images."""
     train_set, test_set, weights, order = data
     spec = UNetSpec(width=config.width, depth=config.depth)
-    runner = make_runner(
-        path,
-        spec,
-        batch=config.batch,
-        size=config.size,
-        precision="fp32",
-        device=config.device,
-        learning_rate=config.learning_rate,
-    )
+    # From scratch: PyTorch's initialisation, not the gate's drawn BatchNorm (bench/runners/workload.py).
+    with tempfile.TemporaryDirectory() as folder:
+        start_weights = Path(folder) / "weights.safetensors"
+        convert.save(start_weights, from_scratch_weights(spec), spec)
+        runner = make_runner(
+            path,
+            spec,
+            batch=config.batch,
+            size=config.size,
+            precision="fp32",
+            device=config.device,
+            learning_rate=config.learning_rate,
+            weights_file=str(start_weights),
+        )
     start = time.perf_counter()
     losses = [
         runner.fit(train_set.images[idx], train_set.foreground[idx], weights[weighting][idx]) for idx in order

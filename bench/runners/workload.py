@@ -45,17 +45,24 @@ BATCHNORM_RANGES = {
 
 
 @functools.cache
-def initial_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
-    """PyTorch's default initialisation of the convolutions under SEED, BatchNorm's affine
-    parameters and running statistics drawn from BATCHNORM_RANGES (imports torch: made once per
-    sweep, by a torch worker)."""
+def from_scratch_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
+    """PyTorch's default initialisation under SEED: where training from scratch starts
+    (bench/train_cells.py). Imports torch."""
     import torch
 
     from impls import torch_unet
 
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
-        weights = convert.from_torch(torch_unet.build(spec))
+        return convert.from_torch(torch_unet.build(spec))
+
+
+@functools.cache
+def initial_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
+    """The benchmarks' and the gate's weights: ``from_scratch_weights`` with BatchNorm's affine
+    parameters and running statistics drawn from BATCHNORM_RANGES (imports torch: made once per
+    sweep, by a torch worker)."""
+    weights = dict(from_scratch_weights(spec))
     rng = np.random.default_rng(SEED)
     for name, value in weights.items():
         module, leaf = name.rsplit(".", 1)
