@@ -19,7 +19,7 @@ from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, tor
 from bench.runners.config import calibration_effect, calibration_path, competes, framework
 from bench.runners.torch_runner import conv_fp32_precision
 from bench.runners.worker import Service
-from bench.runners.workload import BATCHNORM_RANGES, SEED, initial_weights, workload
+from bench.runners.workload import BATCHNORM_RANGES, from_scratch_weights, initial_weights, workload
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
 
@@ -107,8 +107,7 @@ def test_the_gate_weights_batchnorm_as_a_trained_network_would() -> None:
         low, high = BATCHNORM_RANGES[name.rsplit(".", 1)[1]]
         assert low <= weights[name].min() and weights[name].max() <= high, name
         assert np.unique(weights[name]).size == weights[name].size, name
-    torch.manual_seed(SEED)
-    default = convert.from_torch(torch_unet.build(SPEC))
+    default = from_scratch_weights(SPEC)
     assert all(np.array_equal(weights[n], default[n]) for n in weights if ".norm" not in n)
 
 
