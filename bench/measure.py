@@ -68,6 +68,7 @@ from bench.runners.config import (
     verdict_roles,
 )
 from bench.workers import Worker, WorkerError
+from impls import convert
 from impls.files import atomic_output, write_text
 from impls.tiling import tile_positions
 
@@ -81,9 +82,9 @@ class CaseFailure(Exception):
 
 
 def gate_task(config: RunConfig) -> str:
-    """What the parity gate compares: tiles go through the forward, and a data-parallel
-    run's training is checked by the equivalence tests, its forward here."""
-    return "infer" if config.task == "tiled" or config.devices else config.task
+    """What the parity gate compares: the task (for "tiled", the stitched image), but for a
+    data-parallel run's training, checked by the equivalence tests, the forward."""
+    return "infer" if config.devices else config.task
 
 
 def default_compile_cache() -> Path:
@@ -114,20 +115,24 @@ def _digest(text: str) -> str:
 
 def _save_reference(file: Path, reference: dict[str, Any], own_noise: dict[str, float]) -> None:
     """torch eager's reference outputs (and its own error) for a later run on the same key."""
-    arrays = {name: value for name, value in reference.items() if name != "gradients"}
-    arrays |= {f"gradients/{name}": value for name, value in reference.get("gradients", {}).items()}
+    arrays = {}
+    for kind, value in reference.items():  # "gradients" and "weights" hold a tensor per name
+        arrays |= {f"{kind}/{n}": v for n, v in value.items()} if isinstance(value, dict) else {kind: value}
     # A file object: given a path, np.savez would add ".npz" to the temporary file's name.
     with atomic_output(file, what="reference") as temporary, temporary.open("wb") as handle:
         np.savez(handle, own_noise=json.dumps(own_noise), **arrays)
 
 
 def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    reference: dict[str, Any] = {}
     with np.load(file) as saved:
-        reference: dict[str, Any] = {n: saved[n] for n in saved.files if "/" not in n and n != "own_noise"}
-        gradients = {n.split("/", 1)[1]: saved[n] for n in saved.files if n.startswith("gradients/")}
+        for name in saved.files:
+            kind, _, tensor = name.partition("/")
+            if tensor:
+                reference.setdefault(kind, {})[tensor] = saved[name]
+            elif name != "own_noise":
+                reference[name] = saved[name]
         own_noise = json.loads(str(saved["own_noise"]))
-    if gradients:
-        reference["gradients"] = gradients
     return reference, own_noise
 
 
@@ -238,7 +243,11 @@ class Prepared:
     setup_seconds: float  # references, workers, compiles and the gate: its own, not its group's
     cold: dict[str, Any] | None
     first_cached: float
-    peak_memory_bytes: int | None
+    peak_memory_bytes: int | None = None  # the largest of its workers' peaks that hold no gate
+    # The worker now: went through the gate before its rounds (the others are checked after),
+    # and its peak holds none of the gate's allocations (read before any check, or reset after it).
+    gated: bool = True
+    peak_counts: bool = True
     rounds: list[float] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
     workers: list[int] = field(default_factory=list)  # the replicate (worker process) of each round
@@ -266,6 +275,7 @@ class Sweep:
     records: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _references: dict[str, tuple] = field(default_factory=dict)
+    _starts: dict[Path, gate.Start] = field(default_factory=dict)
     _pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # measured, not yet handed over
     _forms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -281,18 +291,18 @@ class Sweep:
         return self._reference_folder(config) / "weights.safetensors"
 
     def _reference(self, config: RunConfig, deadline: float) -> tuple[dict, dict[str, float]]:
-        """torch eager fp32 (TF32 off) outputs, and torch eager's own error in the case's precision
-        (bench/gate.py): against fp64 for fp32, against fp32 for bf16 or TF32; the larger of its
-        errors in the memory formats torch eager may run in, since either is torch eager.
+        """torch eager fp32 (TF32 off) outputs on the timed batch, and torch eager's own error per
+        tensor in the case's precision (bench/gate.py): against fp64 for fp32, against fp32 for bf16
+        or TF32; the largest of its errors on the inputs of gate.NOISE_SEEDS, in each memory format
+        torch eager may run in, since either is torch eager.
 
         The first reference worker of a spec writes the canonical weights file every worker loads.
         """
         tf32 = config.tf32 and config.device != "cpu"
         low_precision = config.precision == "bf16" or tf32
-        task = gate_task(config)
         reference_config = config.replace(
             path="torch-eager",
-            task=task,
+            task=gate_task(config),
             devices=None,
             scaling=None,
             upconv="native",
@@ -301,42 +311,66 @@ class Sweep:
         )
         key = reference_config.replace(precision=config.precision if low_precision else "fp32").to_json()
         weights = self._weights_file(config)
-        name = _digest(json.dumps([key, environment.device_name(config.device), REFERENCE_FORMATS]))
+        name = _digest(
+            json.dumps([key, environment.device_name(config.device), REFERENCE_FORMATS, gate.NOISE_SEEDS])
+        )
         saved = weights.parent / f"{name}.npz"
         if key not in self._references and weights.exists() and saved.exists():
             self._references[key] = _load_reference(saved)
         if key not in self._references:
             weights.parent.mkdir(parents=True, exist_ok=True)
-            reference, own = None, {}
+            pairs: list[tuple[dict, dict]] = []
             for memory_format in REFERENCE_FORMATS:
-                outputs, noise = self._eager_noise(
-                    reference_config.replace(memory_format=memory_format), weights, reference, deadline
+                pairs += self._eager_pairs(
+                    reference_config.replace(memory_format=memory_format), weights, deadline
                 )
-                reference = outputs if reference is None else reference
-                own = {name: max(own.get(name, 0.0), value) for name, value in noise.items()}
-            self._references[key] = (reference, own)
-            _save_reference(saved, reference, own)
+            reference = pairs[0][1] if low_precision else pairs[0][0]  # fp32, contiguous, the timed batch
+            self._references[key] = (reference, gate.noise(pairs, config.spec, self._start(config)))
+            _save_reference(saved, *self._references[key])
         return self._references[key]
 
-    def _eager_noise(
-        self, config: RunConfig, weights: Path, reference: dict | None, deadline: float
-    ) -> tuple[dict, dict[str, float]]:
-        """torch eager's fp32 outputs in ``config``'s memory format, and its own error in the case's
-        precision: fp32 against its fp64 twin, bf16 or TF32 against ``reference`` (or these outputs)."""
+    def _start(self, config: RunConfig) -> gate.Start:
+        """The weights and learning rate the gated training steps start from."""
+        file = self._weights_file(config)
+        if file not in self._starts:
+            self._starts[file] = gate.Start(convert.load(file)[0], config.learning_rate)
+        return self._starts[file]
+
+    def _gate(
+        self, config: RunConfig, worker: Worker, reference: dict, own_noise: dict[str, float]
+    ) -> gate.GateResult:
+        """The worker's outputs against the reference, within the gate's allowances."""
+        return gate.check(
+            worker.outputs(gate_task(config)), reference, own_noise, config.spec, self._start(config)
+        )
+
+    def _eager_pairs(self, config: RunConfig, weights: Path, deadline: float) -> list[tuple[dict, dict]]:
+        """torch eager's outputs in the case's precision beside their exact twins, on the batch of
+        each of gate.NOISE_SEEDS (the timed one first), in ``config``'s memory format: fp32 beside
+        fp64, bf16 or TF32 beside fp32."""
         task = config.task
         tf32 = config.tf32 and config.device != "cpu"
         with Worker(config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
             if not weights.exists():
                 worker.call("write_initial_weights", str(weights))
-            outputs = worker.outputs(task)
-            exact = outputs if reference is None else reference
+            fp32 = [worker.outputs(task, seed) for seed in gate.NOISE_SEEDS]
             if config.precision != "bf16" and not tf32:
-                twin = worker.call("outputs_in", "fp64", task)
-                return outputs, gate.noise(outputs, twin, low_precision=False)
+                return [
+                    (own, worker.call("outputs_in", "fp64", task, seed))
+                    for own, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
+                ]
             if not tf32:
-                return outputs, gate.noise(worker.call("outputs_in", "bf16", task), exact, low_precision=True)
-        with Worker(config.replace(weights_file=str(weights)), deadline=deadline) as worker:
-            return outputs, gate.noise(worker.outputs(task), exact, low_precision=True)  # TF32: process-wide
+                return [
+                    (worker.call("outputs_in", "bf16", task, seed), exact)
+                    for exact, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
+                ]
+        with Worker(
+            config.replace(weights_file=str(weights)), deadline=deadline
+        ) as worker:  # TF32: process-wide
+            return [
+                (worker.outputs(task, seed), exact)
+                for exact, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
+            ]
 
     # -- a case as pytest sees it -----------------------------------------------------------
 
@@ -544,25 +578,23 @@ class Sweep:
             lap("first_call")
             if self.timing and cold is None:  # compiles nothing, caches nothing: one worker
                 cold = {"first_call_seconds": first_cached, "reused": False, "no_compiler": True}
-            result = gate.check(worker.outputs(gate_task(config)), reference, own_noise)
+            result = self._gate(config, worker, reference, own_noise)
             if not result.passed:
-                raise CaseFailure(
-                    "parity-failed",
-                    f"parity gate: {config.path} differs from torch eager fp32: {result.describe()}; "
-                    "no number is reported for it",
-                )
+                raise CaseFailure("parity-failed", _parity_failure(config, result))
             record.update(
                 forms=None if config.path in PLAIN_PATHS else self.forms(config),
                 parity={"errors": result.errors, "allowed": result.allowed},
                 messaging_seconds=worker.messaging_seconds(),
                 compile_folder=str(folder),
             )
-            peak = worker.peak_memory_bytes()
+            peak_counts = worker.call("reset_peak_memory")  # the gate's allocations out of the figure
             lap("parity_gate")
         except BaseException:
             worker.close()
             raise
-        return Prepared(config, worker, record, time.perf_counter() - started, cold, first_cached, peak)
+        prepared = Prepared(config, worker, record, time.perf_counter() - started, cold, first_cached)
+        prepared.peak_counts = peak_counts
+        return prepared
 
     def _entry(self, asked: RunConfig) -> Path:
         """The compile folder of a case as asked for ("auto" forms: the choices are kept in
@@ -700,8 +732,8 @@ class Sweep:
         for p in prepared:
             try:
                 record = p.record
-                if p in failures:
-                    error = failures[p]
+                error = failures.get(p) or self._retire(p)
+                if error is not None:
                     record.update(status=error.status, message=str(error))
                 else:
                     record.update(self._result(p, schedule))
@@ -776,13 +808,19 @@ class Sweep:
         the compiled code in the cases' folders; their first call (loading it) is not timed. All
         are started before any is waited for, so that their imports and builds overlap (the
         group's workers fit together: they just ran so)."""
-        for p in prepared:
-            p.peak_memory_bytes = _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes())
-            p.worker.close()
         failures: dict[Prepared, WorkerError] = {}
+        for p in prepared:
+            try:
+                error = self._retire(p)
+            finally:
+                p.worker.close()
+            if error is not None:
+                failures[p] = error
         started: dict[Prepared, Worker] = {}
         try:
             for p in prepared:
+                if p in failures:
+                    continue
                 deadline = time.monotonic() + self.case_timeout
                 compile_cache = p.record["compile_folder"]
                 started[p] = Worker(p.config, compile_cache=compile_cache, deadline=deadline, connect=False)
@@ -794,12 +832,34 @@ class Sweep:
                     worker.close()
                     failures[p] = error
                 else:
-                    p.worker = worker
+                    p.worker, p.gated, p.peak_counts = worker, False, True
         except BaseException:
             for worker in started.values():
                 worker.close()
             raise
         return failures
+
+    def _retire(self, p: Prepared) -> WorkerError | None:
+        """After a worker's rounds: its peak (where it holds no gate), then, for a worker that did
+        not go through the gate before its rounds, its outputs against the gated reference, within
+        the gate's allowances; the failure, if any (the worker is left to the caller to close)."""
+        if p.peak_counts:
+            p.peak_memory_bytes = _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes())
+        if p.gated:
+            return None
+        try:
+            reference, own_noise = self._reference(p.config, p.worker.deadline)
+            result = self._gate(p.config, p.worker, reference, own_noise)
+        except WorkerError as error:
+            return error
+        p.gated = True
+        return (
+            None
+            if result.passed
+            else WorkerError(
+                "parity-failed", _parity_failure(p.config, result, p.workers[-1] if p.workers else 0)
+            )
+        )
 
     def _warm_up(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
         """Untimed blocks, interleaved as the timed ones, for ``WARM_UP_SECONDS`` (one at least)."""
@@ -854,7 +914,7 @@ class Sweep:
 
     def _result(self, p: Prepared, schedule: str) -> dict[str, Any]:
         info: dict[str, Any] = {
-            "peak_memory_bytes": _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes()),
+            "peak_memory_bytes": p.peak_memory_bytes,
             "settings": p.worker.call("settings"),  # now: a runtime fills in its export at the first call
             "schedule": schedule,
         }
@@ -994,6 +1054,14 @@ class Sweep:
         if done < count:
             line += f"; about {_minutes(left)} left"
         return line
+
+
+def _parity_failure(config: RunConfig, result: gate.GateResult, replicate: int = 0) -> str:
+    worker = f" (worker {replicate + 1} of the case)" if replicate else ""
+    return (
+        f"parity gate: {config.path}{worker} differs from torch eager fp32: {result.describe()}; "
+        "no number is reported for it"
+    )
 
 
 def _larger(a: int | None, b: int | None) -> int | None:

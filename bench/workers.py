@@ -319,9 +319,10 @@ class Worker:
     def infer(self) -> None:
         self.request("infer")
 
-    def outputs(self, task: str) -> dict[str, Any]:
-        """Rank 0's outputs; a data-parallel run's logits gathered from the ranks in order."""
-        replies = self.request("outputs", task)
+    def outputs(self, task: str, seed: int = 0) -> dict[str, Any]:
+        """Rank 0's outputs on the batch drawn with ``seed`` (bench/runners/workload.py's SEED: the
+        timed one); a data-parallel run's logits gathered from the ranks in order."""
+        replies = self.request("outputs", task, seed)
         return {**replies[0], "logits": np.concatenate([r["logits"] for r in replies])}
 
     def reset_state(self) -> None:

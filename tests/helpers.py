@@ -12,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
-from bench.gate import err
+from bench import gate
+from bench.gate import block_relative as block_relative_names
+from bench.runners import LEARNING_RATE, make_runner
+from bench.runners.workload import initial_weights
+from impls.checks import err
 from impls.convert import from_flax_state, to_flax, to_torch
 from impls.flax_unet import abstract as abstract_flax
 from impls.spec import UNetSpec
@@ -148,23 +152,12 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
 
 
-def _block_relative(spec: UNetSpec) -> set[str]:
-    """Zero-gradient biases and the running means that track them (see the core issue)."""
-    biases = spec.zero_gradient_biases()
-    means = set()
-    for name in biases:
-        block, layer, _ = name.split(".")
-        norm = "norm1" if layer == "upconv" else layer.replace("conv", "norm")
-        means.add(f"{block}.{norm}.running_mean")
-    return biases | means
-
-
 def assert_close(
     got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol: float, spec: UNetSpec, what: str
 ) -> None:
     """Per-tensor err <= tol; zero-gradient biases are measured against their block."""
     assert sorted(got) == sorted(ref), f"{what}: different keys"
-    block_relative = _block_relative(spec)
+    block_relative = block_relative_names(spec)
 
     def kind(name: str) -> tuple[str, bool]:
         return name.split(".")[0], "running_" in name
@@ -214,3 +207,29 @@ def flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.
     model.train()
     loss, logits, grads = _flax_step(model, optimizer, jnp.asarray(nchw_to_nhwc(x)), jnp.asarray(y))
     return float(loss), nhwc_to_nchw(logits), from_flax_state(grads, model.spec)
+
+
+# -- the parity gate as the sweep applies it, in this process
+
+
+def gate_runner(path: str, spec: UNetSpec, batch: int, size: int, precision: str = "fp32", **options):
+    return make_runner(path, spec, batch=batch, size=size, precision=precision, device="cpu", **options)
+
+
+def gate_references(spec: UNetSpec, batch: int, size: int) -> dict:
+    """torch eager's fp64, fp32 and bf16 outputs per task, on the batch of each of gate.NOISE_SEEDS."""
+    found = {}
+    for precision in ("fp64", "fp32", "bf16"):
+        runner = gate_runner("torch-eager", spec, batch, size, precision, upconv="native")
+        for task in ("infer", "train"):
+            found[(task, precision)] = [runner.outputs(task, seed) for seed in gate.NOISE_SEEDS]
+    return found
+
+
+def gate_check(outputs: dict, references: dict, task: str, precision: str, spec: UNetSpec) -> gate.GateResult:
+    """As the sweep does: against torch eager fp32 on the timed batch, within twice torch eager's
+    own error in the precision (the largest over the seeded batches)."""
+    exact = "fp64" if precision == "fp32" else "fp32"
+    start = gate.Start(initial_weights(spec), LEARNING_RATE)
+    own = gate.noise(zip(references[(task, precision)], references[(task, exact)], strict=True), spec, start)
+    return gate.check(outputs, references[(task, "fp32")][0], own, spec, start)

@@ -16,8 +16,8 @@ import safetensors.torch
 import torch
 from flax import nnx
 
-from bench.gate import err
 from impls import convert, flax_unet, torch_unet
+from impls.checks import err
 from impls.flax_unet import BatchNorm
 from impls.spec import UNetSpec
 from tests import reference_numpy

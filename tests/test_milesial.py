@@ -14,8 +14,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from bench.gate import err
 from impls import convert, flax_unet, torch_unet
+from impls.checks import err
 from impls.spec import UNetSpec
 from tests import milesial_reference
 from tests.helpers import assert_refused, nchw_to_nhwc, nhwc_to_nchw

@@ -16,8 +16,8 @@ import pytest
 import torch
 from flax import nnx
 
-from bench.gate import err
 from impls import convert, flax_unet, torch_unet
+from impls.checks import err
 from impls.spec import NORMS, PADDINGS, UPSAMPLES, UNetSpec
 from tests.helpers import (
     assert_close,

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from bench.gate import err
 from impls import convert, flax_unet, tiling, torch_unet
+from impls.checks import err
 from impls.spec import UNetSpec
 from tests.helpers import random_weights
 

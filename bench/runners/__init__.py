@@ -75,14 +75,13 @@ class Runner(Protocol):
     def fit(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray | None = None) -> float:
         """One train step on a host batch (weighted cross-entropy if ``pixel_weights``); its loss."""
 
-    def outputs(self, task: str) -> dict[str, Any]:
-        """From the initial weights: what the parity gate compares, on the host.
+    def outputs(self, task: str, seed: int = 0) -> dict[str, Any]:
+        """From the initial weights, on the batch drawn with ``seed`` (workload.SEED: the timed
+        one): what the parity gate compares, on the host.
 
-        ``infer``: {"logits"}; ``train``: {"logits" of the first step, "loss" of
-        two steps, "gradients" of the first step (a canonical dict)}. (Not the
-        weights after a step: float32 Adam's first step moves every weight whose
-        gradient is rounding noise by about the learning rate, differently in
-        each framework, as the core parity tests explain.)
+        ``infer``: {"logits"}; ``train``: {"logits" of the first step, "loss" of two steps,
+        "gradients" of the first step (a canonical dict, from the step that is timed), "weights"
+        after the two steps (canonical, running statistics included)}.
         """
 
     def reset_state(self) -> None:
@@ -91,8 +90,12 @@ class Runner(Protocol):
     def weights(self) -> dict[str, np.ndarray]:
         """Canonical weights and running statistics now."""
 
+    def reset_peak_memory(self) -> bool:
+        """Start the peak over from the memory in use now; False where the method cannot."""
+
     def peak_memory_bytes(self) -> int | None:
-        """Peak memory since this process started, by ``settings["memory"]``'s method."""
+        """Peak memory since this process started (or the last reset), by ``settings["memory"]``'s
+        method."""
 
 
 def runner_module(config: RunConfig) -> ModuleType:

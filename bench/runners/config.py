@@ -65,6 +65,7 @@ FREEZINGS = ("auto", "on", "off")  # inductor's freezing of compiled inference; 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # torch's; "auto": the faster, measured
 SCALINGS = ("weak", "strong")
 LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # those defaults (torch's and optax's), for the gate's own Adam
 
 
 class NotApplicable(ValueError):

@@ -4,6 +4,7 @@ jax-plain the same jit as the tutorials write it, nothing donated, Flax's own up
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,8 @@ from flax import nnx
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import PLAIN_PATHS, RunConfig
-from bench.runners.workload import workload
+from bench.runners.config import ADAM_BETAS, ADAM_EPS, PLAIN_PATHS, RunConfig
+from bench.runners.workload import SEED, batch, workload
 from impls import convert, flax_unet
 from impls.spec import UNetSpec
 
@@ -98,10 +99,10 @@ class JaxRunner:
         self._train_def, params, stats = nnx.split(model.train(), nnx.Param, nnx.BatchStat)
         self._eval_def = nnx.split(model.eval(), nnx.Param, nnx.BatchStat)[0]
         self._initial = jax.device_put((params, stats), self.placement.replicated)  # never donated
-        self._optimizer = optax.adam(config.learning_rate)
-        self.images = self._to_device(self.work.images)
-        self.labels = self._to_device(self.work.labels)
-        self.pixel_weights = self._to_device(self.work.pixel_weights) if config.loss == "weighted" else None
+        self._optimizer = optax.adam(config.learning_rate, *ADAM_BETAS, ADAM_EPS)
+        self.images, self.labels, self.pixel_weights = self._device_batch(
+            self.work.images, self.work.labels, self.work.pixel_weights
+        )
         self._train = jax.jit(
             self.placement.distribute(
                 functools.partial(train_step, self._train_def, self._optimizer),
@@ -156,6 +157,15 @@ class JaxRunner:
             array.transpose(0, 2, 3, 1) if array.ndim == 4 else array, self.placement.batched
         )
 
+    def _device_batch(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> tuple:
+        """A host batch as the step takes it (no pixel weights unless the loss is weighted)."""
+        weighted = self.config.loss == "weighted"
+        return (
+            self._to_device(images),
+            self._to_device(labels),
+            self._to_device(pixel_weights) if weighted else None,
+        )
+
     def _run_train(self, images, labels, pixel_weights):
         out = self._train(self.params, self.stats, self.opt_state, images, labels, pixel_weights)
         self.params, self.stats, self.opt_state = out[:3]
@@ -174,34 +184,46 @@ class JaxRunner:
         weights = None if pixel_weights is None else self._to_device(pixel_weights)
         return float(self._run_train(self._to_device(images), self._to_device(labels), weights)[3])
 
-    def gradients(self) -> dict[str, np.ndarray]:
-        """The first step's gradients (canonical names), from the same pure function under jit."""
-        grad_fn = jax.jit(
-            self.placement.distribute(
-                functools.partial(gradients, self._train_def),
-                in_specs=("replicated",) * 2 + ("batched",) * 3,
-                out_specs=("replicated", "batched", "replicated", "replicated"),
-            )
-        )
-        grads = grad_fn(self.params, self.stats, self.images, self.labels, self.pixel_weights)[2]
-        return convert.from_flax_state(grads, self.spec)
-
-    def outputs(self, task: str) -> dict[str, Any]:
+    def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
         self.reset_state()
+        images, labels, pixel_weights = (
+            (self.images, self.labels, self.pixel_weights)
+            if seed == SEED
+            else self._device_batch(*batch(self.spec, self.config.batch, self.config.size, seed))
+        )
         if task == "infer":
-            return {"logits": self.predict(self.work.images)}
-        grads = self.gradients()
-        first = self._run_train(self.images, self.labels, self.pixel_weights)
-        second = self._run_train(self.images, self.labels, self.pixel_weights)
+            return {"logits": _nchw(self._infer(self.params, self.stats, images))}
+        # The timed step's own gradients, read back from Adam's first moment, which each step moves
+        # by (1 - b1) times (gradient - moment). (A gradient function would be another compilation.)
+        moments, steps = [jax.tree.map(np.zeros_like, self.opt_state[0].mu)], []
+        for _ in range(2):
+            steps.append(self._run_train(images, labels, pixel_weights))
+            moments.append(jax.tree.map(lambda m: np.asarray(m, np.float64), self.opt_state[0].mu))
+        b1 = ADAM_BETAS[0]
+        gradients = [
+            convert.from_flax_state(
+                jax.tree.map(lambda new, old: (new - b1 * old) / (1 - b1), new, old), self.spec
+            )
+            for old, new in itertools.pairwise(moments)
+        ]
         return {
-            "logits": _nchw(first[4]),
-            "loss": np.array([float(first[3]), float(second[3])]),
-            "gradients": grads,
+            "logits": _nchw(steps[0][4]),
+            "loss": np.array([float(step[3]) for step in steps]),
+            "gradients": gradients[0],
+            "second_gradients": gradients[1],
+            "weights": self.weights(),
         }
 
     def weights(self) -> dict[str, np.ndarray]:
         """Canonical weights and running statistics now."""
         return convert.from_flax(nnx.merge(self._train_def, self.params, self.stats))
+
+    def reset_peak_memory(self) -> bool:
+        """On a CPU, the resident peak starts over; XLA's GPU allocator keeps its peak for good."""
+        if self.cuda:
+            return False
+        memory.reset_peak_rss()
+        return True
 
     def peak_memory_bytes(self) -> int | None:
         if self.cuda:

@@ -26,7 +26,7 @@ import numpy as np
 
 from bench import environment, memory
 from bench.runners.config import NotApplicable, RunConfig
-from bench.runners.workload import workload
+from bench.runners.workload import SEED, batch, workload
 from impls import convert
 from impls.files import atomic_output
 
@@ -329,16 +329,25 @@ class RuntimeRunner:
         loaded = self._ready()
         return loaded.to_host(loaded.run(loaded.to_input(np.ascontiguousarray(images, dtype=np.float32))))
 
-    def outputs(self, task: str) -> dict[str, Any]:
+    def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
         if task != "infer":
             raise self._no_training()
-        return {"logits": self.predict(self.work.images)}
+        images = (
+            self.work.images
+            if seed == SEED
+            else batch(self.config.spec, self.config.batch, self.config.size, seed)[0]
+        )
+        return {"logits": self.predict(images)}
 
     def reset_state(self) -> None:
         """Nothing to reset: a runtime holds no state that a call changes."""
 
     def weights(self) -> dict[str, np.ndarray]:
         return self.work.weights
+
+    def reset_peak_memory(self) -> bool:
+        memory.reset_peak_rss()
+        return self.config.device == "cpu"  # its only figure
 
     def peak_memory_bytes(self) -> int | None:
         return memory.peak_rss() if self.config.device == "cpu" else None

@@ -16,8 +16,15 @@ import torch
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import PLAIN_PATHS, RunConfig, calibration_effect, freezing_applies
-from bench.runners.workload import workload
+from bench.runners.config import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    PLAIN_PATHS,
+    RunConfig,
+    calibration_effect,
+    freezing_applies,
+)
+from bench.runners.workload import SEED, batch, workload
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
 
@@ -148,15 +155,17 @@ class TorchRunner:
         convert.to_torch(self.work.weights, self.model)
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.placement.wrap(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, **self.style.adam)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config.learning_rate,
+            betas=ADAM_BETAS,
+            eps=ADAM_EPS,
+            **self.style.adam,
+        )
         self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
-        self.images = self._to_device(images.astype(self._input_dtype))
-        self.labels = self._to_device(self.placement.shard(self.work.labels).astype(np.int64))
-        self.pixel_weights = None
-        if config.loss == "weighted":
-            self.pixel_weights = self._to_device(
-                self.placement.shard(self.work.pixel_weights).astype(self._input_dtype)
-            )
+        self.images, self.labels, self.pixel_weights = self._device_batch(
+            self.work.images, self.work.labels, self.work.pixel_weights
+        )
         # Built without freezing where it is to be measured (freezing_forms, after the cold call).
         self.freezing = config.freezing if config.freezing != "auto" else "off"
         self._train, self._infer = self._train_fn, self._infer_fn
@@ -246,7 +255,7 @@ class TorchRunner:
             path="torch-eager", upconv=upconv, devices=None, scaling=None, batch=batch
         )
         seconds = time_memory_formats(eager)
-        self._reset_peak_memory()  # the throw-away runners' memory is no part of the case's peak
+        self.reset_peak_memory()  # the throw-away runners' memory is no part of the case's peak
         return self.placement.agree(forms.fastest(seconds)), seconds
 
     # -- the step functions; compiled whole when the path compiles --------------
@@ -280,6 +289,18 @@ class TorchRunner:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         return tensor.to(memory_format=self.memory_format) if tensor.ndim == 4 else tensor
 
+    def _device_batch(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> tuple:
+        """A host batch as the step takes it: this rank's share, on the device, in the step's dtypes
+        (no pixel weights unless the loss is weighted)."""
+        shard = self.placement.shard
+        return (
+            self._to_device(shard(images).astype(self._input_dtype)),
+            self._to_device(shard(labels).astype(np.int64)),
+            self._to_device(shard(pixel_weights).astype(self._input_dtype))
+            if self.config.loss == "weighted"
+            else None,
+        )
+
     def _mode(self, training: bool) -> None:
         if self.net.training != training:  # a walk over every module: not on every call
             self.net.train(training)
@@ -311,25 +332,33 @@ class TorchRunner:
         loss, _ = self._train(images, self._to_device(labels.astype(np.int64)), weights)
         return loss.item()
 
-    def outputs(self, task: str) -> dict[str, Any]:
+    def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
         self.reset_state()
+        config = self.config
+        images, labels, pixel_weights = (
+            (self.images, self.labels, self.pixel_weights)
+            if seed == SEED
+            else self._device_batch(*batch(config.spec, config.batch, config.size, seed))
+        )
         if task == "infer":
             self._mode(False)
-            return {"logits": self._infer(self.images).float().cpu().numpy()}
+            return {"logits": self._infer(images).float().cpu().numpy()}
         self._mode(True)
         steps = []
-        for step in range(2):
-            loss, logits = self._train(self.images, self.labels, self.pixel_weights)
-            # copied at once: CUDA graphs reuse output buffers
-            steps.append((loss.item(), logits.float().cpu().numpy()))
-            if step == 0:  # the step's own backward, compiled where the path compiles
-                gradients = {
-                    name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()
-                }
+        for _ in range(2):
+            loss, logits = self._train(images, labels, pixel_weights)
+            # copied at once: CUDA graphs reuse output buffers; the step's own backward, compiled
+            # where the path compiles
+            gradients = {
+                name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()
+            }
+            steps.append((loss.item(), logits.float().cpu().numpy(), gradients))
         return {
             "logits": steps[0][1],
-            "loss": np.array([loss for loss, _ in steps]),
-            "gradients": gradients,
+            "loss": np.array([step[0] for step in steps]),
+            "gradients": steps[0][2],
+            "second_gradients": steps[1][2],
+            "weights": self.weights(),
         }
 
     def reset_state(self) -> None:
@@ -349,11 +378,12 @@ class TorchRunner:
             return torch.cuda.max_memory_allocated(self.device)
         return memory.peak_rss()
 
-    def _reset_peak_memory(self) -> None:
+    def reset_peak_memory(self) -> bool:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             memory.reset_peak_rss()
+        return True
 
 
 CALIBRATION_ROWS = 8  # a slice of extra work covers 1/8 of the input's rows: fine steps of work

@@ -41,6 +41,7 @@ from typing import Any
 
 from bench.runners.config import RUNTIME_PACKAGES, RunConfig
 from bench.runners.runtime_runner import EXPORT_DIR
+from bench.runners.workload import SEED
 
 WORKER_FIELDS = ("address", "authkey", "compile_cache", "log_dir", "steps", "out")
 
@@ -157,15 +158,34 @@ def _inject(rank: int, command: str, action: str | None) -> None:
     os._exit(3)
 
 
+def _tiled(runner: Any, seed: int) -> Any:
+    """The "tiled" task: the whole image drawn with ``seed``, predicted in tiles and stitched."""
+    from bench.runners.workload import whole_image
+    from impls.tiling import predict_tiled
+
+    config = runner.config
+    image = whole_image(config.spec, config.image_size, seed)
+    return predict_tiled(runner.predict, image, config.spec, tile=config.size, batch=config.batch)
+
+
+def _outputs(runner: Any, task: str, seed: int) -> dict[str, Any]:
+    return {"logits": _tiled(runner, seed)} if task == "tiled" else runner.outputs(task, seed)
+
+
 class Service:
     """The commands a worker answers, over its runner."""
 
     def __init__(self, config: RunConfig, runner: Any) -> None:
         self.config, self.runner = config, runner
 
-    def outputs_in(self, precision: str, task: str) -> dict[str, Any]:
-        """``outputs(task)`` of the same case in another precision (fp64 or bf16, which set the
-        process-wide precision as this one does), from a second runner: the parity gate's
+    def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
+        """What the parity gate compares (``Runner.outputs``); for "tiled", the stitched logits of
+        the whole image drawn with ``seed``."""
+        return _outputs(self.runner, task, seed)
+
+    def outputs_in(self, precision: str, task: str, seed: int = SEED) -> dict[str, Any]:
+        """``outputs(task, seed)`` of the same case in another precision (fp64 or bf16, which set
+        the process-wide precision as this one does), from a second runner: the parity gate's
         references come from one worker."""
         from bench.runners import build
 
@@ -176,7 +196,7 @@ class Service:
         twin = self.config.replace(precision=precision)
         if self.config.framework == "torch":  # the same layout, chosen once
             twin = twin.replace(memory_format=self.runner.settings["memory_format"])
-        return build(twin).outputs(task)
+        return _outputs(build(twin), task, seed)
 
     def call(self) -> None:
         """What one timed round runs: one train step, one forward, or one whole image in tiles."""
@@ -185,13 +205,7 @@ class Service:
         elif self.config.task == "infer":
             self.runner.infer()
         else:
-            from bench.runners.workload import whole_image
-            from impls.tiling import predict_tiled
-
-            image = whole_image(self.config.spec, self.config.image_size)
-            predict_tiled(
-                self.runner.predict, image, self.config.spec, tile=self.config.size, batch=self.config.batch
-            )
+            _tiled(self.runner, SEED)
 
     def first_call(self) -> float:
         """Seconds of the first call: compilation (from whatever caches there are) and one call."""
@@ -224,13 +238,14 @@ class Service:
             "time_calls": self.time_calls,
             "train_step": runner.train_step,
             "infer": runner.infer,
-            "outputs": runner.outputs,
+            "outputs": self.outputs,
             "outputs_in": self.outputs_in,
             "upconv_forms": lambda: runner.upconv_forms(),  # torch and jax runners only
             "freezing_forms": lambda: runner.freezing_forms(),  # torch runners only
             "reset_state": runner.reset_state,
             "weights": runner.weights,
             "peak_memory_bytes": runner.peak_memory_bytes,
+            "reset_peak_memory": runner.reset_peak_memory,
             "write_initial_weights": self.write_initial_weights,
             "modules": lambda: sorted({"torch", "jax"} & set(sys.modules)),
             "noop": lambda: None,

@@ -33,15 +33,17 @@ class Workload:
     pixel_weights: np.ndarray  # (batch, out_h, out_w) float32: the paper's weight map
 
 
-# BatchNorm's leaves as in a trained network, not PyTorch's 1, 0, 0, 1: at those, inference-mode
-# BatchNorm is the identity, and a network without it, or one that folds it wrongly (a runtime,
-# freezing), would compute the same logits. Drawn as a numpy Generator's (low, high) uniform.
-BATCHNORM_RANGES = {
-    "weight": (0.5, 1.5),
-    "bias": (-0.2, 0.2),
-    "running_mean": (-0.2, 0.2),
-    "running_var": (0.5, 1.5),
-}
+# BatchNorm as in a trained network, not at PyTorch's 1, 0, 0, 1: at those, inference-mode BatchNorm
+# is the identity, and a network without it, or one that folds it wrongly (a runtime, freezing),
+# would compute the same logits. The affine parameters are drawn as a numpy Generator's (low, high)
+# uniform; the running statistics are the statistics each BatchNorm's input really has (measured
+# on a batch in train mode, as training would have tracked them), the mean moved by a draw of
+# RUNNING_MEAN_SHIFT standard deviations and the variance scaled by a draw of RUNNING_VAR_SCALE.
+# (Statistics drawn without regard to the activations leave inference mode a network whose
+# activations fade layer by layer, and whose logits are nearly constant: too weak a test.)
+BATCHNORM_RANGES = {"weight": (0.5, 1.5), "bias": (-0.2, 0.2)}
+RUNNING_MEAN_SHIFT = (-0.2, 0.2)
+RUNNING_VAR_SCALE = (0.5, 1.5)
 
 
 @functools.cache
@@ -57,17 +59,50 @@ def from_scratch_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
         return convert.from_torch(torch_unet.build(spec))
 
 
+def batchnorm_statistics(
+    spec: UNetSpec, weights: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each BatchNorm's input mean and (unbiased) variance per channel, by its canonical module name,
+    in a train-mode forward of ``weights`` over two synthetic images with a bottleneck of at least
+    4 pixels a side. Imports torch."""
+    import torch
+
+    from impls import torch_unet
+
+    side = 4 * 2**spec.depth
+    side = side if side in spec.nearest_valid_sizes(side + 1) else spec.nearest_valid_sizes(side)[-1]
+    images = np.repeat(cells.generate(2, side, seed=SEED).images, spec.in_channels, axis=1)
+    model = convert.to_torch(weights, torch_unet.build(spec, torch.float64)).train()
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def record(name: str, x: torch.Tensor) -> None:
+        found[name] = (x.mean((0, 2, 3)).numpy(), x.var((0, 2, 3), unbiased=True).numpy())
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.register_forward_pre_hook(lambda m, inputs, name=name: record(name, inputs[0]))
+    with torch.no_grad():
+        model(torch.from_numpy(images.astype(np.float64)))
+    return found
+
+
 @functools.cache
 def initial_weights(spec: UNetSpec) -> dict[str, np.ndarray]:
-    """The benchmarks' and the gate's weights: ``from_scratch_weights`` with BatchNorm's affine
-    parameters and running statistics drawn from BATCHNORM_RANGES (imports torch: made once per
-    sweep, by a torch worker)."""
+    """The benchmarks' and the gate's weights: ``from_scratch_weights`` with BatchNorm as in a
+    trained network (BATCHNORM_RANGES, RUNNING_MEAN_SHIFT, RUNNING_VAR_SCALE). Imports torch: made
+    once per sweep, by a torch worker."""
     weights = dict(from_scratch_weights(spec))
     rng = np.random.default_rng(SEED)
     for name, value in weights.items():
         module, leaf = name.rsplit(".", 1)
-        if module.rsplit(".", 1)[-1].startswith("norm"):
+        if leaf in BATCHNORM_RANGES and module.rsplit(".", 1)[-1].startswith("norm"):
             weights[name] = rng.uniform(*BATCHNORM_RANGES[leaf], size=value.shape).astype(value.dtype)
+    for module, (mean, var) in batchnorm_statistics(spec, weights).items():
+        shift = rng.uniform(*RUNNING_MEAN_SHIFT, size=mean.shape)
+        weights[f"{module}.running_mean"] = (mean + shift * np.sqrt(var)).astype(np.float32)
+        weights[f"{module}.running_var"] = (var * rng.uniform(*RUNNING_VAR_SCALE, size=var.shape)).astype(
+            np.float32
+        )
     return weights
 
 
@@ -87,10 +122,12 @@ def crop(maps: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 @functools.cache
-def batch(spec: UNetSpec, batch: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images, labels, pixel weights) of the seeded synthetic batch."""
+def batch(
+    spec: UNetSpec, batch: int, size: int, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, pixel weights) of the seeded synthetic batch: the timed one at SEED."""
     out_h, out_w = spec.check_input((batch, spec.in_channels, size, size))
-    data = cells.generate(batch, size, seed=SEED)
+    data = cells.generate(batch, size, seed=seed)
     images = np.repeat(data.images, spec.in_channels, axis=1)
     labels = crop(data.foreground, out_h, out_w).astype(np.int32)
     pixel_weights = crop(np.stack([weight_map(i) for i in data.instances]), out_h, out_w)
@@ -102,7 +139,7 @@ def workload(config: RunConfig) -> Workload:
 
 
 @functools.cache
-def whole_image(spec: UNetSpec, image_size: int) -> np.ndarray:
+def whole_image(spec: UNetSpec, image_size: int, seed: int = SEED) -> np.ndarray:
     """The "tiled" task's (C, H, W) image: synthetic cells, ``image_size`` on a side."""
-    image = cells.generate(1, image_size, seed=SEED).images[0]
+    image = cells.generate(1, image_size, seed=seed).images[0]
     return np.repeat(image, spec.in_channels, axis=0)

@@ -1,0 +1,221 @@
+"""The parity gate against wrong functions: each mutant below is a bug a path could have, and each
+must fail the gate, in both precisions, while the paths as they are pass it (test_runners.py).
+
+Model-level mutants on torch eager, jax and onnxruntime (the exported file holds the mutant);
+the other paths' own outputs mutated as the mutant would mutate them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from bench import gate
+from bench.runners import jax_runner, workload
+from impls import convert, flax_unet, torch_unet
+from impls.spec import UNetSpec
+from tests.helpers import gate_check, gate_references, gate_runner
+
+SPEC = UNetSpec(width=8, depth=2)
+SIZE, BATCH = 32, 2
+# One tensor of each kind, for the mutants that need a compilation each (jax).
+SAMPLED = ("down0.conv1.weight", "down1.norm2.weight", "down2.norm1.bias", "up0.upconv.weight", "head.bias")
+# (path, precision) pairs whose training the gate covers; jax bf16 training is issue 20's section 2.
+TRAINING = [("torch-eager", "fp32"), ("torch-eager", "bf16"), ("jax", "fp32")]
+FORWARD = [*TRAINING, ("jax", "bf16"), ("onnxruntime", "fp32")]
+
+
+@pytest.fixture(scope="module")
+def references() -> dict:
+    return gate_references(SPEC, BATCH, SIZE)
+
+
+def _fails(outputs: dict, references: dict, task: str, precision: str) -> gate.GateResult:
+    result = gate_check(outputs, references, task, precision, SPEC)
+    assert not result.passed, f"a mutant passed the gate: {result.describe()}"
+    return result
+
+
+def _outputs(path: str, task: str, precision: str) -> dict:
+    return gate_runner(path, SPEC, BATCH, SIZE, precision, upconv="native").outputs(task)
+
+
+def _trainable() -> list[str]:
+    """Every parameter whose gradient is not 0 by construction."""
+    names = [n for n in SPEC.param_shapes() if "running_" not in n]
+    return [n for n in names if n not in SPEC.zero_gradient_biases()]
+
+
+# -- the mutants ------------------------------------------------------------------------------
+
+
+def _upconv_kernels(weights: dict, change) -> dict:
+    return {n: change(v) if n.endswith("upconv.weight") else v for n, v in weights.items()}
+
+
+UPCONV_MUTANTS = {  # canonical (in, out, kh, kw) kernels, as a conversion could get them wrong
+    "spatial axes swapped": lambda k: np.ascontiguousarray(k.transpose(0, 1, 3, 2)),
+    "spatial axes flipped": lambda k: np.ascontiguousarray(k[:, :, ::-1, ::-1]),
+}
+
+
+def _torch_dropped_norm(model: torch.nn.Module) -> torch.nn.Module:
+    model.down1.norm1.forward = lambda x: x
+    return model
+
+
+def _biased(norm_momentum: float, count: int, before, after):
+    """The running variance ``after`` an unbiased update from ``before``, as the biased one would
+    have left it: the update's new part scaled by (n - 1) / n. (``norm_momentum``: the weight of the
+    batch's variance.)"""
+    kept = (1 - norm_momentum) * before
+    return kept + (after - kept) * (count - 1) / count
+
+
+def _torch_biased_variance(model: torch.nn.Module) -> torch.nn.Module:
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            forward = module.forward
+
+            def biased(x, module=module, forward=forward):
+                before = module.running_var.clone()
+                y = forward(x)
+                if module.training:  # a new tensor: autograd keeps the one the forward used
+                    count = x.numel() // x.shape[1]
+                    module.running_var = _biased(module.momentum, count, before, module.running_var.detach())
+                return y
+
+            module.forward = biased
+    return model
+
+
+def _flax_norm_mutant(monkeypatch, mutation: str) -> None:
+    """jax's BatchNorm, mutated: down1.norm1 dropped (marked on the converted model, so that the
+    mark is part of the jitted graph), or every running variance updated with the biased estimate."""
+    original = flax_unet.BatchNorm.__call__
+
+    def call(self, x):
+        if mutation == "dropped":
+            return x if getattr(self, "dropped", False) else original(self, x)
+        before = self.var[...]
+        y = original(self, x)
+        if not self.use_running_average:
+            self.var[...] = _biased(1 - self.momentum, x.size // x.shape[-1], before, self.var[...])
+        return y
+
+    monkeypatch.setattr(flax_unet.BatchNorm, "__call__", call)
+    if mutation == "dropped":
+        to_flax = jax_runner.convert.to_flax
+
+        def marked(weights, model):
+            model = to_flax(weights, model)
+            model.down1.norm1.dropped = True
+            return model
+
+        monkeypatch.setattr(jax_runner.convert, "to_flax", marked)
+
+
+def _torch_model_mutant(monkeypatch, mutate) -> None:
+    """Every torch U-Net built from now on (the runner's, the exporter's) ``mutate``d."""
+    build = torch_unet.build
+    monkeypatch.setattr(torch_unet, "build", lambda *a, **k: mutate(build(*a, **k)))
+
+
+def _mutant_outputs(monkeypatch, path: str, task: str, precision: str, mutation: str) -> dict:
+    if mutation in UPCONV_MUTANTS:
+        weights = workload.weights
+        change = UPCONV_MUTANTS[mutation]
+        monkeypatch.setattr(workload, "weights", lambda config: _upconv_kernels(weights(config), change))
+    elif path == "jax":
+        _flax_norm_mutant(monkeypatch, mutation)
+    else:
+        mutate = _torch_dropped_norm if mutation == "dropped" else _torch_biased_variance
+        _torch_model_mutant(monkeypatch, mutate)
+    return _outputs(path, task, precision)
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "precision"), FORWARD)
+@pytest.mark.parametrize("mutation", ["dropped", *UPCONV_MUTANTS])
+def test_a_wrong_forward_fails_the_gate(
+    references, monkeypatch, path: str, precision: str, mutation: str
+) -> None:
+    """One BatchNorm dropped, or the up-conv kernels' spatial axes swapped or flipped."""
+    result = _fails(
+        _mutant_outputs(monkeypatch, path, "infer", precision, mutation), references, "infer", precision
+    )
+    assert result.failed[0] == "logits"
+
+
+@pytest.mark.parametrize(("path", "precision"), TRAINING)
+def test_a_biased_running_variance_fails_the_gate(references, monkeypatch, path: str, precision: str) -> None:
+    result = _fails(
+        _mutant_outputs(monkeypatch, path, "train", precision, "biased"), references, "train", precision
+    )
+    assert all(n.endswith("running_var") for n in result.failed), result.describe()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_torch_eager_with_any_gradient_zeroed_fails_the_gate(references, precision: str) -> None:
+    """Each parameter's gradient in turn zeroed in the backward (a hook), every later tensor
+    following from it as it would."""
+    runner = gate_runner("torch-eager", SPEC, BATCH, SIZE, precision, upconv="native")
+    parameters = dict(runner.model.named_parameters())
+    for name in _trainable():
+        hook = parameters[name].register_hook(torch.zeros_like)
+        try:
+            result = _fails(runner.outputs("train"), references, "train", precision)
+        finally:
+            hook.remove()
+        assert f"gradients/{name}" in result.failed, name
+
+
+@pytest.mark.parametrize("name", SAMPLED)
+def test_jax_with_a_gradient_zeroed_fails_the_gate(references, monkeypatch, name: str) -> None:
+    """The gradient zeroed inside the jitted step, before Adam sees it."""
+    gradients = jax_runner.gradients
+
+    @functools.wraps(gradients)
+    def zeroed(*args, **kwargs):
+        loss, logits, grads, stats = gradients(*args, **kwargs)
+        *modules, leaf = convert._flax_path(name)
+        node = functools.reduce(lambda state, key: state[key], modules, grads)
+        node[leaf] = jax.tree.map(jnp.zeros_like, node[leaf])
+        return loss, logits, grads, stats
+
+    monkeypatch.setattr(jax_runner, "gradients", zeroed)
+    result = _fails(_outputs("jax", "train", "fp32"), references, "train", "fp32")
+    assert f"gradients/{name}" in result.failed
+
+
+@pytest.mark.parametrize(
+    ("path", "precision"),
+    [("torch-compile", "fp32"), ("torch-plain", "fp32"), ("jax-plain", "fp32"), ("torch-plain", "bf16")],
+)
+def test_other_paths_with_any_gradient_zeroed_fail_the_gate(references, path: str, precision: str) -> None:
+    """A path's own outputs, each gradient in turn zeroed."""
+    outputs = _outputs(path, "train", precision)
+    assert gate_check(outputs, references, "train", precision, SPEC).passed
+    for name in _trainable():
+        mutant = {
+            **outputs,
+            "gradients": {**outputs["gradients"], name: np.zeros_like(outputs["gradients"][name])},
+        }
+        assert f"gradients/{name}" in _fails(mutant, references, "train", precision).failed
+
+
+@pytest.mark.parametrize("path", ["torch-eager", "jax"])
+def test_an_optimizer_that_is_not_the_cases_adam_fails_the_gate(references, path: str) -> None:
+    """Adam at twice the case's learning rate: most parameters after the steps are off (and what
+    follows from them: the second loss, the running statistics); the first step's outputs are not."""
+    runner = gate_runner(path, SPEC, BATCH, SIZE, "fp32", upconv="native", learning_rate=2e-4)
+    result = _fails(runner.outputs("train"), references, "train", "fp32")
+    assert len([n for n in result.failed if n.startswith("adam/")]) > len(_trainable()) // 2
+    assert not [n for n in result.failed if n == "logits" or n.startswith("gradients/")]
