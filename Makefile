@@ -22,6 +22,9 @@ $(STAMP): requirements.lock
 test: $(STAMP)
 	$(BIN)/python -m pytest --benchmark-disable --width 8 --depth 2 --sizes 32 --batches 2 --precisions fp32 \
 		--image-size 96
+	# bf16 training through the gate on every path that enters a verdict
+	$(BIN)/python -m pytest --benchmark-disable --width 8 --depth 2 --sizes 32 --batches 2 --precisions bf16 \
+		--tasks train bench/test_unet.py::test_unet
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest --benchmark-only
