@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 
-.PHONY: install test bench bench-deploy lint lock
+.PHONY: install test bench bench-deploy bench-gpu lint lock
 
 install: $(STAMP)
 
@@ -34,6 +34,26 @@ bench: $(STAMP)
 DEPLOY_PATHS ?= torch-eager,torch-compile,jax,onnxruntime,openvino,torch-aoti
 bench-deploy: $(STAMP)
 	$(BIN)/python -m pytest --benchmark-only --tasks=infer --paths=$(DEPLOY_PATHS)
+
+# The groups GPU users ask about first, in one run folder within minutes: train and infer in bf16,
+# then infer in fp32 (a second session of the same run: --resume), 512 px. A lent GPU machine has
+# its own torch and jax and no network to build .venv with: this uses the first interpreter whose
+# torch and jax import (.venv's, else the machine's). The variables are there for a test on a CPU.
+GPU_PYTHON ?= $(firstword $(foreach p,$(BIN)/python python3 python,$(shell $(p) -c "import torch, jax" 2>/dev/null && echo $(p))))
+GPU_DEVICE ?= cuda
+GPU_PATHS ?= torch-eager,torch-compile,jax
+GPU_MATRIX ?= --sizes 512 --batches 8
+GPU_RESULTS ?= results
+GPU_RUN = $(GPU_PYTHON) -m pytest --benchmark-only bench/test_unet.py::test_unet --device $(GPU_DEVICE) \
+	--paths $(GPU_PATHS) --replicates 2 --group-budget 30 --results-dir $(GPU_RESULTS) $(GPU_MATRIX)
+bench-gpu:
+	@test -n "$(GPU_PYTHON)" || { echo "make bench-gpu: no python here imports torch and jax; make install first"; exit 2; }
+	@before="$$(ls -d $(GPU_RESULTS)/*/ 2>/dev/null)"; \
+	$(GPU_RUN) --precisions bf16 --tasks train,infer --max-minutes 4; first=$$?; \
+	run="$$(ls -d $(GPU_RESULTS)/*/ 2>/dev/null | grep -vxF "$$before" | head -n 1)"; \
+	test -n "$$run" || { echo "make bench-gpu: the bf16 session left no run folder"; exit 1; }; \
+	$(GPU_RUN) --precisions fp32 --tasks infer --max-minutes 1 --resume "$$run"; second=$$?; \
+	echo "make bench-gpu: the run is $$run"; exit $$(( first > second ? first : second ))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -143,6 +143,16 @@ def code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
+def engine_hash() -> str:
+    """A hash of all the code that makes a run's numbers (impls/ and bench/, the gate, the
+    statistics and the engine too): two sessions of one run (--resume) must share it."""
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/**/*.py")]):
+        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -178,6 +188,7 @@ def describe(device: str) -> dict:
         "flags": {k: os.environ[k] for k in ENV_FLAGS if k in os.environ},
         "allocator": allocator(),
         "git_commit": _git_commit(),
+        "engine_hash": engine_hash(),
         **probe("torch", device),
     }
     return info

@@ -126,7 +126,7 @@ def adam_steps(start: Start, gradients: list[Mapping[str, np.ndarray]]) -> dict[
 
 
 def adam_errors(outputs: Mapping[str, Any], start: Start) -> dict[str, float]:
-    """"adam/<parameter>": how far a path's parameters after its two steps are from Adam's steps
+    """ "adam/<parameter>": how far a path's parameters after its two steps are from Adam's steps
     on its own gradients, against their own scale (a wrong update, such as Adam without its bias
     correction, moves them by more than their steps' size: 1.5e-3 of a 3x3 kernel's norm at 8
     input channels, 1e-4 of a BatchNorm weight's; float32's resolution is 6e-8)."""

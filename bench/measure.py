@@ -81,12 +81,6 @@ class CaseFailure(Exception):
         self.status = status
 
 
-def gate_task(config: RunConfig) -> str:
-    """What the parity gate compares: the task (for "tiled", the stitched image), but for a
-    data-parallel run's training, checked by the equivalence tests, the forward."""
-    return "infer" if config.devices else config.task
-
-
 def default_compile_cache() -> Path:
     """The user's cache folder: $XDG_CACHE_HOME/unet-bench/compile, else ~/.cache/unet-bench/compile."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -244,6 +238,7 @@ class Prepared:
     cold: dict[str, Any] | None
     first_cached: float
     peak_memory_bytes: int | None = None  # the largest of its workers' peaks that hold no gate
+    footprint_bytes: int | None = None  # its first worker's peak through set-up and gate: to schedule by
     # The worker now: went through the gate before its rounds (the others are checked after),
     # and its peak holds none of the gate's allocations (read before any check, or reset after it).
     gated: bool = True
@@ -300,10 +295,14 @@ class Sweep:
         """
         tf32 = config.tf32 and config.device != "cpu"
         low_precision = config.precision == "bf16" or tf32
+        # A data-parallel run's training against torch eager's over as many devices (DDP's
+        # BatchNorm, per device unless --sync-bn, is another function than one device's); its
+        # forward against one device's, which it equals.
+        parallel = config.task == "train" and config.devices is not None
         reference_config = config.replace(
             path="torch-eager",
-            task=gate_task(config),
-            devices=None,
+            devices=config.devices if parallel else None,
+            sync_bn=config.sync_bn and parallel,
             scaling=None,
             upconv="native",
             memory_format="contiguous",
@@ -340,9 +339,7 @@ class Sweep:
         self, config: RunConfig, worker: Worker, reference: dict, own_noise: dict[str, float]
     ) -> gate.GateResult:
         """The worker's outputs against the reference, within the gate's allowances."""
-        return gate.check(
-            worker.outputs(gate_task(config)), reference, own_noise, config.spec, self._start(config)
-        )
+        return gate.check(worker.outputs(config.task), reference, own_noise, config.spec, self._start(config))
 
     def _eager_pairs(self, config: RunConfig, weights: Path, deadline: float) -> list[tuple[dict, dict]]:
         """torch eager's outputs in the case's precision beside their exact twins, on the batch of
@@ -356,12 +353,12 @@ class Sweep:
             fp32 = [worker.outputs(task, seed) for seed in gate.NOISE_SEEDS]
             if config.precision != "bf16" and not tf32:
                 return [
-                    (own, worker.call("outputs_in", "fp64", task, seed))
+                    (own, worker.outputs_in("fp64", task, seed))
                     for own, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
                 ]
             if not tf32:
                 return [
-                    (worker.call("outputs_in", "bf16", task, seed), exact)
+                    (worker.outputs_in("bf16", task, seed), exact)
                     for exact, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
                 ]
         with Worker(
@@ -470,7 +467,7 @@ class Sweep:
     def _crowded(self, prepared: list[Prepared]) -> str:
         """Why another worker would not fit beside the live ones ('' if it would): their peaks,
         plus one more like the largest, against what the device holds."""
-        peaks = [p.peak_memory_bytes or 0 for p in prepared]
+        peaks = [p.footprint_bytes or 0 for p in prepared]
         if not peaks:
             return ""
         device = prepared[0].config.device
@@ -587,13 +584,14 @@ class Sweep:
                 messaging_seconds=worker.messaging_seconds(),
                 compile_folder=str(folder),
             )
+            footprint = worker.peak_memory_bytes()
             peak_counts = worker.call("reset_peak_memory")  # the gate's allocations out of the figure
             lap("parity_gate")
         except BaseException:
             worker.close()
             raise
         prepared = Prepared(config, worker, record, time.perf_counter() - started, cold, first_cached)
-        prepared.peak_counts = peak_counts
+        prepared.peak_counts, prepared.footprint_bytes = peak_counts, footprint
         return prepared
 
     def _entry(self, asked: RunConfig) -> Path:

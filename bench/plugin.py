@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bench import environment, report, stats
+from bench import environment, report, resume, stats
 from bench.measure import Sweep, default_compile_cache
 from bench.runners.config import (
     CALIBRATION_REFERENCE,
@@ -89,6 +89,7 @@ SWEEP_KEY = pytest.StashKey[Sweep]()
 REPORT_KEY = pytest.StashKey[str]()
 ENVIRONMENT_KEY = pytest.StashKey[dict]()
 OPTIONS_KEY = pytest.StashKey[dict]()
+RESUMED_KEY = pytest.StashKey[tuple]()  # the earlier sessions' (benchmarks, failures) of a resumed run
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -240,6 +241,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--max-minutes",
         type=float,
         help="start no case after this many minutes; the rest are recorded as skipped (default: no limit)",
+    )
+    group.addoption(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR, a run stopped early (--max-minutes, Ctrl-C, a lost machine): measure "
+        "the cases it has no record of into it, reported as one run; refused unless it was measured "
+        "with this engine, these versions and this device",
     )
     group.addoption(
         "--compile-cache",
@@ -528,18 +536,26 @@ def pytest_configure(config: pytest.Config) -> None:
     timing = not config.getoption("benchmark_disable")
     # A run is saved by the main command, `pytest --benchmark-only`.
     run_dir = None
+    if config.getoption("resume") is not None and not config.getoption("benchmark_only"):
+        raise pytest.UsageError("--resume continues a measured run: use it with --benchmark-only")
     if config.getoption("benchmark_only") and cases and not config.option.collectonly:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        simulated = cases[0].device == "cpu" and any((c.devices or 1) > 1 for c in config.stash[SCALING_KEY])
-        run_dir = _new_run_dir(results_dir, cases[0].device, "-simulated-devices" if simulated else "")
-        run_dir.mkdir(parents=True)
-        config.stash[RUN_DIR_KEY] = run_dir
-        if not config.getoption("benchmark_json"):
-            config.option.benchmark_json = _json_target(run_dir / "benchmark.json")
         # Read now, so that the run records the code it started with; kept beside progress.jsonl
         # for a report rebuilt after a sweep that was killed outright.
         config.stash[ENVIRONMENT_KEY] = environment.describe(cases[0].device)
-        write_text(run_dir / "environment.json", json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
+        if config.getoption("resume") is not None:
+            run_dir = _resumed_run_dir(config)
+            cases = config.stash[CASES_KEY]
+        else:
+            simulated = cases[0].device == "cpu" and any(
+                (c.devices or 1) > 1 for c in config.stash[SCALING_KEY]
+            )
+            run_dir = _new_run_dir(results_dir, cases[0].device, "-simulated-devices" if simulated else "")
+            run_dir.mkdir(parents=True)
+            write_text(run_dir / "environment.json", json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
+        config.stash[RUN_DIR_KEY] = run_dir
+        if not config.getoption("benchmark_json"):
+            config.option.benchmark_json = _json_target(run_dir / "benchmark.json")
     config.stash[SWEEP_KEY] = Sweep(
         progress_file=run_dir / "progress.jsonl" if run_dir else None,
         compile_cache=compile_cache,
@@ -557,6 +573,28 @@ def pytest_configure(config: pytest.Config) -> None:
         cases=cases + config.stash[SCALING_KEY],
         announce=_announcer(config),
     )
+
+
+def _resumed_run_dir(config: pytest.Config) -> Path:
+    """The run folder --resume names, checked; the matrix (and the scaling one) left with the cases
+    it holds no record of, and the earlier sessions' records kept for the run's benchmark.json."""
+    run_dir = Path(config.getoption("resume"))
+    try:
+        resume.check(run_dir, config.stash[ENVIRONMENT_KEY])
+        benchmarks, failures = resume.recorded(run_dir)
+    except (ValueError, report.UnreadableRun) as error:
+        raise pytest.UsageError(str(error)) from None
+    done = {resume.case_id(record) for record in benchmarks + failures}
+    for key in (CASES_KEY, SCALING_KEY):
+        config.stash[key] = [case for case in config.stash[key] if case.id not in done]
+    config.stash[RESUMED_KEY] = (benchmarks, failures)
+    # Superseded by the one this session writes (the earlier cases in it); until then the report
+    # reads progress.jsonl, which holds every session's records.
+    earlier = run_dir / "benchmark.json"
+    if earlier.exists():
+        kept = (run_dir / f"benchmark-session-{n}.json" for n in itertools.count(1))
+        earlier.rename(next(file for file in kept if not file.exists()))
+    return run_dir
 
 
 def _announcer(config: pytest.Config):
@@ -635,6 +673,10 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         },
         "failures": [r for r in sweep.records if r.get("status") != "ok"],
     }
+    if RESUMED_KEY in config.stash:  # one run: the earlier sessions' cases too
+        benchmarks, failures = config.stash[RESUMED_KEY]
+        output_json["benchmarks"] = benchmarks + output_json["benchmarks"]
+        output_json["unet_bench"]["failures"] = failures + output_json["unet_bench"]["failures"]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -651,6 +693,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run_dir = config.stash.get(RUN_DIR_KEY, None)
     if run_dir is None:
         return
+    if RESUMED_KEY in config.stash and not config.stash[CASES_KEY] + config.stash[SCALING_KEY]:
+        session.exitstatus = pytest.ExitCode.OK  # not "no tests collected": the run is complete
+        config.stash[REPORT_KEY] = f"nothing left to measure in {run_dir}: its report is rebuilt"
     if not report.is_run(run_dir):
         shutil.rmtree(run_dir)  # nothing was measured
         return

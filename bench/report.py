@@ -209,6 +209,9 @@ def _from_progress(run_dir: Path) -> _Run:
     """The run, from the records of progress.jsonl (a sweep that never wrote benchmark.json)."""
     file = Path(run_dir) / "progress.jsonl"
     records, notes = _records(file)
+    # A resumed run (--resume) appends a case's new record after its skipped or interrupted one.
+    last = {record.get("id"): where for where, record in records}
+    records = [(where, record) for where, record in records if last[record.get("id")] == where]
     rebuilt = "progress.jsonl (the sweep ended before it wrote benchmark.json)"
     section: dict[str, Any] = {"rebuilt_from": rebuilt}
     environment = Path(run_dir) / "environment.json"
@@ -242,6 +245,17 @@ def _read(run_dir: Path) -> _Run:
         _labelled("failure", _member(file, section, "failures", list, [])),
         section,
     )
+
+
+def read_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """A run's benchmarks (as benchmark.json has them) and failure records."""
+    run = _read(Path(run_dir))
+    return [b for _, b in run.benchmarks], [f for _, f in run.failures]
+
+
+def read_environment(file: Path) -> dict:
+    """A run's environment.json."""
+    return _json_object(Path(file))
 
 
 def is_run(run_dir: Path) -> bool:

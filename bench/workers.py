@@ -102,6 +102,11 @@ def leftover_processes() -> list[psutil.Process]:
     return [p for p in _marked(OWNER_MARKER, str(os.getpid())) if p.is_running()]
 
 
+def _gathered(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's outputs, its logits those of every rank in order (the ranks' rows of the batch)."""
+    return {**replies[0], "logits": np.concatenate([r["logits"] for r in replies])}
+
+
 class Worker:
     """One case's worker process(es), with the Runner interface over the connection.
 
@@ -322,8 +327,11 @@ class Worker:
     def outputs(self, task: str, seed: int = 0) -> dict[str, Any]:
         """Rank 0's outputs on the batch drawn with ``seed`` (bench/runners/workload.py's SEED: the
         timed one); a data-parallel run's logits gathered from the ranks in order."""
-        replies = self.request("outputs", task, seed)
-        return {**replies[0], "logits": np.concatenate([r["logits"] for r in replies])}
+        return _gathered(self.request("outputs", task, seed))
+
+    def outputs_in(self, precision: str, task: str, seed: int = 0) -> dict[str, Any]:
+        """``outputs`` of the same case in another precision (bench/runners/worker.py)."""
+        return _gathered(self.request("outputs_in", precision, task, seed))
 
     def reset_state(self) -> None:
         self.request("reset_state")

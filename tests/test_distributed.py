@@ -23,11 +23,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.measure import Sweep
 from bench.runners import LEARNING_RATE, RunConfig
 from bench.runners.workload import batch, initial_weights
 from bench.workers import Worker, WorkerError, leftover_processes
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
+from tests.fakes import FakeBenchmark
 from tests.helpers import assert_close
 
 SPEC = UNetSpec(width=4, depth=2)
@@ -142,3 +144,16 @@ def test_standalone_workers_under_torchrun(tmp_path) -> None:
     summary = json.loads((tmp_path / "run.json").read_text())
     assert len(summary["step_seconds"]) == 3 and summary["images_per_second"] > 0
     assert "DistributedDataParallel over 2 processes (gloo)" in summary["settings"]["engine"]
+
+
+@pytest.mark.parametrize("path", ["torch-eager", "jax"])
+def test_data_parallel_training_passes_the_gate_on_its_backward(tmp_path, path: str) -> None:
+    """A data-parallel training case against torch eager's DDP training (per-device BatchNorm):
+    its gradients, running statistics and Adam's steps, not only its forward."""
+    sweep = Sweep(compile_cache=tmp_path, timing=False, announce=lambda line: None)
+    sweep.cases = [_config(path, task="train")]
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    assert record["status"] == "ok"
+    compared = {name.partition("/")[0] for name in record["parity"]["errors"]}
+    assert compared == {"logits", "loss", "gradients", "weights", "adam"}
+    assert leftover_processes() == []

@@ -300,3 +300,56 @@ def test_an_undecided_group_samples_more_workers_until_its_limit_or_budget(sweep
     assert record["sampling"]["workers"] == 2
     assert record["sampling"]["stopped"].startswith("undecided when the group budget")
     assert leftover_processes() == []
+
+
+def _logged_requests(monkeypatch) -> list[tuple[Worker, str]]:
+    """Every command sent to a worker of the sweep (reference workers included), in order."""
+    sent: list[tuple[Worker, str]] = []
+    request = Worker.request
+
+    def logged(self, command, *args, **kwargs):
+        sent.append((self, command))
+        return request(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "request", logged)
+    return sent
+
+
+def test_every_timed_worker_is_checked_and_no_peak_holds_the_gate(sweep, monkeypatch) -> None:
+    """Per worker of a case: the gate before the rounds, then the peak reset (the gate's gradient
+    copies out of the figure); each later worker checked after its rounds, its peak read first."""
+    sent = _logged_requests(monkeypatch)
+    sweep.replicates = sweep.max_replicates = 3
+    sweep.cases = [RunConfig(path, SPEC, 16, 2, task="train") for path in ("torch-eager", "jax")]
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
+    assert all(r["status"] == "ok" and r["peak_memory_bytes"] > 0 for r in records)
+    timed = list(dict.fromkeys(w for w, command in sent if command == "call"))
+    assert len(timed) == 2 * 3
+    for worker in timed:
+        commands = [command for w, command in sent if w is worker]
+        assert "outputs" in commands, f"{worker.config.path}: a timed worker never checked"
+        assert "peak_memory_bytes" in commands
+        for i, command in enumerate(commands):
+            checks = [j for j in range(i) if commands[j] == "outputs"]
+            if command == "peak_memory_bytes" and checks:
+                assert "reset_peak_memory" in commands[checks[-1] : i], commands
+
+
+def test_a_replicate_worker_that_computes_another_function_fails_the_case(sweep, monkeypatch) -> None:
+    """The first worker passes the gate; a later one whose logits are off fails the case."""
+    outputs, checked = Worker.outputs, []
+
+    def off_after_the_first(self, task, seed=0):
+        found = outputs(self, task, seed)
+        checked.append(self.config.path)
+        if checked.count(self.config.path) > 1 and self.config.path == "jax":
+            found["logits"] = found["logits"] * 1.01
+        return found
+
+    monkeypatch.setattr(Worker, "outputs", off_after_the_first)
+    sweep.replicates = sweep.max_replicates = 2
+    sweep.cases = _cases("torch-eager", "jax")
+    assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
+    with pytest.raises(measure.CaseFailure, match=r"jax \(worker 2 of the case\) differs .* logits"):
+        sweep.run(sweep.cases[1], FakeBenchmark())
+    assert leftover_processes() == []

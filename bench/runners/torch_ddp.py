@@ -85,6 +85,12 @@ class DataParallel:
         self.settings["batchnorm"] = batchnorm
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
 
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``'s mean over the ranks: a loss of the global batch, as DDP's gradients are."""
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world
+
     def agree(self, choice: str) -> str:
         """Rank 0's choice, for every rank: their timings may differ, their models may not."""
         chosen = [choice]

@@ -121,6 +121,10 @@ class SingleDevice:
         """One choice for every process of the placement: this one's."""
         return choice
 
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``'s mean over the placement's processes (the global batch's loss): itself."""
+        return value
+
 
 class TorchRunner:
     def __init__(self, config: RunConfig, placement: Any = None) -> None:
@@ -352,7 +356,7 @@ class TorchRunner:
             gradients = {
                 name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()
             }
-            steps.append((loss.item(), logits.float().cpu().numpy(), gradients))
+            steps.append((self.placement.mean(loss).item(), logits.float().cpu().numpy(), gradients))
         return {
             "logits": steps[0][1],
             "loss": np.array([step[0] for step in steps]),

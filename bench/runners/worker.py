@@ -196,7 +196,7 @@ class Service:
         twin = self.config.replace(precision=precision)
         if self.config.framework == "torch":  # the same layout, chosen once
             twin = twin.replace(memory_format=self.runner.settings["memory_format"])
-        return _outputs(build(twin), task, seed)
+        return _outputs(build(twin, getattr(self.runner, "placement", None)), task, seed)
 
     def call(self) -> None:
         """What one timed round runs: one train step, one forward, or one whole image in tiles."""
