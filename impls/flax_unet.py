@@ -72,33 +72,26 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     return (y.astype(jnp.promote_types(y.dtype, jnp.float32)) + bias).astype(y.dtype)
 
 
-def _own_bias(layer: nnx.Module, use_bias: bool, param_dtype) -> None:
-    """The layer's bias as a parameter of its own (Flax's layer built without one), for add_bias."""
-    layer.bias = nnx.Param(jnp.zeros((layer.out_features,), param_dtype)) if use_bias else nnx.data(None)
+def _bias_in_float32(layer: type) -> type:
+    """Flax's ``layer`` (nnx.Conv, nnx.ConvTranspose) built without its own bias add: the same
+    parameters (``bias`` beside ``kernel``), the bias added by add_bias."""
+
+    class Layer(layer):
+        def __init__(self, *args, use_bias: bool = True, param_dtype=jnp.float32, **options) -> None:
+            super().__init__(*args, use_bias=False, param_dtype=param_dtype, **options)
+            shape = (self.out_features,)
+            self.bias = nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else nnx.data(None)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            y = super().__call__(x)
+            return y if self.bias is None else add_bias(y, self.bias[...])
+
+    Layer.__name__ = Layer.__qualname__ = layer.__name__
+    return Layer
 
 
-class Conv(nnx.Conv):
-    """``nnx.Conv`` with its bias added by add_bias."""
-
-    def __init__(self, *args, use_bias: bool = True, param_dtype=jnp.float32, **options) -> None:
-        super().__init__(*args, use_bias=False, param_dtype=param_dtype, **options)
-        _own_bias(self, use_bias, param_dtype)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = super().__call__(x)
-        return y if self.bias is None else add_bias(y, self.bias[...])
-
-
-class ConvTranspose(nnx.ConvTranspose):
-    """``nnx.ConvTranspose`` with its bias added by add_bias."""
-
-    def __init__(self, *args, use_bias: bool = True, param_dtype=jnp.float32, **options) -> None:
-        super().__init__(*args, use_bias=False, param_dtype=param_dtype, **options)
-        _own_bias(self, use_bias, param_dtype)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = super().__call__(x)
-        return y if self.bias is None else add_bias(y, self.bias[...])
+Conv = _bias_in_float32(nnx.Conv)
+ConvTranspose = _bias_in_float32(nnx.ConvTranspose)
 
 
 def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Conv:
