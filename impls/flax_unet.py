@@ -46,20 +46,22 @@ class BatchNorm(nnx.Module):
         out_dtype = x.dtype
         x = x.astype(jnp.promote_types(x.dtype, self.mean.dtype))
         if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            n = x.size // x.shape[-1]
-            if n < 2:
-                raise ValueError(
-                    f"BatchNorm in train mode needs more than 1 value per channel, got input "
-                    f"shape {x.shape}; use a larger batch or image, or model.eval()"
-                )
-            axes = tuple(range(x.ndim - 1))
-            mean = x.mean(axes)
-            var = jnp.square(x - mean).mean(axes)
-            m = self.momentum
-            self.mean[...] = m * self.mean[...] + (1 - m) * mean
-            self.var[...] = m * self.var[...] + (1 - m) * var * (n / (n - 1))
+            # Folded per channel into one multiply-add per value, as PyTorch's inference-mode
+            # BatchNorm computes it.
+            factor = jax.lax.rsqrt(self.var[...] + self.epsilon) * self.scale[...]
+            return (x * factor + (self.bias[...] - self.mean[...] * factor)).astype(out_dtype)
+        n = x.size // x.shape[-1]
+        if n < 2:
+            raise ValueError(
+                f"BatchNorm in train mode needs more than 1 value per channel, got input "
+                f"shape {x.shape}; use a larger batch or image, or model.eval()"
+            )
+        axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axes)
+        var = jnp.square(x - mean).mean(axes)
+        m = self.momentum
+        self.mean[...] = m * self.mean[...] + (1 - m) * mean
+        self.var[...] = m * self.var[...] + (1 - m) * var * (n / (n - 1))
         y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
         return y.astype(out_dtype)
 
