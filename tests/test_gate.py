@@ -17,6 +17,7 @@ import torch
 
 from bench import gate
 from bench.runners import jax_runner, workload
+from bench.runners.config import framework
 from impls import convert, flax_unet, torch_unet
 from impls.spec import UNetSpec
 from tests.helpers import gate_check, gate_references, gate_runner
@@ -25,9 +26,15 @@ SPEC = UNetSpec(width=8, depth=2)
 SIZE, BATCH = 32, 2
 # One tensor of each kind, for the mutants that need a compilation each (jax).
 SAMPLED = ("down0.conv1.weight", "down1.norm2.weight", "down2.norm1.bias", "up0.upconv.weight", "head.bias")
-# (path, precision) pairs whose training the gate covers; jax bf16 training is issue 20's section 2.
-TRAINING = [("torch-eager", "fp32"), ("torch-eager", "bf16"), ("jax", "fp32")]
-FORWARD = [*TRAINING, ("jax", "bf16"), ("onnxruntime", "fp32")]
+TRAINING = [("torch-eager", "fp32"), ("torch-eager", "bf16"), ("jax", "fp32"), ("jax", "bf16")]
+# The runtimes export the mutant torch model; the plain paths build the mutants as the others do.
+FORWARD = [
+    *TRAINING,
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+    ("torch-plain", "fp32"),
+    ("jax-plain", "fp32"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +138,7 @@ def _mutant_outputs(monkeypatch, path: str, task: str, precision: str, mutation:
         weights = workload.weights
         change = UPCONV_MUTANTS[mutation]
         monkeypatch.setattr(workload, "weights", lambda config: _upconv_kernels(weights(config), change))
-    elif path == "jax":
+    elif framework(path) == "jax":
         _flax_norm_mutant(monkeypatch, mutation)
     else:
         mutate = _torch_dropped_norm if mutation == "dropped" else _torch_biased_variance
@@ -177,8 +184,11 @@ def test_torch_eager_with_any_gradient_zeroed_fails_the_gate(references, precisi
         assert f"gradients/{name}" in result.failed, name
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", SAMPLED)
-def test_jax_with_a_gradient_zeroed_fails_the_gate(references, monkeypatch, name: str) -> None:
+def test_jax_with_a_gradient_zeroed_fails_the_gate(
+    references, monkeypatch, name: str, precision: str
+) -> None:
     """The gradient zeroed inside the jitted step, before Adam sees it."""
     gradients = jax_runner.gradients
 
@@ -191,7 +201,7 @@ def test_jax_with_a_gradient_zeroed_fails_the_gate(references, monkeypatch, name
         return loss, logits, grads, stats
 
     monkeypatch.setattr(jax_runner, "gradients", zeroed)
-    result = _fails(_outputs("jax", "train", "fp32"), references, "train", "fp32")
+    result = _fails(_outputs("jax", "train", precision), references, "train", precision)
     assert f"gradients/{name}" in result.failed
 
 
