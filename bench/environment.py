@@ -137,19 +137,23 @@ def versions() -> dict[str, str]:
 @functools.cache  # likewise: the code a run started with
 def code_hash() -> str:
     """A hash of the code that builds and runs a model and makes its data: part of a cache's key."""
-    digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/runners/*.py"), ROOT / "bench/cells.py"]):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return _files_hash([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/runners/*.py"), ROOT / "bench/cells.py"])
 
 
 @functools.cache
 def engine_hash() -> str:
     """A hash of all the code that makes a run's numbers (impls/ and bench/, the gate, the
     statistics and the engine too): two sessions of one run (--resume) must share it."""
+    return _files_hash([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/**/*.py")], relative=True)
+
+
+def _files_hash(paths: list[Path], relative: bool = False) -> str:
+    """sha256 over ``paths`` in order, each by its name (its path from the root if ``relative``:
+    bench/ holds two __init__.py) and its bytes."""
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("impls/*.py"), *ROOT.glob("bench/**/*.py")]):
-        digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    for path in sorted(paths):
+        name = str(path.relative_to(ROOT)) if relative else path.name
+        digest.update(name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 

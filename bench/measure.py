@@ -590,9 +590,16 @@ class Sweep:
         except BaseException:
             worker.close()
             raise
-        prepared = Prepared(config, worker, record, time.perf_counter() - started, cold, first_cached)
-        prepared.peak_counts, prepared.footprint_bytes = peak_counts, footprint
-        return prepared
+        return Prepared(
+            config,
+            worker,
+            record,
+            time.perf_counter() - started,
+            cold,
+            first_cached,
+            footprint_bytes=footprint,
+            peak_counts=peak_counts,
+        )
 
     def _entry(self, asked: RunConfig) -> Path:
         """The compile folder of a case as asked for ("auto" forms: the choices are kept in
@@ -850,7 +857,6 @@ class Sweep:
             result = self._gate(p.config, p.worker, reference, own_noise)
         except WorkerError as error:
             return error
-        p.gated = True
         return (
             None
             if result.passed
