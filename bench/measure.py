@@ -794,10 +794,10 @@ class Sweep:
     def _judgement(self, live: list[Prepared]) -> stats.Judgement | None:
         """The group's comparisons as the report will judge them; None with fewer than two paths."""
         rounds = {p.config.path: (p.rounds, p.blocks, p.workers) for p in live}
-        competing, calibration = verdict_roles(rounds)
-        if not competing or len(competing) + len(calibration) < 2:
+        competing, calibration, plain = verdict_roles(rounds)
+        if not competing or len(competing) + len(calibration) + len(plain) < 2:
             return None
-        return stats.judge(rounds, competing, calibration, self.margin, self.run_spread)
+        return stats.judge(rounds, competing, calibration, self.margin, self.run_spread, plain)
 
     def _once(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
         failures = {}

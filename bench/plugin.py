@@ -43,8 +43,9 @@ from impls.files import check_folder, write_text
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
 
 DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
-# The plain references (torch-plain, jax-plain) run when asked for with --paths: in no verdict, their
-# set-up and rounds went to the default run's 15 minutes that deciding the verdicts needs more.
+# The plain references are in no verdict. On a CPU the default run measures jax against jax-plain
+# (is the project's JAX at its best?); torch-plain, and on a GPU both, run when asked for with --paths:
+# their set-up and rounds would go to time that deciding the verdicts needs more.
 DEFAULT_PATHS = ("torch-eager", "torch-compile", "jax")
 # The default matrix fits the machine: small images on a CPU, large ones on a GPU.
 # bf16 on a CPU (slow under XLA's CPU backend, rare in practice) is asked for with --precisions.
@@ -58,7 +59,7 @@ DEFAULTS = {
         "batches": [2],
         "precisions": ["fp32"],
         "image_size": 256,
-        "paths": list(DEFAULT_PATHS),
+        "paths": [*DEFAULT_PATHS, "jax-plain"],
         "case_timeout": 900,
         "max_time": 3.0,
         "replicates": 3,

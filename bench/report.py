@@ -392,14 +392,14 @@ def _time_spreads(cases: list[pd.Series]) -> list:
 
 def judge_group(group: pd.DataFrame, margin: float, run_spread: float) -> stats.Judgement | None:
     """A group's stats.Judgement: the paths that compete (not the plain references, the calibration
-    paths or TF32-backward rows) against the fastest, each calibration path against torch-eager;
-    None without rounds or with nothing to compare."""
+    paths or TF32-backward rows) against the fastest, each calibration path against torch-eager, each
+    mirrored path against its plain reference; None without rounds or with nothing to compare."""
     usable = group[group.round_seconds.notna() & ~group.tf32_backward]
     rounds = dict(zip(usable.path, usable.round_seconds, strict=True))
-    competing, calibration = verdict_roles(_path_order(rounds))
-    if not competing or len(competing) + len(calibration) < 2:
+    competing, calibration, plain = verdict_roles(_path_order(rounds))
+    if not competing or len(competing) + len(calibration) + len(plain) < 2:
         return None
-    return stats.judge(rounds, competing, calibration, margin, run_spread)
+    return stats.judge(rounds, competing, calibration, margin, run_spread, plain)
 
 
 def rule_of(section: dict) -> tuple[float, float]:
@@ -535,7 +535,7 @@ def _rate_and_speedup(rate: float, speedup: stats.Interval | None) -> str:
 def _verdict_outcome(case: pd.Series) -> str:
     """What the case's group verdict says of it: "fastest", or its comparison's outcome against the
     fastest path; "" for a path in no verdict (or a group without one)."""
-    judgement = case.judgement
+    judgement = _verdict_of(case.judgement)
     if judgement is None or not competes(case.path):
         return ""
     if case.path == judgement.best:
@@ -640,12 +640,20 @@ def utilization_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
 # -- verdicts ------------------------------------------------------------------------------------
 
 
+def _verdict_of(judgement: stats.Judgement | None) -> stats.Judgement | None:
+    """The judgement as the verdict takes it: None for a group whose one competing path was compared
+    only with its plain reference (no verdict, as before plain references were compared)."""
+    if judgement is None or not (judgement.comparisons or judgement.calibration):
+        return None
+    return judgement
+
+
 def group_verdicts(measured: pd.DataFrame) -> pd.DataFrame:
     """Per group of single-device cases: its stats.Judgement (or None with the reason), its sampling
     and its schedule."""
     rows = []
     for key, group in measured.groupby(["task", *CASE], sort=False):
-        judgement = group.judgement.iloc[0]
+        judgement = _verdict_of(group.judgement.iloc[0])
         reason = ""
         if group.round_seconds.isna().all():
             reason = NO_ROUNDS
@@ -833,6 +841,25 @@ def deployment(measured: pd.DataFrame, versions: dict[str, str]) -> list[str]:
             )
             call = stats.outcome(interval, judgement.margin)
             lines.append(f"  - {case.path}: {interval.format()} {call} ({_cost(case, versions)})")
+    return lines
+
+
+PLAIN_NOTE = (
+    "Each of the project's paths against the same U-Net written plainly, as a user would (its speed-up, "
+    "95% interval, outcome at the run's margin): below 1x is what the project's own code costs that "
+    "path, a handicap the verdicts would carry. In no verdict."
+)
+
+
+def plain_lines(measured: pd.DataFrame) -> list[str]:
+    """A bullet per group with a plain reference: each mirrored path's speed-up over it."""
+    lines = []
+    for (task, size, batch, precision), group in measured.groupby(["task", *CASE], sort=False):
+        judgement = group.judgement.iloc[0]
+        if judgement is None or not judgement.plain:
+            continue
+        compared = "; ".join(f"{c.describe()} against {c.against}" for c in judgement.plain)
+        lines.append(f"- **{task} {size}px b{batch} {precision}**: {compared}")
     return lines
 
 
@@ -1049,6 +1076,9 @@ def markdown(measured: pd.DataFrame, failures: pd.DataFrame, section: dict, othe
     if not measured.empty:
         parts += ["## Which to pick", "", rule(*rule_of(section)), "", *verdicts(measured), ""]
         parts += _calibration_section(measured)
+        plain = plain_lines(measured)
+        if plain:
+            parts += ["### Against plainly written references", "", PLAIN_NOTE, "", *plain, ""]
         deploying = deployment(measured, env.get("versions", {})) if _has_rounds(measured) else []
         if deploying:
             parts += ["### Deploying for inference: the runtimes beside the frameworks", "", DEPLOY_NOTE, ""]
@@ -1408,6 +1438,9 @@ def readme_run(run_dir: Path, link: str) -> str:
         *verdicts(measured),
         "",
     ]
+    plain = plain_lines(measured)
+    if plain:
+        parts += ["**Against plainly written references** (in no verdict):", "", *plain, ""]
     deploying = deployment(measured, env.get("versions", {})) if _has_rounds(measured) else []
     if deploying:
         parts += ["**Deploying for inference** (every path against the fastest framework path):", ""]

@@ -323,20 +323,23 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Judgement:
-    """A group's answer: its fastest path by the one estimate, every other competing path against it,
-    and each calibration path against its reference (in no verdict: the rule's own check)."""
+    """A group's answer: its fastest path by the one estimate, every other competing path against it;
+    in no verdict, each calibration path against its reference (the rule's own check) and each
+    project path against its plain reference (what the project's code costs)."""
 
     best: str
     comparisons: tuple[Comparison, ...]
     calibration: tuple[Comparison, ...]
+    plain: tuple[Comparison, ...]
     margin: float
     run_spread: float
     floor: Spread | None  # for comparisons of fewer than FLOOR_WORKERS workers
 
     @property
     def decided(self) -> bool:
-        """Every comparison, calibration included, is faster, slower or equivalent."""
-        return all(c.decided for c in (*self.comparisons, *self.calibration))
+        """Every comparison, calibration and plain references included, is faster, slower or
+        equivalent."""
+        return all(c.decided for c in (*self.comparisons, *self.calibration, *self.plain))
 
     @property
     def verdict(self) -> str:
@@ -384,17 +387,20 @@ def judge(
     calibration: Mapping[str, str] | None = None,
     margin: float = MARGIN,
     run_spread: float = RUN_SPREAD,
+    plain: Mapping[str, str] | None = None,
 ) -> Judgement:
     """The group's Judgement from each path's rounds: (seconds, blocks, workers). ``competing``: the
-    paths in the verdict; ``calibration``: {calibration path: the path it is measured against}.
-    A comparison of fewer than FLOOR_WORKERS workers has the spread per worker pooled over all of the
-    group's comparisons as its floor."""
+    paths in the verdict; ``calibration``: {calibration path: the path it is measured against};
+    ``plain``: {project path: the plain reference it is measured against}.
+    A comparison of fewer than FLOOR_WORKERS workers has the spread per worker pooled over the group's
+    verdict and calibration comparisons as its floor (the plain references' leave the rule as it was)."""
     if not competing:
         raise ValueError("judge: no competing paths")
     best = min(competing, key=lambda path: estimate(rounds[path]))
-    pairs = [(path, best) for path in competing if path != best] + list((calibration or {}).items())
-    ratios = {pair: worker_speedups(rounds[pair[1]], rounds[pair[0]]) for pair in pairs}
-    floor = pooled_spread([r for r in ratios.values() if len(r) > 1])
+    checks = {"calibration": list((calibration or {}).items()), "plain": list((plain or {}).items())}
+    ruled = [(path, best) for path in competing if path != best] + checks["calibration"]
+    ratios = {pair: worker_speedups(rounds[pair[1]], rounds[pair[0]]) for pair in ruled + checks["plain"]}
+    floor = pooled_spread([ratios[pair] for pair in ruled if len(ratios[pair]) > 1])
 
     def compared(path: str, against: str) -> Comparison:
         found = ratios[(path, against)]
@@ -404,6 +410,6 @@ def judge(
         sd = max(own, floor.sd) if floored else own
         return Comparison(path, against, interval, outcome(interval, margin), len(found), sd)
 
-    made = [compared(path, against) for path, against in pairs]
-    count = len(competing) - 1
-    return Judgement(best, tuple(made[:count]), tuple(made[count:]), margin, run_spread, floor)
+    comparisons = tuple(compared(path, best) for path in competing if path != best)
+    calibration_made, plain_made = (tuple(compared(*pair) for pair in checks[k]) for k in checks)
+    return Judgement(best, comparisons, calibration_made, plain_made, margin, run_spread, floor)

@@ -88,10 +88,11 @@ def test_the_main_command_collects_no_unit_test() -> None:
 def test_default_cpu_matrix() -> None:
     result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
     ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
-    # paths (the plain references only when asked for) x train and infer x sizes x batches x fp32
-    assert len(ids) == 3 * 2 * 1 * 1
+    # paths (jax-plain, torch-plain only when asked for) x train and infer x sizes x batches x fp32
+    assert len(ids) == 4 * 2 * 1 * 1
     assert "test_unet[train-torch-compile-128px-b2-fp32]" in result.stdout
-    assert "plain" not in result.stdout and "tiled" not in result.stdout
+    assert "test_unet[infer-jax-plain-128px-b2-fp32]" in result.stdout
+    assert "torch-plain" not in result.stdout and "tiled" not in result.stdout
 
 
 def test_calibration_adds_its_paths_to_every_group() -> None:

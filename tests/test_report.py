@@ -262,13 +262,32 @@ def test_tables_show_speedups_with_intervals_and_plain_paths_only_there(tmp_path
     verdict = text.split("## Which to pick")[1].split("## train")[0]
     assert "- **train, fp32**: 2 groups: winner in 2; 4 of 4 comparisons decided." in verdict
     assert "- **infer, fp32**: 2 groups: winner in 2; 4 of 4 comparisons decided." in verdict
-    assert "torch-plain" not in verdict.split("in no verdict.")[1]
+    bullets, plain = verdict.split("in no verdict.")[1].split("### Against plainly written references")
+    assert "torch-plain" not in bullets
+    # torch-plain runs 2x torch-eager's speed: the project's torch-eager at half of it, outside the margin
+    assert re.search(
+        r"- \*\*train 64px b1 fp32\*\*: torch-eager 0\.50x \[0\.\d\d, 0\.\d\d\] slower against torch-plain",
+        plain,
+    )
     # 30 s of compiling against about 0.12 s x (1 - 1/1.3) saved per step
     winner = (
         r"64px b1: torch-compile faster than every other path by more than 5% \(torch-eager "
         r"0\.7\dx \[0\.\d\d, 0\.\d\d\] slower; jax 0\.3\dx \[0\.\d\d, 0\.\d\d\] slower\); "
     )
     assert re.search(winner + r"its compile pays back after 1\d{3} \[1\d{3}, 1\d{3}\] train steps", verdict)
+
+
+def test_a_path_with_only_its_plain_reference_has_no_verdict_but_its_comparison(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run", {group: {"jax": 1.0, "jax-plain": 1.0} for group in GROUPS})
+    measured = report.load(run)[0]
+    assert report.verdicts(measured)[0] == "- **train, fp32**: no verdict: fewer than two paths to compare."
+    lines = report.plain_lines(measured)
+    assert len(lines) == len(GROUPS)
+    assert re.fullmatch(
+        r"- \*\*train 64px b1 fp32\*\*: jax 1\.0\dx \[[01]\.\d\d, 1\.0\d\] equivalent against jax-plain",
+        lines[0],
+    )
+    assert not report.throughput_table(measured, "train").stack().str.endswith("fastest").any()
 
 
 def test_a_group_within_the_margin_is_equivalent(tmp_path: Path) -> None:

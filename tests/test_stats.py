@@ -123,6 +123,26 @@ def test_an_open_comparison_says_how_many_workers_would_decide_it() -> None:
     assert judgement.minutes_to_decide(60.0) == pytest.approx(needed - 3)
 
 
+def test_plain_references_are_compared_apart_and_leave_the_verdict_and_its_floor_as_they_were() -> None:
+    rounds = _workers({"torch-eager": 1.0, "torch-compile": 1.3, "torch-plain": 0.97, "jax": 0.5}, 3, 0.04)
+    competing = ["torch-eager", "torch-compile", "jax"]
+    alone = stats.judge(rounds, competing)
+    judged = stats.judge(rounds, competing, plain={"torch-eager": "torch-plain"})
+    assert (judged.comparisons, judged.floor, judged.best) == (alone.comparisons, alone.floor, alone.best)
+    (plain,) = judged.plain
+    assert (plain.path, plain.against) == ("torch-eager", "torch-plain")
+    assert plain.speedup.contains(1 / 0.97) or abs(plain.speedup.value - 1 / 0.97) < 0.05
+    # the group is decided only when its plain comparison is too, so the sweep samples on for it
+    assert judged.decided == (alone.decided and plain.decided)
+
+
+def test_an_undecided_plain_comparison_leaves_the_group_undecided() -> None:
+    rounds = _workers({"jax": 1.0, "torch-eager": 2.0, "jax-plain": 1.04}, workers=3, spread=0.05)
+    judged = stats.judge(rounds, ["torch-eager", "jax"], plain={"jax": "jax-plain"})
+    assert judged.comparisons[0].decided and not judged.plain[0].decided
+    assert not judged.decided
+
+
 def test_the_run_spread_widens_every_interval_and_can_leave_a_comparison_open() -> None:
     rounds = _workers({"torch-eager": 1.0, "torch-eager+0%": 1.0}, workers=8)
     tight = stats.judge(rounds, ["torch-eager"], {"torch-eager+0%": "torch-eager"})

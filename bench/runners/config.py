@@ -34,7 +34,10 @@ CALIBRATION_PATH = re.compile(r"torch-eager\+(\d{1,3})%")
 COMPILES_NOTHING = ("torch-eager", "torch-plain")
 # The same model written as each framework's tutorials write it, none of the project's tuned
 # choices: what those choices add. References, not contenders.
-PLAIN_PATHS = ("torch-plain", "jax-plain")
+# The plain references, each with the project's path it mirrors: that path against it is what the
+# project's own code costs or gains (in no verdict).
+MIRRORED = {"torch-plain": "torch-eager", "jax-plain": "jax"}
+PLAIN_PATHS = tuple(MIRRORED)
 CUDA_ONLY_PATHS = ("torch-compile-max-autotune", "torch-compile-reduce-overhead", "tensorrt")
 # What a runtime path imports beyond the lock's frameworks; missing, its cases are not-installed.
 RUNTIME_PACKAGES = {
@@ -94,9 +97,10 @@ def competes(path: str) -> bool:
     return path not in PLAIN_PATHS and calibration_effect(path) is None
 
 
-def verdict_roles(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    """A group's paths as its verdict takes them: those that compete, and each calibration path with
-    the path it is measured against (where that one ran); the plain references take no part."""
+def verdict_roles(paths: Iterable[str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """A group's paths as its verdict takes them: those that compete; each calibration path with the
+    path it is measured against; each project path with the plain reference it is measured against
+    (where both ran). Only the first take part in the verdict."""
     paths = list(paths)
     competing = [path for path in paths if competes(path)]
     calibration = {
@@ -104,7 +108,8 @@ def verdict_roles(paths: Iterable[str]) -> tuple[list[str], dict[str, str]]:
         for path in paths
         if calibration_effect(path) is not None and CALIBRATION_REFERENCE in paths
     }
-    return competing, calibration
+    plain = {MIRRORED[path]: path for path in paths if path in MIRRORED and MIRRORED[path] in paths}
+    return competing, calibration, plain
 
 
 def known_path(path: str) -> bool:
