@@ -7,6 +7,7 @@ canonical weight ``down1.conv2.weight`` lives at ``model.down1.conv2.kernel``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,8 @@ class BatchNorm(nnx.Module):
     BatchNorm do.
     """
 
-    def __init__(self, channels: int, *, param_dtype: jnp.dtype) -> None:
+    def __init__(self, channels: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs | None = None) -> None:
+        del rngs  # nnx.BatchNorm's signature; nothing here is random
         self.scale = nnx.Param(jnp.ones((channels,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
         self.mean = nnx.BatchStat(jnp.zeros((channels,), param_dtype))
@@ -96,11 +98,35 @@ Conv = _bias_in_float32(nnx.Conv)
 ConvTranspose = _bias_in_float32(nnx.ConvTranspose)
 
 
-def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Conv:
+def _flax_batch_norm(channels: int, *, param_dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, param_dtype=param_dtype, rngs=rngs)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The layers a U-Net is built from, each taking Flax's arguments and holding the same
+    parameters under the same names, so that one conversion loads either."""
+
+    conv: type
+    conv_transpose: type
+    batch_norm: Callable[..., nnx.Module]  # (channels, *, param_dtype, rngs)
+
+
+# The project's: PyTorch's function in every precision (float32 bias adds, BatchNorm's unbiased
+# running variance). Flax's own, as a plainly written NNX U-Net uses them: the same function in fp32
+# inference, but nnx.BatchNorm updates its running variance with the biased estimate, so a U-Net of
+# them does not train the same function (jax-plain infers with them and trains with the project's).
+PROJECT_LAYERS = Layers(Conv, ConvTranspose, BatchNorm)
+FLAX_LAYERS = Layers(nnx.Conv, nnx.ConvTranspose, _flax_batch_norm)
+
+
+def conv3x3(
+    spec: UNetSpec, in_ch: int, out_ch: int, *, layers: Layers, dtype, param_dtype, rngs: nnx.Rngs
+) -> nnx.Conv:
     # "SAME" and "VALID" pad a 3x3 stride-1 conv by 1 and 0, as 1 and 0 do; as strings they stay
     # hashable primitive parameters where jax2onnx binds them (impls/export.py)
     padding = "SAME" if spec.padding == "same" else "VALID"
-    return Conv(
+    return layers.conv(
         in_ch,
         out_ch,
         (KERNEL, KERNEL),
@@ -112,8 +138,12 @@ def conv3x3(spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs
     )
 
 
-def norm(spec: UNetSpec, channels: int, *, param_dtype) -> nnx.Module | Callable:
-    return nnx.identity if spec.norm == "none" else BatchNorm(channels, param_dtype=param_dtype)
+def norm(
+    spec: UNetSpec, channels: int, *, layers: Layers, param_dtype, rngs: nnx.Rngs
+) -> nnx.Module | Callable:
+    if spec.norm == "none":
+        return nnx.identity
+    return layers.batch_norm(channels, param_dtype=param_dtype, rngs=rngs)
 
 
 def center_crop(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -131,13 +161,14 @@ class DoubleConv(nnx.Module):
     """(3x3 conv -> norm -> ReLU) twice: ``down{i}``."""
 
     def __init__(
-        self, spec: UNetSpec, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs
+        self, spec: UNetSpec, in_ch: int, out_ch: int, *, layers: Layers, dtype, param_dtype, rngs: nnx.Rngs
     ) -> None:
-        self.conv1 = conv3x3(spec, in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.norm1 = norm(spec, out_ch, param_dtype=param_dtype)
+        conv = dict(layers=layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = conv3x3(spec, in_ch, out_ch, **conv)
+        self.norm1 = norm(spec, out_ch, layers=layers, param_dtype=param_dtype, rngs=rngs)
         # out_ch in, not in_ch: a common bug
-        self.conv2 = conv3x3(spec, out_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.norm2 = norm(spec, out_ch, param_dtype=param_dtype)
+        self.conv2 = conv3x3(spec, out_ch, out_ch, **conv)
+        self.norm2 = norm(spec, out_ch, layers=layers, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.norm1(self.conv1(x)))
@@ -173,14 +204,21 @@ class MatmulConvTranspose(ConvTranspose):
 
 
 def transposed_upconv(
-    in_ch: int, out_ch: int, *, matmul: bool, dtype, param_dtype, rngs: nnx.Rngs
+    in_ch: int,
+    out_ch: int,
+    *,
+    matmul: bool,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+    layers: Layers = PROJECT_LAYERS,
 ) -> nnx.ConvTranspose:
-    """The 2x2 stride-2 up-convolution, as Flax's layer or as MatmulConvTranspose.
+    """The 2x2 stride-2 up-convolution, as ``layers``' transposed conv or as MatmulConvTranspose.
 
     transpose_kernel=False: the kernel is that of the equivalent dilated conv,
     i.e. PyTorch's weight flipped spatially (convert.py).
     """
-    layer = MatmulConvTranspose if matmul else ConvTranspose
+    layer = MatmulConvTranspose if matmul else layers.conv_transpose
     return layer(
         in_ch,
         out_ch,
@@ -204,18 +242,18 @@ class Up(DoubleConv):
         out_ch: int,
         *,
         upconv_matmul: bool,
+        layers: Layers,
         dtype,
         param_dtype,
         rngs: nnx.Rngs,
     ) -> None:
+        layer = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if spec.upsample == "transpose":
-            self.upconv = transposed_upconv(
-                in_ch, out_ch, matmul=upconv_matmul, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-            )
+            self.upconv = transposed_upconv(in_ch, out_ch, matmul=upconv_matmul, layers=layers, **layer)
         else:
-            self.upconv = BilinearUpconv(in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.upconv = BilinearUpconv(in_ch, out_ch, **layer)
         # skip (out_ch) + upsampled (out_ch) = in_ch
-        super().__init__(spec, in_ch, out_ch, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        super().__init__(spec, in_ch, out_ch, layers=layers, **layer)
         self.pad_to_skip = spec.pad_to_skip
 
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
@@ -228,16 +266,18 @@ class Up(DoubleConv):
 
 
 class UNet(nnx.Module):
-    def __init__(self, spec: UNetSpec, *, upconv_matmul: bool, dtype, param_dtype, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, spec: UNetSpec, *, upconv_matmul: bool, layers: Layers, dtype, param_dtype, rngs: nnx.Rngs
+    ) -> None:
         self.spec = spec
         layer = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for i in range(spec.depth + 1):
             in_ch = spec.channels(i - 1) if i else spec.in_channels
-            setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i), **layer))
+            setattr(self, f"down{i}", DoubleConv(spec, in_ch, spec.channels(i), layers=layers, **layer))
         for i in reversed(range(spec.depth)):
-            up = Up(spec, spec.channels(i + 1), spec.channels(i), upconv_matmul=upconv_matmul, **layer)
-            setattr(self, f"up{i}", up)
-        self.head = Conv(spec.width, spec.num_classes, (1, 1), **layer)
+            channels = (spec.channels(i + 1), spec.channels(i))
+            setattr(self, f"up{i}", Up(spec, *channels, upconv_matmul=upconv_matmul, layers=layers, **layer))
+        self.head = layers.conv(spec.width, spec.num_classes, (1, 1), **layer)
 
     def train(self, **attributes) -> UNet:
         """BatchNorm on batch statistics; returns self, as torch's Module.train() does."""
@@ -270,16 +310,19 @@ def build(
     *,
     compute_dtype: jnp.dtype | None = None,
     upconv_matmul: bool = False,
+    layers: Layers = PROJECT_LAYERS,
 ) -> UNet:
     """A new U-Net with Flax's default initialisation, in train mode.
 
     ``dtype`` is the parameters' dtype; ``compute_dtype`` (default: the same)
     is what convs compute in, e.g. bfloat16 over float32 parameters.
-    ``upconv_matmul`` computes the transposed convs as MatmulConvTranspose.
+    ``upconv_matmul`` computes the transposed convs as MatmulConvTranspose;
+    ``layers``: the project's, or FLAX_LAYERS (Flax's own).
     """
     return UNet(
         spec,
         upconv_matmul=upconv_matmul,
+        layers=layers,
         dtype=compute_dtype or dtype,
         param_dtype=dtype,
         rngs=nnx.Rngs(seed),

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from bench import gate
 from bench.runners import jax_runner, workload
@@ -102,29 +103,31 @@ def _torch_biased_variance(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _flax_norm_mutant(monkeypatch, mutation: str) -> None:
-    """jax's BatchNorm, mutated: down1.norm1 dropped (marked on the converted model, so that the
-    mark is part of the jitted graph), or every running variance updated with the biased estimate."""
-    original = flax_unet.BatchNorm.__call__
+    """jax's BatchNorms (the project's and, for jax-plain's forward, Flax's), mutated: down1.norm1
+    dropped (marked on every U-Net built, so that the mark is part of the jitted graph), or every
+    running variance updated with the biased estimate."""
+    for layer in (flax_unet.BatchNorm, nnx.BatchNorm):
+        original = layer.__call__
 
-    def call(self, x):
-        if mutation == "dropped":
-            return x if getattr(self, "dropped", False) else original(self, x)
-        before = self.var[...]
-        y = original(self, x)
-        if not self.use_running_average:
-            self.var[...] = _biased(1 - self.momentum, x.size // x.shape[-1], before, self.var[...])
-        return y
+        def call(self, x, original=original):
+            if mutation == "dropped":
+                return x if getattr(self, "dropped", False) else original(self, x)
+            before = self.var[...]
+            y = original(self, x)
+            if not self.use_running_average:
+                self.var[...] = _biased(1 - self.momentum, x.size // x.shape[-1], before, self.var[...])
+            return y
 
-    monkeypatch.setattr(flax_unet.BatchNorm, "__call__", call)
+        monkeypatch.setattr(layer, "__call__", call)
     if mutation == "dropped":
-        to_flax = jax_runner.convert.to_flax
+        build = flax_unet.build
 
-        def marked(weights, model):
-            model = to_flax(weights, model)
+        def marked(*args, **options):
+            model = build(*args, **options)
             model.down1.norm1.dropped = True
             return model
 
-        monkeypatch.setattr(jax_runner.convert, "to_flax", marked)
+        monkeypatch.setattr(flax_unet, "build", marked)
 
 
 def _torch_model_mutant(monkeypatch, mutate) -> None:

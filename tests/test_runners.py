@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from bench import gate
 from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, torch_runner
@@ -28,7 +29,7 @@ from bench.runners.workload import (
     initial_weights,
     workload,
 )
-from impls import convert, torch_unet
+from impls import convert, flax_unet, torch_unet
 from impls.spec import UNetSpec
 from tests.helpers import gate_check, gate_references, gate_runner
 
@@ -284,6 +285,24 @@ def test_jax_plain_donates_nothing(path: str, donated: bool) -> None:
     assert runner.settings["upconv"] == ("native" if path == "jax-plain" else "matmul")
     assert runner.settings["style"].startswith("plain" if path == "jax-plain" else "tuned")
     assert runner.settings["memory_format"] == "NHWC (XLA chooses layouts)"
+
+
+@pytest.mark.parametrize(
+    ("path", "layers", "norm"),
+    [
+        ("jax", flax_unet.PROJECT_LAYERS, flax_unet.BatchNorm),
+        ("jax-plain", flax_unet.FLAX_LAYERS, nnx.BatchNorm),
+    ],
+)
+def test_jax_plain_infers_through_flaxs_own_layers(path: str, layers: flax_unet.Layers, norm: type) -> None:
+    """jax-plain's forward is a plainly written NNX U-Net (nnx.Conv, nnx.BatchNorm); its training
+    step is the project's, whose BatchNorm trains PyTorch's function."""
+    runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", task="infer")
+    forward = nnx.merge(runner._eval_def, runner.params, runner.stats)
+    trained = nnx.merge(runner._train_def, runner.params, runner.stats)
+    assert (type(forward.down1.norm1), type(forward.down1.conv1)) == (norm, layers.conv)
+    assert type(forward.up0.upconv) is layers.conv_transpose and type(forward.head) is layers.conv
+    assert type(trained.down1.norm1) is flax_unet.BatchNorm and forward.down1.norm1.use_running_average
 
 
 @pytest.mark.parametrize("path", PLAIN_PATHS)

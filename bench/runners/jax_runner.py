@@ -41,13 +41,17 @@ class Style:
     description: str
     upconv: str  # a form, or "auto": the faster, measured
     donate: bool  # the step's params, statistics and optimizer state, updated in place
+    inference_layers: flax_unet.Layers = flax_unet.PROJECT_LAYERS  # what the forward is built from
 
 
 PLAIN = Style(
     "plain: jax.jit of the step, nothing donated, nnx.ConvTranspose, "
-    "optax.softmax_cross_entropy_with_integer_labels, optax.adam",
+    "optax.softmax_cross_entropy_with_integer_labels, optax.adam; inference through Flax's own "
+    "layers (nnx.Conv, nnx.ConvTranspose, nnx.BatchNorm), training through the project's (nnx.BatchNorm "
+    "updates its running variance with the biased estimate, another function)",
     "native",
     donate=False,
+    inference_layers=flax_unet.FLAX_LAYERS,
 )
 
 
@@ -97,7 +101,15 @@ class JaxRunner:
         )
         model = convert.to_flax(self.work.weights, abstract)
         self._train_def, params, stats = nnx.split(model.train(), nnx.Param, nnx.BatchStat)
-        self._eval_def = nnx.split(model.eval(), nnx.Param, nnx.BatchStat)[0]
+        # the same parameters and statistics, under the same names, in the forward's own layers
+        forward = flax_unet.abstract(
+            config.spec,
+            param_dtype,
+            compute_dtype=compute_dtype,
+            upconv_matmul=upconv == "matmul",
+            layers=self.style.inference_layers,
+        )
+        self._eval_def = nnx.graphdef(forward.eval())
         self._initial = jax.device_put((params, stats), self.placement.replicated)  # never donated
         self._optimizer = optax.adam(config.learning_rate, *ADAM_BETAS, ADAM_EPS)
         self.images, self.labels, self.pixel_weights = self._device_batch(
