@@ -297,7 +297,10 @@ def test_jax_plain_donates_nothing(path: str, donated: bool) -> None:
 def test_jax_plain_infers_through_flaxs_own_layers(path: str, layers: flax_unet.Layers, norm: type) -> None:
     """jax-plain's forward is a plainly written NNX U-Net (nnx.Conv, nnx.BatchNorm); its training
     step is the project's, whose BatchNorm trains PyTorch's function."""
-    runner = make_runner(path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", task="infer")
+    # the up-conv form pinned: "auto" measures the two forms and may pick the matmul one
+    runner = make_runner(
+        path, SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", task="infer", upconv="native"
+    )
     forward = nnx.merge(runner._eval_def, runner.params, runner.stats)
     trained = nnx.merge(runner._train_def, runner.params, runner.stats)
     assert (type(forward.down1.norm1), type(forward.down1.conv1)) == (norm, layers.conv)
