@@ -29,7 +29,7 @@ import pandas as pd
 
 from bench import report, stats
 from bench.runners.config import CALIBRATION_REFERENCE
-from impls.files import write_text
+from impls.files import check_named_output, write_text
 
 # The bars of the calibration table: the A/A comparison (0%) and the power to call slowdowns.
 BARS = {
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: each calibration comparison's workers' spread, by median and by fastest round",
     )
-    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file (OUT.md)")
+    parser.add_argument("--force", action="store_true", help="replace OUT.md if it exists")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.run_dirs if not report.is_run(d)]
     if missing:
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        if args.out:
+            check_named_output(args.out, suffix=".md", force=args.force)
         if args.worker_figures:
             print(worker_figure_spreads(args.run_dirs).round(3).to_markdown(index=False))
             return 0

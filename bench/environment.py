@@ -98,6 +98,34 @@ def memory_bytes(device: str) -> int:
     return _gpus()["memory"][int(device.partition(":")[2] or 0)]
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used here, naming the devices there are; None where it can."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return "expected cpu, cuda or cuda:N"
+    here = devices()
+    if device in here or (device == "cuda" and len(here) > 1):
+        return None
+    problem = "no CUDA device on this machine" if len(here) == 1 else "no such device"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    told = f" (CUDA_VISIBLE_DEVICES={hidden} hides the others)" if hidden is not None else ""
+    return f"{problem}; devices here: {', '.join(here)}{told}"
+
+
+def jax_platform_problem(device: str) -> str | None:
+    """Why JAX, told by JAX_PLATFORMS which platforms it may use, could not run on ``device``; None
+    where it can (or where JAX_PLATFORMS is not set)."""
+    told = os.environ.get("JAX_PLATFORMS", "")
+    platforms = {name.strip() for name in told.split(",") if name.strip()}
+    needed = {"cpu"} if device == "cpu" else {"cuda", "gpu"}
+    if not platforms or platforms & needed:
+        return None
+    name = "cpu" if device == "cpu" else "cuda"
+    return (
+        f"JAX_PLATFORMS={told} leaves out {name}, the run's device ({device}): unset it, or set "
+        f"JAX_PLATFORMS={name}"
+    )
+
+
 def default_device() -> str:
     """cuda if torch sees a GPU, else cpu."""
     return "cuda" if gpus() else "cpu"

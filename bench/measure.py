@@ -49,7 +49,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -69,8 +69,10 @@ from bench.runners.config import (
 )
 from bench.workers import Worker, WorkerError
 from impls import convert
-from impls.files import atomic_output, write_text
+from impls.files import atomic_output, discard, seal, seal_problem, write_text
 from impls.tiling import tile_positions
+
+T = TypeVar("T")
 
 
 class CaseFailure(Exception):
@@ -115,6 +117,7 @@ def _save_reference(file: Path, reference: dict[str, Any], own_noise: dict[str, 
     # A file object: given a path, np.savez would add ".npz" to the temporary file's name.
     with atomic_output(file, what="reference") as temporary, temporary.open("wb") as handle:
         np.savez(handle, own_noise=json.dumps(own_noise), **arrays)
+    seal(file)
 
 
 def _load_reference(file: Path) -> tuple[dict[str, Any], dict[str, float]]:
@@ -246,6 +249,12 @@ class Prepared:
     rounds: list[float] = field(default_factory=list)
     blocks: list[int] = field(default_factory=list)
     workers: list[int] = field(default_factory=list)  # the replicate (worker process) of each round
+    # Its own wall time so far, set-up included, against --case-timeout: what its workers took, not
+    # the rounds of the other paths interleaved with its own.
+    spent: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.spent = self.setup_seconds
 
 
 @dataclass
@@ -273,6 +282,7 @@ class Sweep:
     _starts: dict[Path, gate.Start] = field(default_factory=dict)
     _pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # measured, not yet handed over
     _forms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _peaks: dict[tuple, float | str] = field(default_factory=dict)  # by (device, precision, tf32)
 
     # -- references and the canonical weights ------------------------------------------------
 
@@ -314,7 +324,7 @@ class Sweep:
             json.dumps([key, environment.device_name(config.device), REFERENCE_FORMATS, gate.NOISE_SEEDS])
         )
         saved = weights.parent / f"{name}.npz"
-        if key not in self._references and weights.exists() and saved.exists():
+        if key not in self._references and self._whole(weights) and self._whole(saved):
             self._references[key] = _load_reference(saved)
         if key not in self._references:
             weights.parent.mkdir(parents=True, exist_ok=True)
@@ -348,8 +358,9 @@ class Sweep:
         task = config.task
         tf32 = config.tf32 and config.device != "cpu"
         with Worker(config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
-            if not weights.exists():
+            if not self._whole(weights):
                 worker.call("write_initial_weights", str(weights))
+                seal(weights)
             fp32 = [worker.outputs(task, seed) for seed in gate.NOISE_SEEDS]
             if config.precision != "bf16" and not tf32:
                 return [
@@ -494,7 +505,7 @@ class Sweep:
     def _saved_forms(self, config: RunConfig, owner: str) -> dict[str, Any] | None:
         key = self._forms_key(config, owner)
         if key not in self._forms:
-            saved = _read_json(self.compile_cache / "forms.json").get(key)
+            saved = self._read_json(self.compile_cache / "forms.json").get(key)
             if saved is not None:
                 self._forms[key] = {**saved, "earlier_run": True}
         return self._forms.get(key)
@@ -502,7 +513,7 @@ class Sweep:
     def _save_forms(self, config: RunConfig, owner: str, entry: dict[str, Any]) -> None:
         file = self.compile_cache / "forms.json"
         key = self._forms_key(config, owner)
-        _write_json(file, {**_read_json(file), key: entry})
+        self._write_json(file, {**self._read_json(file), key: entry})
         self._forms[key] = {**entry, "earlier_run": False}
 
     def forms(self, config: RunConfig) -> dict[str, dict[str, Any]]:
@@ -550,8 +561,11 @@ class Sweep:
                 )
         return self._pin(config)
 
-    def _prepare(self, config: RunConfig, record: dict[str, Any], started: float) -> Prepared:
-        deadline = time.monotonic() + self.case_timeout
+    def _prepare(
+        self, config: RunConfig, record: dict[str, Any], started: float, deadline: float | None = None
+    ) -> Prepared:
+        deadline = time.monotonic() + self.case_timeout if deadline is None else deadline
+        case = config
         lap = _Laps(record.setdefault("phase_seconds", {}))  # what the case's time went on
         reference, own_noise = self._reference(config, deadline)
         lap("reference")
@@ -568,11 +582,27 @@ class Sweep:
             folder = self._entry(asked)
         folder.mkdir(parents=True, exist_ok=True)
         worker = Worker(config, compile_cache=folder, deadline=deadline)
+        lap("worker_start")
         try:
-            lap("worker_start")
-            config = self._remember(config, worker.settings)
             first_cached = worker.call("first_call")
             lap("first_call")
+        except WorkerError as error:
+            worker.close()
+            if cold is None or not cold["reused"] or error.status not in ("error", "crashed"):
+                raise
+            # What an earlier run compiled did not load: compiled again, once, from an emptied folder
+            # (the retry finds no cold figure to reuse, so it cannot come back here).
+            self._say(
+                f"{case.id}: the compiled code kept in {folder} did not load "
+                f"({str(error).splitlines()[0]}); the folder is cleared and the case compiled again"
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            return self._prepare(case, record, started, deadline)
+        except BaseException:
+            worker.close()
+            raise
+        try:
+            config = self._remember(config, worker.settings)
             if self.timing and cold is None:  # compiles nothing, caches nothing: one worker
                 cold = {"first_call_seconds": first_cached, "reused": False, "no_compiler": True}
             result = self._gate(config, worker, reference, own_noise)
@@ -620,7 +650,7 @@ class Sweep:
             entry = self._entry(asked)  # the chosen form's, now that it is saved
         else:
             entry = self._entry(asked)
-            saved = _read_json(entry / "cold.json")
+            saved = self._read_json(entry / "cold.json")
             if saved and all(getattr(config, n) in ("auto", v) for n, v in saved["forms"].items()):
                 return {**saved, "reused": True}, self._remember(asked, _chosen_forms(saved)), entry
             cold, worker = self._cold_worker(config, entry, deadline)
@@ -799,11 +829,67 @@ class Sweep:
             return None
         return stats.judge(rounds, competing, calibration, self.margin, self.run_spread, plain)
 
+    def peak_tflops(self, config: RunConfig) -> float | str:
+        """The device's measured peak in the case's precision (environment.peak_tflops, a process of
+        its own), or why it could not be measured: the run goes on without utilization."""
+        key = (config.device, config.precision, config.tf32 and config.device != "cpu")
+        if key not in self._peaks:
+            try:
+                self._peaks[key] = environment.peak_tflops(*key)
+            except environment.ProbeError as error:
+                self._peaks[key] = str(error).splitlines()[0]
+                self._say(
+                    f"the device's peak could not be measured ({self._peaks[key]}): no utilization figures"
+                )
+        return self._peaks[key]
+
+    # -- what the compile-cache folder keeps between runs ---------------------------------------
+
+    def _whole(self, file: Path) -> bool:
+        """Whether ``file``, kept in the compile-cache folder, is there as it was written (its digest
+        beside it); one that is not is named, discarded and made again by whoever needs it."""
+        if not file.exists():
+            return False
+        problem = seal_problem(file)
+        if problem is None:
+            return True
+        self._say(f"discarded {file}: {problem}; it is made again")
+        discard(file)
+        return False
+
+    def _read_json(self, file: Path) -> dict:
+        if not self._whole(file):
+            return {}
+        try:
+            return json.loads(file.read_text())
+        except (OSError, ValueError) as error:  # sealed, yet unreadable: made so by hand
+            self._say(f"discarded {file}: {error}; it is made again")
+            discard(file)
+            return {}
+
+    def _write_json(self, file: Path, value: dict) -> None:
+        write_text(file, json.dumps(value))  # whole or not at all: the next run reads it back
+        seal(file)
+
+    def _say(self, line: str) -> None:
+        if self.announce is not None:
+            self.announce(line)
+
+    def _charged(self, p: Prepared, command: Callable[[], T]) -> T:
+        """``command`` for ``p``'s worker, within what is left of the case's --case-timeout, its time
+        added to the case's own: all of a case's phases and workers draw on the one limit."""
+        p.worker.deadline = time.monotonic() + max(0.0, self.case_timeout - p.spent)
+        started = time.perf_counter()
+        try:
+            return command()
+        finally:
+            p.spent += time.perf_counter() - started
+
     def _once(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
         failures = {}
         for p in prepared:
             try:
-                p.worker.call("call")
+                self._charged(p, lambda p=p: p.worker.call("call"))
             except WorkerError as error:
                 failures[p] = error
         return failures
@@ -821,15 +907,16 @@ class Sweep:
                 p.worker.close()
             if error is not None:
                 failures[p] = error
-        started: dict[Prepared, Worker] = {}
+        started: dict[Prepared, tuple[Worker, float]] = {}
         try:
             for p in prepared:
                 if p in failures:
                     continue
-                deadline = time.monotonic() + self.case_timeout
+                deadline = time.monotonic() + max(0.0, self.case_timeout - p.spent)
                 compile_cache = p.record["compile_folder"]
-                started[p] = Worker(p.config, compile_cache=compile_cache, deadline=deadline, connect=False)
-            for p, worker in started.items():
+                worker = Worker(p.config, compile_cache=compile_cache, deadline=deadline, connect=False)
+                started[p] = worker, time.perf_counter()
+            for p, (worker, at) in started.items():
                 try:
                     worker.connect()
                     worker.call("first_call")
@@ -838,8 +925,10 @@ class Sweep:
                     failures[p] = error
                 else:
                     p.worker, p.gated, p.peak_counts = worker, False, True
+                finally:
+                    p.spent += time.perf_counter() - at
         except BaseException:
-            for worker in started.values():
+            for worker, _ in started.values():
                 worker.close()
             raise
         return failures
@@ -848,6 +937,9 @@ class Sweep:
         """After a worker's rounds: its peak (where it holds no gate), then, for a worker that did
         not go through the gate before its rounds, its outputs against the gated reference, within
         the gate's allowances; the failure, if any (the worker is left to the caller to close)."""
+        return self._charged(p, lambda: self._check_retired(p))
+
+    def _check_retired(self, p: Prepared) -> WorkerError | None:
         if p.peak_counts:
             p.peak_memory_bytes = _larger(p.peak_memory_bytes, p.worker.peak_memory_bytes())
         if p.gated:
@@ -871,10 +963,11 @@ class Sweep:
         started, live, block = time.perf_counter(), list(prepared), 0
         while live and (block == 0 or time.perf_counter() - started < WARM_UP_SECONDS):
             for index in rotation(len(live), block):
+                p = live[index]
                 try:
-                    live[index].worker.call("call")
+                    self._charged(p, lambda p=p: p.worker.call("call"))
                 except WorkerError as error:
-                    failures[live[index]] = error
+                    failures[p] = error
             live = [p for p in live if p not in failures]
             block += 1
         return failures
@@ -884,8 +977,6 @@ class Sweep:
         replicates, so that every path takes every place in a block), until every median of this
         replicate is known to ``target_ci`` (checked at growing intervals: the bootstrap is not
         free) or its share of the time is up."""
-        for p in prepared:  # the rounds have a time limit of their own, whenever they come
-            p.worker.deadline = time.monotonic() + self.case_timeout
         failures = self._warm_up(prepared)
         budget = self.max_time * len(prepared) / self.replicates
         fewest = max(BLOCKS_PER_WORKER, math.ceil(self.min_rounds / self.replicates))
@@ -896,7 +987,7 @@ class Sweep:
             for index in rotation(len(live), first + block):
                 p = live[index]
                 try:
-                    p.rounds.append(self.time_round(p.worker))
+                    p.rounds.append(self._charged(p, lambda p=p: self.time_round(p.worker)))
                     p.blocks.append(first + block)
                     p.workers.append(replicate)
                 except WorkerError as error:
@@ -929,7 +1020,7 @@ class Sweep:
         if cold is not None and not cold["reused"] and not cold.get("no_compiler"):
             saved = {k: v for k, v in cold.items() if k != "reused"}
             saved["compile_seconds"] = info["compile_seconds_cold"]
-            _write_json(Path(p.record["compile_folder"]) / "cold.json", saved)
+            self._write_json(Path(p.record["compile_folder"]) / "cold.json", saved)
         return info
 
     def _extra_info(self, p: Prepared) -> dict:
@@ -964,16 +1055,16 @@ class Sweep:
         if config.task == "tiled":
             info["megapixels_per_second"] = config.image_size**2 / 1e6 / median
         tflops = gflop * images_per_second / 1e3
-        peak = environment.peak_tflops(
-            config.device, config.precision, config.tf32 and config.device != "cpu"
-        )
+        peak = self.peak_tflops(config)
         info.update(
             images_per_second=images_per_second,
             tflops=tflops,
-            device_peak_tflops=peak,
-            utilization=tflops / peak,
+            device_peak_tflops=None if isinstance(peak, str) else peak,
+            utilization=None if isinstance(peak, str) else tflops / peak,
             compile_seconds_cached=max(p.first_cached - median, 0.0),
         )
+        if isinstance(peak, str):
+            info["device_peak_problem"] = peak
         cold = p.cold
         if cold is not None:
             if cold["reused"]:
@@ -1006,21 +1097,21 @@ class Sweep:
         if not self.timing or "case_wall_seconds" not in p.record:
             return
         file = self._walls_file()
-        walls = _read_json(file)
+        walls = self._read_json(file)
         cold = 0.0 if p.cold is None or p.cold["reused"] else p.cold.get("worker_seconds", 0.0)
         walls[self._wall_key(p.config)] = {
             "wall": p.record["case_wall_seconds"],
             "cold": cold,
             "entry": p.record["compile_folder"],
         }
-        _write_json(file, walls)
+        self._write_json(file, walls)
 
     def estimate_seconds(self, config: RunConfig, walls: dict | None = None) -> float | None:
         """A case's wall time as an earlier run measured it (in ``walls``, the saved case times, read
         here if not given), less a cold compile it will now reuse: its folder is still the one this
         case would use (the code or versions unchanged since) and holds a cold figure. None for a
         case never run."""
-        walls = _read_json(self._walls_file()) if walls is None else walls
+        walls = self._read_json(self._walls_file()) if walls is None else walls
         seen = walls.get(self._wall_key(config))
         if seen is None:
             return None
@@ -1033,7 +1124,7 @@ class Sweep:
         case never run counts as the mean of this run's cases so far, else GUESS_SECONDS."""
         done = [r["case_wall_seconds"] for r in self.records if "case_wall_seconds" in r]
         measured = {r["id"] for r in self.records}
-        walls = _read_json(self._walls_file())  # once, not once a case: this runs after every case
+        walls = self._read_json(self._walls_file())  # once, not once a case: this runs after every case
         total, guessed = 0.0, 0
         for config in self.cases:
             if config.id in measured:
@@ -1086,14 +1177,3 @@ class _Laps:
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError):  # none yet, or unreadable: no estimate from it
-        return {}
-
-
-def _write_json(file: Path, value: dict) -> None:
-    write_text(file, json.dumps(value))  # whole or not at all: the next run reads it back

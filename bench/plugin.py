@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import difflib
 import itertools
 import json
-import re
 import shutil
 import signal
 from collections.abc import Callable, Sequence
@@ -37,9 +35,11 @@ from bench.runners.config import (
     TASKS,
     RunConfig,
     calibration_path,
+    framework,
 )
 from bench.workers import leftover_processes
-from impls.files import check_folder, write_text
+from impls.checks import known
+from impls.files import check_folder, new_folder, write_text
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
 
 DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
@@ -188,8 +188,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--case-timeout",
         type=float,
-        help="seconds a case may take, all its workers together, before they are killed and the case "
-        f"recorded as timeout (default {DEFAULTS['cpu']['case_timeout']} on a CPU, "
+        help="seconds a case may take, all its phases and all its workers together (not the other paths' "
+        "rounds interleaved with its own), before its worker is killed and the case recorded as timeout "
+        f"(default {DEFAULTS['cpu']['case_timeout']} on a CPU, "
         f"{DEFAULTS['cuda']['case_timeout']} on a GPU: several times the slowest healthy default case)",
     )
     group.addoption(
@@ -263,12 +264,10 @@ def _flag(name: str) -> str:
 
 def _check_known(name: str, value: str, allowed: Sequence[str], how_many: str = "one") -> None:
     """A usage error for a value not in ``allowed``, naming the nearest allowed ones."""
-    if value not in allowed:
-        close = difflib.get_close_matches(value, allowed)
-        raise pytest.UsageError(
-            f"{_flag(name)} {value}: expected {how_many} of {', '.join(allowed)}"
-            + (f"; nearest valid: {', '.join(close)}" if close else "")
-        )
+    try:
+        known(_flag(name), value, allowed, how_many)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def _listed(
@@ -325,22 +324,13 @@ def _folder(config: pytest.Config, name: str, default: Path) -> Path:
         raise pytest.UsageError(str(error)) from None
 
 
-def _check_device(device: str) -> None:
-    """A usage error for a device this machine lacks, naming those it has."""
-    here = environment.devices()
-    if device in here or (device == "cuda" and len(here) > 1):
-        return
-    problem = "no CUDA device on this machine" if len(here) == 1 else "no such device"
-    raise pytest.UsageError(f"--device {device}: {problem}; devices here: {', '.join(here)}")
-
-
 def _device(config: pytest.Config) -> str:
     device = config.getoption("device")
     if device is None:
         return environment.default_device()
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise pytest.UsageError(f"--device {device}: expected cpu, cuda or cuda:N")
-    _check_device(device)
+    problem = environment.device_problem(device)
+    if problem:
+        raise pytest.UsageError(f"--device {device}: {problem}")
     return device
 
 
@@ -411,8 +401,15 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     precisions = _listed(config, "precisions", defaults["precisions"], PRECISIONS)
     sizes = _listed(config, "sizes", defaults["sizes"])
     batches = _listed(config, "batches", defaults["batches"])
-    if device == "cpu" and any(p in CUDA_ONLY_PATHS for p in paths):
-        raise pytest.UsageError(f"--paths: {', '.join(CUDA_ONLY_PATHS)} need a CUDA device")
+    jax_problem = environment.jax_platform_problem(device)
+    if jax_problem and any(framework(path) == "jax" for path in paths):
+        raise pytest.UsageError(f"--paths {','.join(paths)}: {jax_problem}")
+    cuda_only = [path for path in paths if path in CUDA_ONLY_PATHS]
+    if device == "cpu" and cuda_only:
+        verb = "needs" if len(cuda_only) == 1 else "need"
+        raise pytest.UsageError(
+            f"--paths: {', '.join(cuda_only)} {verb} a CUDA device; this run's device is cpu"
+        )
     _check_sizes(config, spec, sizes)
     case_timeout = _positive(config, "case_timeout", defaults["case_timeout"], "seconds")
     target_ci = option("target_ci")
@@ -551,7 +548,8 @@ def pytest_configure(config: pytest.Config) -> None:
             simulated = cases[0].device == "cpu" and any(
                 (c.devices or 1) > 1 for c in config.stash[SCALING_KEY]
             )
-            run_dir = _new_run_dir(results_dir, cases[0].device, "-simulated-devices" if simulated else "")
+            slug = environment.device_slug(cases[0].device) + ("-simulated-devices" if simulated else "")
+            run_dir = new_folder(results_dir, f"{datetime.date.today().isoformat()}-{slug}")
             run_dir.mkdir(parents=True)
             write_text(run_dir / "environment.json", json.dumps(config.stash[ENVIRONMENT_KEY], indent=1))
         config.stash[RUN_DIR_KEY] = run_dir
@@ -626,15 +624,6 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
-def _new_run_dir(results: Path, device: str, suffix: str = "") -> Path:
-    base = f"{datetime.date.today().isoformat()}-{environment.device_slug(device)}{suffix}"
-    for n in itertools.count(1):
-        run_dir = results / (base if n == 1 else f"{base}-{n}")
-        if not run_dir.exists():
-            return run_dir
-    raise AssertionError("unreachable")
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name, key in (("case", CASES_KEY), ("scaling_case", SCALING_KEY)):
         if name in metafunc.fixturenames:
@@ -648,8 +637,8 @@ def sweep(request: pytest.FixtureRequest) -> Sweep:
     if sweep.timing:
         # The device's peak, measured before any case runs: nothing else is busy yet.
         cases = request.config.stash[CASES_KEY] + request.config.stash[SCALING_KEY]
-        for case in sorted({(c.device, c.precision, c.tf32 and c.device != "cpu") for c in cases}):
-            environment.peak_tflops(*case)
+        for case in {(c.device, c.precision, c.tf32): c for c in cases}.values():
+            sweep.peak_tflops(case)
         seconds, guessed = sweep.remaining()
         basis = f"{guessed} of them never run here, guessed" if guessed else "from earlier runs"
         sweep.announce(f"{len(sweep.cases)} cases, about {seconds / 60:.0f} min ({basis})")

@@ -327,7 +327,7 @@ def _case_row(bench: dict) -> dict:
         "rounds": timing["rounds"],
         "schedule": info.get("schedule", ""),
         "tflops": info["tflops"],
-        "utilization": info["utilization"],
+        "utilization": math.nan if info["utilization"] is None else info["utilization"],  # peak unmeasured
         "peak_memory_mib": (info["peak_memory_bytes"] or math.nan) / 2**20,
         "compile_cold_s": info["compile_seconds_cold"],
         "compile_cold_reused": bool(info.get("compile_cold_reused", False)),
@@ -1397,7 +1397,13 @@ def compare(run_a: Path, run_b: Path) -> str:
 
 
 def write_comparison(run_a: Path, run_b: Path) -> str:
-    """compare(), written to RUN_B/comparison-with-<RUN_A>.md; returns the Markdown."""
+    """compare(), written to RUN_B/comparison-with-<RUN_A>.md; returns the Markdown. A ValueError,
+    writing nothing, for a run against itself or a run with no measured case."""
+    if Path(run_a).resolve() == Path(run_b).resolve():
+        raise ValueError(f"--compare {run_a} {run_b}: a run against itself reproduces nothing; name two runs")
+    empty = [str(run) for run in (run_a, run_b) if load(run)[0].empty]
+    if empty:
+        raise ValueError(f"--compare: {', '.join(empty)}: no measured case to compare; name runs with cases")
     text = compare(run_a, run_b)
     write_text(Path(run_b) / f"comparison-with-{Path(run_a).name}.md", text)
     return text
@@ -1468,6 +1474,19 @@ def readme_block(links: list[str], root: Path) -> str:
     missing = [link for link in links if not is_run(root / link)]
     if missing:
         raise ValueError(f"not a run folder (no benchmark.json or progress.jsonl): {', '.join(missing)}")
+    results = (root / "results").resolve()
+    outside = [link for link in links if results not in (root / link).resolve().parents]
+    if outside:
+        raise ValueError(
+            f"{', '.join(outside)}: not under {root / 'results'}; the README links only to the runs "
+            "committed there: move the run into results/ first"
+        )
+    empty = [link for link in links if load(root / link)[0].empty]
+    if empty:
+        raise ValueError(
+            f"{', '.join(empty)}: no measured case (an interrupted or refused run); the README shows "
+            "measured runs only: name a run with one"
+        )
     begin = f"<!-- begin generated: {README_COMMAND} {' '.join(links)} -->"
     runs = [readme_run(root / link, link) for link in links]
     return "\n".join([begin, "", rule(stats.MARGIN, stats.RUN_SPREAD), "", *runs]) + "<!-- end generated -->"

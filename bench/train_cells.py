@@ -30,9 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import cells, environment
-from bench.runners import make_runner
+from bench.runners import CUDA_ONLY_PATHS, PATHS, RUNTIME_PATHS, make_runner
+from bench.runners.config import framework
 from bench.runners.workload import from_scratch_weights
 from impls import convert
+from impls.checks import known
+from impls.files import check_folder, new_folder, write_text
 from impls.losses import weight_map
 from impls.spec import UNetSpec
 
@@ -69,6 +72,45 @@ class Outcome:
     separated: int
     touching: int
     seconds: float
+
+
+TRAINING_PATHS = tuple(path for path in PATHS if path not in RUNTIME_PATHS)
+
+
+def check(config: Config) -> Config:
+    """``config``, after refusing anything that would fail or mislead after minutes of training, with a
+    one-line ValueError naming the option and the fix."""
+    if not config.paths:
+        raise ValueError(f"--paths: none given; expected some of {', '.join(TRAINING_PATHS)}")
+    for path in config.paths:
+        if path in RUNTIME_PATHS:
+            raise ValueError(
+                f"--paths {path}: an inference runtime trains nothing; expected some of "
+                f"{', '.join(TRAINING_PATHS)}"
+            )
+        known("--paths", path, TRAINING_PATHS, "some")
+    if len(set(config.paths)) < len(config.paths):
+        raise ValueError(f"--paths {','.join(config.paths)}: a path given twice; give each once")
+    for name in ("steps", "width", "depth", "batch"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name} {getattr(config, name)}: expected a whole number >= 1")
+    problem = environment.device_problem(config.device)
+    if problem:
+        raise ValueError(f"--device {config.device}: {problem}")
+    jax_problem = environment.jax_platform_problem(config.device)
+    if jax_problem and any(framework(path) == "jax" for path in config.paths):
+        raise ValueError(f"--paths {','.join(config.paths)}: {jax_problem}")
+    cuda_only = [path for path in config.paths if path in CUDA_ONLY_PATHS]
+    if config.device == "cpu" and cuda_only:
+        raise ValueError(f"--paths: {', '.join(cuda_only)} need a CUDA device; --device is cpu")
+    spec = UNetSpec(width=config.width, depth=config.depth)
+    try:
+        spec.check_side(config.size)
+    except ValueError as error:
+        raise ValueError(f"--size {config.size}: {error}") from None
+    if config.batch > config.test_images:
+        raise ValueError(f"--batch {config.batch}: more than the {config.test_images} held-out images")
+    return config
 
 
 def _data(config: Config):
@@ -197,24 +239,51 @@ def plot(outcomes: list[Outcome], file: Path) -> None:
     plt.close(fig)
 
 
+OPTIONS = {  # what each option sets, for --help
+    "steps": "Adam steps per path and weighting",
+    "width": "channels of the U-Net's first level",
+    "depth": "its poolings",
+    "size": "side of the square training images, px (a valid input size of the U-Net)",
+    "batch": "images per step (at most the 32 held-out images)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_cells", description=__doc__.split("\n\n")[0])
     defaults = Config()
-    parser.add_argument("--paths", default=",".join(defaults.paths))
-    for name in ("steps", "width", "depth", "size", "batch"):
-        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
-    args = parser.parse_args(argv)
-    config = Config(
-        paths=tuple(args.paths.split(",")),
-        steps=args.steps,
-        width=args.width,
-        depth=args.depth,
-        size=args.size,
-        batch=args.batch,
-        device=args.device,
+    parser.add_argument(
+        "--paths",
+        default=",".join(defaults.paths),
+        help=f"comma-separated, of {', '.join(TRAINING_PATHS)} (default %(default)s)",
     )
+    for name, meaning in OPTIONS.items():
+        parser.add_argument(
+            f"--{name}", type=int, default=getattr(defaults, name), help=f"{meaning} (default %(default)s)"
+        )
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N (default %(default)s)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=Path("results"),
+        help="where the run's folder cells-<date>-<device>[-N] is made (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = check(
+            Config(
+                paths=tuple(path.strip() for path in args.paths.split(",") if path.strip()),
+                steps=args.steps,
+                width=args.width,
+                depth=args.depth,
+                size=args.size,
+                batch=args.batch,
+                device=args.device,
+            )
+        )
+        results = check_folder(args.results_dir, "--results-dir")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     data = _data(config)
     outcomes = []
     for weighting in WEIGHTINGS:
@@ -226,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             outcomes.append(outcome)
-    out = (
-        args.results_dir
-        / f"cells-{datetime.date.today().isoformat()}-{environment.device_slug(config.device)}"
+    out = new_folder(
+        results, f"cells-{datetime.date.today().isoformat()}-{environment.device_slug(config.device)}"
     )
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     text = report(config, outcomes)
-    (out / "report.md").write_text(text)
-    (out / "outcomes.json").write_text(
+    write_text(out / "report.md", text)
+    write_text(
+        out / "outcomes.json",
         json.dumps(
             {
                 "config": asdict(config),
@@ -241,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 "outcomes": [asdict(o) for o in outcomes],
             },
             indent=1,
-        )
+        ),
     )
     plot(outcomes, out / "loss-curves.png")
     print(text)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -48,6 +49,23 @@ EXIT_WAIT = 3.0  # seconds a worker asked to exit gets before it is killed
 WORKER_MARKER = "UNET_BENCH_WORKER"  # env: this worker's token
 OWNER_MARKER = "UNET_BENCH_OWNER"  # env: the pid of the process that started it
 OOM_TEXT = ("out of memory", "outofmemory", "resource_exhausted", "memoryerror", "unable to allocate")
+
+
+# The lines of a worker's log that say why it ended: a Python exception's last line, or a fatal
+# line of glog, as XLA writes one for an unknown flag in XLA_FLAGS before it aborts.
+_PYTHON_ERROR = re.compile(r"^(?:\w+\.)*\w*(?:Error|Exception|Interrupt)\b.*")
+_GLOG_FATAL = re.compile(r"^F\d{4} [\d:. ]+\d+ [\w.]+:\d+\] (.+)")
+
+
+def _cause(log: str) -> str:
+    """What a dead worker's log says last about why it ended, on one line ('' if nothing does)."""
+    for line in reversed(log.splitlines()):
+        fatal = _GLOG_FATAL.match(line.strip())
+        if fatal:
+            return fatal.group(1)
+        if _PYTHON_ERROR.match(line.strip()):
+            return line.strip()
+    return ""
 
 
 class WorkerError(RuntimeError):
@@ -217,7 +235,8 @@ class Worker:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
-        return WorkerError("crashed", f"rank {rank} {how} {during}{tail}")
+        cause = _cause(tail)
+        return WorkerError("crashed", f"rank {rank} {how} {during}{': ' + cause if cause else ''}{tail}")
 
     def _fail(self, error: WorkerError) -> WorkerError:
         self.close()

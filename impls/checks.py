@@ -6,9 +6,10 @@ Each message names the argument, the value given and what is allowed. Imports no
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +24,18 @@ def whole(name: str, value: object, least: int | None = 1) -> int:
     ):
         raise ValueError(f"{name}={value!r}: expected an integer" + ("" if least is None else f" >= {least}"))
     return int(value)
+
+
+def known(flag: str, value: str, allowed: Sequence[str], how_many: str = "one") -> str:
+    """``value``, refused unless in ``allowed``, naming the nearest allowed ones (``flag``: the
+    option as the user wrote it, e.g. ``--paths``)."""
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed)
+        raise ValueError(
+            f"{flag} {value}: expected {how_many} of {', '.join(allowed)}"
+            + (f"; nearest valid: {', '.join(close)}" if close else "")
+        )
+    return value
 
 
 def real(name: str, value: object, allowed: str, accept: Callable[[float], bool]) -> float:

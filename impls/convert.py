@@ -27,7 +27,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from impls.files import atomic_output
+from impls.files import atomic_output, check_named_output
 from impls.spec import UNetSpec
 
 if TYPE_CHECKING:  # each framework is imported where it is used: a jax process never loads torch
@@ -503,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     milesial.add_argument("source", type=Path, help="IN.pth")
     milesial.add_argument("target", type=Path, help="OUT.safetensors (never IN.pth itself)")
+    milesial.add_argument("--force", action="store_true", help="replace OUT.safetensors if it exists")
     args = parser.parse_args(argv)
     try:
+        check_named_output(args.target, args.source, suffix=".safetensors", force=args.force)
         weights, spec = from_milesial(args.source)
         save(args.target, weights, spec, inputs=[args.source])
     except (ValueError, OSError) as error:  # each says the file and the fix in one line: no traceback

@@ -36,13 +36,14 @@ import numpy as np
 
 from impls import convert
 from impls.checks import err, whole
-from impls.files import atomic_output, check_output
+from impls.files import atomic_output, check_named_output
 from impls.spec import UNetSpec
 
 if TYPE_CHECKING:
     import jax
 
 ROUTES = ("onnx", "aoti", "jax")
+SUFFIXES = {"onnx": ".onnx", "aoti": ".pt2", "jax": ".stablehlo"}  # each route's file, as named
 VIAS = ("torch", "flax")
 OPSET = 18
 # fp32 forward, as the parity tests bound eval-mode forwards between frameworks
@@ -206,9 +207,11 @@ def _job(
     size: int | tuple[int, int] | None,
     dynamic: bool,
     torch_route: bool,
+    route: str,
+    force: bool,
 ) -> _Job:
     """Everything checked before any framework is imported: the checkpoint, the sizes, the output
-    (whose missing folder is made only then)."""
+    (of the route's suffix, an existing file only with ``force``; its missing folder made only then)."""
     checkpoint = Path(checkpoint)
     batch = whole("batch", batch)
     if not isinstance(dynamic, bool):
@@ -228,7 +231,8 @@ def _job(
                 f"size {h}x{w} for {checkpoint}: a dynamic export of {spec} is made at a side of at "
                 f"least {least}{why}; give --size {least} {least} or larger"
             )
-    return _Job(checkpoint, check_output(out, checkpoint), weights, spec, batch, (h, w), dynamic)
+    out = check_named_output(out, checkpoint, suffix=SUFFIXES[route], force=force)
+    return _Job(checkpoint, out, weights, spec, batch, (h, w), dynamic)
 
 
 def _metadata(spec: UNetSpec, layout: str, sides: str) -> dict[str, str]:
@@ -580,6 +584,7 @@ def to_onnx(
     size: int | tuple[int, int] | None = None,
     dynamic: bool = False,
     via: str = "torch",
+    force: bool = False,
 ) -> Export:
     """An ONNX file (opset 18, NCHW) of the checkpoint's model, made from its PyTorch model
     (``via="torch"``) or its Flax model (``via="flax"``, fixed sizes only), verified in onnxruntime."""
@@ -591,7 +596,8 @@ def to_onnx(
             "(its output keeps the input's height) and resizes only fixed sizes; export it at fixed "
             "sizes, or take the dynamic ONNX file from via='torch'"
         )
-    job = _job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=via == "torch")
+    options = dict(batch=batch, size=size, dynamic=dynamic, force=force)
+    job = _job(checkpoint, out, torch_route=via == "torch", route="onnx", **options)
     if dynamic and job.spec.pad_to_skip:
         raise ValueError(
             f"{checkpoint}: {job.spec} with dynamic=True to ONNX: its pools drop odd rows, which "
@@ -609,9 +615,11 @@ def to_aoti(
     batch: int = 1,
     size: int | tuple[int, int] | None = None,
     dynamic: bool = False,
+    force: bool = False,
 ) -> Export:
     """An AOTInductor package (.pt2, NCHW) of the checkpoint's PyTorch model, verified loaded."""
-    return _aoti(_job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=True))
+    options = dict(batch=batch, size=size, dynamic=dynamic, force=force)
+    return _aoti(_job(checkpoint, out, torch_route=True, route="aoti", **options))
 
 
 def to_jax(
@@ -621,9 +629,11 @@ def to_jax(
     batch: int = 1,
     size: int | tuple[int, int] | None = None,
     dynamic: bool = False,
+    force: bool = False,
 ) -> Export:
     """Serialized jax.export StableHLO (NHWC) of the checkpoint's Flax model, verified reloaded."""
-    return _jax(_job(checkpoint, out, batch=batch, size=size, dynamic=dynamic, torch_route=False))
+    options = dict(batch=batch, size=size, dynamic=dynamic, force=force)
+    return _jax(_job(checkpoint, out, torch_route=False, route="jax", **options))
 
 
 def export(
@@ -635,13 +645,15 @@ def export(
     size: int | tuple[int, int] | None = None,
     dynamic: bool = False,
     via: str | None = None,
+    force: bool = False,
 ) -> Export:
-    """``to_onnx``, ``to_aoti`` or ``to_jax`` by name; ``via`` is for ``onnx`` only."""
+    """``to_onnx``, ``to_aoti`` or ``to_jax`` by name; ``via`` is for ``onnx`` only. ``out`` ends in
+    the route's suffix (SUFFIXES) and is an existing file only with ``force``."""
     if to not in ROUTES:
         raise ValueError(f"to={to!r}: expected one of {', '.join(ROUTES)}")
     if via is not None and to != "onnx":
         raise ValueError(f"via={via!r} is for to='onnx' only; to={to!r} exports the {_SOURCE[to]} model")
-    options = dict(batch=batch, size=size, dynamic=dynamic)
+    options = dict(batch=batch, size=size, dynamic=dynamic, force=force)
     if to == "onnx":
         return to_onnx(checkpoint, out, via=via or "torch", **options)
     return (to_aoti if to == "aoti" else to_jax)(checkpoint, out, **options)
@@ -670,7 +682,12 @@ def main(argv: list[str] | None = None) -> int:
         help="onnx: an ONNX file (opset 18, NCHW); aoti: an AOTInductor .pt2 package (NCHW); "
         "jax: serialized jax.export StableHLO (NHWC)",
     )
-    parser.add_argument("out", type=Path, help="the file to write (never the checkpoint itself)")
+    parser.add_argument(
+        "out",
+        type=Path,
+        help="the file to write: OUT.onnx, OUT.pt2 or OUT.stablehlo (never the checkpoint itself)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--batch", type=int, default=1, help="batch of the example input (default 1)")
     parser.add_argument(
         "--size",
@@ -697,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             size=None if args.size is None else tuple(args.size),
             dynamic=args.dynamic,
             via=args.via,
+            force=args.force,
         )
     except (ValueError, OSError) as error:  # each names the file and the fix in one line: no traceback
         print(f"error: {error}", file=sys.stderr)

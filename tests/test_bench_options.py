@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import environment, plugin
+from bench import environment
 
 ROOT = Path(__file__).parent.parent
 
@@ -210,7 +210,11 @@ SIZES = [
 ]
 
 BAD = [
-    (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "need a CUDA device"),
+    (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "needs a CUDA device"),
+    (  # only the paths given, once
+        ("--paths", "torch-eager,tensorrt", "--device", "cpu"),
+        "ERROR: --paths: tensorrt needs a CUDA device; this run's device is cpu\n",
+    ),
     (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
     (("--margin", "0"), "--margin 0: expected a share between 0 and 1, e.g. 0.05"),
     (("--run-spread", "-0.1"), "--run-spread -0.1: expected an sd on logs from 0 to 1"),
@@ -295,12 +299,9 @@ def test_a_device_that_is_not_here_is_refused_naming_those_that_are(refusals) ->
 def test_the_devices_here_are_named(monkeypatch, gpus: int, device: str, message: str | None) -> None:
     """As on a machine with that many GPUs, which this test needs not have."""
     monkeypatch.setattr(environment, "gpus", lambda: ("GPU",) * gpus)
-    if message is None:
-        plugin._check_device(device)
-    else:
-        with pytest.raises(pytest.UsageError) as error:
-            plugin._check_device(device)
-        assert str(error.value) == message
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    problem = environment.device_problem(device)
+    assert (None if problem is None else f"--device {device}: {problem}") == message
 
 
 @pytest.mark.parametrize(
@@ -333,4 +334,33 @@ def test_a_size_the_network_cannot_take_blames_the_option_at_fault(
 
 @pytest.mark.parametrize(("args", "message"), BAD)
 def test_bad_options_are_refused_with_the_fix(refusals, args: tuple, message: str) -> None:
-    assert message in _refused(refusals[args])
+    assert _refused(refusals[args]).count(message) == 1
+
+
+@pytest.mark.parametrize(
+    ("told", "paths", "refused"),
+    [
+        ("cuda", "torch-eager,jax", True),
+        ("tpu,gpu", "jax-plain", True),
+        ("cpu", "jax", False),
+        ("cuda", "torch-eager", False),
+    ],
+)
+def test_a_jax_platform_the_run_cannot_use_is_refused_up_front(monkeypatch, told, paths, refused) -> None:
+    """JAX_PLATFORMS=cuda on this CPU: one line before anything runs, not an empty AssertionError per
+    case; a run without jax paths is not concerned."""
+    monkeypatch.setenv("JAX_PLATFORMS", told)
+    result = _collect("--paths", paths, "--device", "cpu")
+    if refused:
+        message = f"--paths {paths}: JAX_PLATFORMS={told} leaves out cpu, the run's device (cpu): unset it"
+        assert _refused(result).count(message) == 1
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_device_hidden_by_cuda_visible_devices_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(environment, "gpus", lambda: ())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert environment.device_problem("cuda") == (
+        "no CUDA device on this machine; devices here: cpu (CUDA_VISIBLE_DEVICES= hides the others)"
+    )

@@ -91,6 +91,18 @@ def test_the_command_refuses_what_it_cannot_use(tmp_path: Path, capsys) -> None:
     assert "not a run folder" in capsys.readouterr().err
 
 
+def test_an_existing_table_is_replaced_only_with_force(tmp_path: Path, capsys) -> None:
+    run = calibration_run(tmp_path / "run", seed=0)
+    table = tmp_path / "calibration.md"
+    table.write_text("the user's notes")
+    assert calibration.main([str(run), "--out", str(table)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "calibration.md already exists" in error and "--force" in error
+    assert table.read_text() == "the user's notes"
+    assert calibration.main([str(run), "--out", str(table), "--force"]) == 0
+    assert table.read_text().startswith("# Calibration: the rule on known effects")
+
+
 def test_the_committed_calibration_table_is_what_its_command_makes() -> None:
     """results/calibration/calibration.md, regenerated from the committed raw rounds of the runs its
     first line names: `python -m bench.calibration --out results/calibration/calibration.md RUN...`."""

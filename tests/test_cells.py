@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bench import cells
+from bench import cells, train_cells
 from bench.train_cells import Config, _data, train, trajectories_agree
 
 
@@ -49,3 +49,79 @@ def test_it_learns_and_border_weights_separate_touching_cells() -> None:
     assert with_border.separated > 5 * without.separated
     assert trajectories_agree(list(runs.values()))
     assert runs[("jax", "border weights")].losses[0] == pytest.approx(with_border.losses[0], rel=1e-5)
+
+
+# -- the command --------------------------------------------------------------------------------
+
+TINY = [
+    "--paths",
+    "torch-eager",
+    "--steps",
+    "2",
+    "--width",
+    "4",
+    "--depth",
+    "1",
+    "--size",
+    "16",
+    "--batch",
+    "2",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "--steps 0: expected a whole number >= 1"),
+        (["--steps", "-5"], "--steps -5: expected a whole number >= 1"),
+        (["--batch", "0"], "--batch 0: expected a whole number >= 1"),
+        (["--paths", "torch-eagr"], "--paths torch-eagr: expected some of torch-eager,"),
+        (["--paths", ""], "--paths: none given; expected some of torch-eager"),
+        (["--paths", "onnxruntime"], "--paths onnxruntime: an inference runtime trains nothing"),
+        (["--paths", "jax,jax"], "--paths jax,jax: a path given twice"),
+        (["--size", "30"], "--size 30: UNetSpec(depth=3, padding='same'): side 30 is not a valid input size"),
+        (["--device", "cuda"], "--device cuda: no CUDA device on this machine; devices here: cpu"),
+        (["--device", "gpu"], "--device gpu: expected cpu, cuda or cuda:N"),
+        (["--batch", "64"], "--batch 64: more than the 32 held-out images"),
+        (["--results-dir", "{file}"], "--results-dir {file}: {file} is a file, not a folder"),
+    ],
+)
+def test_the_command_refuses_bad_options_before_training(tmp_path, capsys, args, message) -> None:
+    """Exit 2 and one line, before any data is made or a folder written."""
+    afile = tmp_path / "a file"
+    afile.write_text("the user's")
+    args = [arg.format(file=afile) for arg in args]
+    if "--results-dir" not in args:
+        args += ["--results-dir", str(tmp_path)]
+    assert train_cells.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: " + message.format(file=afile)), captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"] and afile.read_text() == "the user's"
+
+
+def test_the_help_describes_every_option(capsys) -> None:
+    with pytest.raises(SystemExit):
+        train_cells.main(["--help"])
+    text = capsys.readouterr().out
+    for option in (
+        "--paths",
+        "--steps",
+        "--width",
+        "--depth",
+        "--size",
+        "--batch",
+        "--device",
+        "--results-dir",
+    ):
+        assert option in text
+    assert "(default 300)" in text and "Adam steps" in text
+
+
+def test_runs_that_share_a_results_folder_get_their_own(tmp_path) -> None:
+    for _ in range(2):
+        assert train_cells.main([*TINY, "--results-dir", str(tmp_path)]) in (0, 1)
+    first, second = sorted(tmp_path.iterdir(), key=lambda p: len(p.name))
+    assert second.name == first.name + "-2"
+    for run in (first, second):
+        assert {p.name for p in run.iterdir()} == {"report.md", "outcomes.json", "loss-curves.png"}

@@ -227,6 +227,13 @@ def test_command_writes_and_says_what_it_checked(checkpoints, tmp_path, capsys) 
     )
     assert "(2, 8, 12, 1): err" in printed
     assert export.load_jax(out).in_avals[0].shape == (2, 8, 12, 1)
+    # the same output again: kept unless --force, then replaced
+    argv = [str(checkpoints["same"]), "--to", "jax", str(out), "--size", "8", "8"]
+    assert export.main(argv) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert export.load_jax(out).in_avals[0].shape == (2, 8, 12, 1)
+    assert export.main([*argv, "--force"]) == 0
+    assert export.load_jax(out).in_avals[0].shape == (1, 8, 8, 1)
 
 
 def test_command_runs_as_a_module(checkpoints, tmp_path) -> None:
@@ -244,7 +251,15 @@ def test_command_runs_as_a_module(checkpoints, tmp_path) -> None:
 
 @pytest.mark.parametrize(("to", "absent"), [("jax", "torch"), ("onnx", "jax")])
 def test_each_route_imports_only_its_own_framework(checkpoints, tmp_path, to, absent) -> None:
-    argv = [str(checkpoints["same"]), "--to", to, str(tmp_path / "o"), "--size", "8", "8"]
+    argv = [
+        str(checkpoints["same"]),
+        "--to",
+        to,
+        str(tmp_path / f"o{export.SUFFIXES[to]}"),
+        "--size",
+        "8",
+        "8",
+    ]
     script = f"""
         import sys
         from impls import export
@@ -261,6 +276,11 @@ def test_each_route_imports_only_its_own_framework(checkpoints, tmp_path, to, ab
 
 
 # -- bad input ----------------------------------------------------------------------------
+
+
+def _another_users_file(path: Path) -> Path:
+    path.write_bytes(b"a package the user made earlier")
+    return path
 
 
 def _text_file(folder: Path) -> Path:
@@ -302,6 +322,14 @@ BAD = {
         lambda c, t: [str(c["same"]), "--to", "jax", str(c["same"])],
         ["is also the input", "choose another output file"],
     ),
+    "an output of another format": (
+        lambda c, t: [str(c["same"]), "--to", "onnx", str(t / "unet.safetensors")],
+        ["output {t}/unet.safetensors: this format's files end in .onnx: name it unet.onnx"],
+    ),
+    "an output that exists": (
+        lambda c, t: [str(c["same"]), "--to", "aoti", str(_another_users_file(t / "other.pt2"))],
+        ["other.pt2 already exists: choose another name, or replace it with --force"],
+    ),
     "a batch of 0": (
         lambda c, t: [str(c["same"]), "--to", "jax", str(t / "o"), "--batch", "0"],
         ["batch=0: expected an integer >= 1"],
@@ -332,13 +360,16 @@ BAD = {
 def test_bad_input_is_one_line_and_exit_1(checkpoints, tmp_path, capsys, bad) -> None:
     argv, parts = BAD[bad]
     args = argv(checkpoints, tmp_path)
-    before = sorted(os.listdir(tmp_path))
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    folders = sorted(path for path in tmp_path.rglob("*") if path.is_dir())
     assert export.main(args) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
     for part in parts:
         assert part.format(t=tmp_path) in captured.err, captured.err
-    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+    # nothing written, nothing changed
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert sorted(path for path in tmp_path.rglob("*") if path.is_dir()) == folders
 
 
 def test_functions_refuse_what_the_command_cannot_be_given(checkpoints, tmp_path) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import environment, measure, stats
+from bench import environment, measure, report, stats
 from bench.measure import CaseSkipped, Sweep, rotation
 from bench.runners import RunConfig
 from bench.workers import Worker, leftover_processes
@@ -251,9 +252,32 @@ def test_references_and_records_are_written_whole(tmp_path) -> None:
     np.testing.assert_array_equal(loaded["logits"], reference["logits"])
     np.testing.assert_array_equal(loaded["gradients"]["conv.weight"], np.ones(3))
     assert noise == {"logits": 1e-6}
-    measure._write_json(tmp_path / "cache" / "forms.json", {"key": {"chosen": "contiguous"}})
-    assert measure._read_json(tmp_path / "cache" / "forms.json") == {"key": {"chosen": "contiguous"}}
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["forms.json", "key.npz"]
+    sweep = Sweep(compile_cache=tmp_path / "cache")
+    sweep._write_json(tmp_path / "cache" / "forms.json", {"key": {"chosen": "contiguous"}})
+    assert sweep._read_json(tmp_path / "cache" / "forms.json") == {"key": {"chosen": "contiguous"}}
+    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert names == ["forms.json", "forms.json.sha256", "key.npz", "key.npz.sha256"]  # each with its digest
+
+
+def test_a_spoiled_cache_entry_is_named_discarded_and_made_again(sweep, tmp_path) -> None:
+    """A reference cut short and a forms file changed by hand, in the compile-cache folder: the next
+    run names each, discards it, makes it again and measures the case."""
+    sweep.cases = _cases("torch-eager")
+    assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
+    (reference,) = (tmp_path / "cache").rglob("*.npz")
+    reference.write_bytes(reference.read_bytes()[:100])
+    forms = tmp_path / "cache" / "forms.json"
+    forms.write_text("{")
+    said: list[str] = []
+    again = Sweep(
+        compile_cache=tmp_path / "cache", min_rounds=4, max_time=0.05, replicates=1, announce=said.append
+    )
+    again.cases = sweep.cases
+    assert again.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
+    for file in (reference, forms):
+        assert any(line.startswith(f"discarded {file}: its bytes no longer match") for line in said), said
+    assert measure.seal_problem(reference) is None and measure.seal_problem(forms) is None  # made again
+    assert leftover_processes() == []
 
 
 def _timed_by_worker(monkeypatch, seconds) -> None:
@@ -354,3 +378,96 @@ def test_a_replicate_worker_that_computes_another_function_fails_the_case(sweep,
     with pytest.raises(measure.CaseFailure, match=r"jax \(worker 2 of the case\) differs .* logits"):
         sweep.run(sweep.cases[1], FakeBenchmark())
     assert leftover_processes() == []
+
+
+def _slowed(monkeypatch, seconds: dict[tuple[str, str], float]) -> None:
+    """Each (path, command) of the sweep's workers ``seconds`` slower, as if the worker took them."""
+    call = Worker.call
+
+    def slow(self, command, *args, **kwargs):
+        time.sleep(seconds.get((self.config.path, command), 0.0))
+        return call(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "call", slow)
+
+
+def test_the_case_timeout_bounds_all_of_a_cases_phases_together(sweep, monkeypatch) -> None:
+    """Set-up, rounds and a fresh worker, each 40% of --case-timeout: the case is a timeout (each
+    phase under the limit used to pass), and well before twice the limit."""
+    sweep.cases = _cases("torch-eager")  # the reference computed and kept first, outside the limit
+    assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
+    limit = 20.0
+    sweep.case_timeout, sweep.replicates, sweep.max_replicates = limit, 2, 2
+    blocks = measure.BLOCKS_PER_WORKER
+    _slowed(
+        monkeypatch,
+        {("torch-plain", "first_call"): 0.4 * limit, ("torch-plain", "time_calls"): 0.4 * limit / blocks},
+    )
+    sweep.cases = _cases("torch-plain")
+    started = time.monotonic()
+    with pytest.raises(measure.CaseFailure):
+        sweep.run(sweep.cases[0], FakeBenchmark())
+    record = sweep.records[-1]
+    assert record["status"] == "timeout" and "--case-timeout" in record["message"]
+    assert record["phase_seconds"]["first_call"] < limit / 2  # set-up alone was within the limit
+    assert time.monotonic() - started < 2 * limit
+    assert leftover_processes() == []
+
+
+def test_the_other_paths_rounds_are_not_a_cases_time(sweep, monkeypatch) -> None:
+    """Interleaved with a path whose rounds take the whole limit between them, a fast case is ok."""
+    limit = 12.0
+    sweep.case_timeout = limit
+    _slowed(monkeypatch, {("torch-eager+0%", "time_calls"): 1.2 * limit / measure.BLOCKS_PER_WORKER})
+    sweep.cases = _cases("torch-plain", "torch-eager+0%")
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    assert record["status"] == "ok"
+    assert [r["status"] for r in sweep.records] == ["ok", "timeout"]  # the slow one, on its own time
+    assert leftover_processes() == []
+
+
+def test_compiled_code_that_does_not_load_is_compiled_again_once(sweep, tmp_path, monkeypatch) -> None:
+    """The next run's worker fails on what an earlier run compiled: the case's folder is cleared, the
+    case compiled cold again and measured."""
+    sweep.cases = _cases("jax")
+    assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
+    call, failed = Worker.call, []
+
+    def failing_once(self, command, *args, **kwargs):
+        if command == "first_call" and not failed and (Path(self.compile_cache) / "cold.json").exists():
+            failed.append(self.compile_cache)
+            raise measure.WorkerError("error", "RuntimeError: a corrupt cache entry\n(traceback)")
+        return call(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "call", failing_once)
+    said: list[str] = []
+    again = Sweep(
+        compile_cache=tmp_path / "cache", min_rounds=4, max_time=0.05, replicates=1, announce=said.append
+    )
+    again.cases = sweep.cases
+    record = again.run(sweep.cases[0], FakeBenchmark())
+    assert record["status"] == "ok" and len(failed) == 1
+    assert record["compile_cold_reused"] is False  # compiled again, not the earlier run's figure
+    assert any("did not load (RuntimeError: a corrupt cache entry); the folder is cleared" in s for s in said)
+    assert leftover_processes() == []
+
+
+def test_a_peak_probe_that_fails_leaves_the_cases_measured(sweep, monkeypatch, tmp_path) -> None:
+    """The device's peak, measured in a process of its own, is lost (its process killed): the run
+    goes on, its cases measured without utilization, and the report is written."""
+
+    def killed(*args):
+        raise environment.ProbeError(
+            "python -m bench.environment peak cpu fp32 ieee failed: killed by SIGKILL"
+        )
+
+    monkeypatch.setattr(environment, "peak_tflops", killed)
+    said: list[str] = []
+    sweep.announce = said.append
+    sweep.cases = _cases("torch-eager")
+    record = sweep.run(sweep.cases[0], FakeBenchmark())
+    assert record["status"] == "ok" and record["utilization"] is None
+    assert record["device_peak_problem"].endswith("killed by SIGKILL")
+    assert sum("the device's peak could not be measured" in line for line in said) == 1
+    measured = report.load(tmp_path)[0]  # the sweep's progress.jsonl
+    assert measured.utilization.isna().all() and (measured.img_per_s > 0).all()

@@ -213,6 +213,28 @@ def test_the_command_refuses_to_write_over_its_input(checkpoint, tmp_path) -> No
     assert os.listdir(tmp_path) == ["checkpoint.pth"]  # no temporary file left
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "other.safetensors",
+            "other.safetensors already exists: choose another name, or replace it with --force",
+        ),
+        ("m.onnx", "m.onnx: this format's files end in .safetensors: name it m.safetensors"),
+    ],
+)
+def test_the_command_keeps_a_file_the_user_has(checkpoint, tmp_path, capsys, name: str, message: str) -> None:
+    """An existing file is replaced only with --force; an output's name must fit its format."""
+    target = tmp_path / name
+    target.write_bytes(b"another checkpoint")
+    assert convert.main(["from-milesial", checkpoint, str(target)]) == 1
+    _assert_one_line_error(capsys.readouterr().err, "error: output ", message)
+    assert target.read_bytes() == b"another checkpoint" and os.listdir(tmp_path) == [name]
+    if name.endswith(".safetensors"):
+        assert convert.main(["from-milesial", checkpoint, str(target), "--force"]) == 0
+        assert convert.load(target)[1].width == convert.from_milesial(checkpoint)[1].width
+
+
 def test_the_command_names_a_missing_input(tmp_path) -> None:
     done = _command(str(tmp_path / "nowhere.pth"), str(tmp_path / "out.safetensors"))
     assert done.returncode == 1

@@ -359,6 +359,23 @@ def test_compare_two_runs(tmp_path: Path, capsys) -> None:
     assert "- 92% of second's speed-ups lie inside first's 95% intervals (11 of 12)" in text
 
 
+@pytest.mark.parametrize("second", ["itself", "nothing measured"])
+def test_compare_refuses_what_it_cannot_compare(tmp_path: Path, capsys, second: str) -> None:
+    """A run against itself, or against one with no case: exit 2, one line, no file written."""
+    first = fake_run(tmp_path / "first")
+    other = first
+    if second == "nothing measured":
+        other = tmp_path / "interrupted"
+        other.mkdir()
+        (other / "progress.jsonl").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    assert report.main(["--compare", str(first), str(other)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert ("against itself" if second == "itself" else "interrupted: no measured case") in error
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_compare_with_an_older_run_counts_nothing_it_cannot_check(tmp_path: Path, run_dir: Path) -> None:
     text = report.compare(run_dir, run_dir)
     assert "- 0 of 0 comparisons in both runs contradict" in text
@@ -491,6 +508,39 @@ def test_readme_sections_are_written_between_the_markers(tmp_path: Path) -> None
     assert report.readme_runs(readme) == ["results/two", "results/one"]
     with pytest.raises(ValueError, match="no '<!-- begin generated"):
         report.write_readme(readme=tmp_path / "results" / "one" / "environment.json")
+
+
+@pytest.mark.parametrize("where", ["outside results/", "nothing measured"])
+def test_the_readme_names_only_measured_runs_under_results(tmp_path: Path, capsys, where: str) -> None:
+    """--readme and --check refuse, naming the run and the fix, and leave the README as it was."""
+    fake_run(tmp_path / "results" / "one")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- begin generated: python -m bench.report --readme results/one -->\n<!-- end generated -->\n"
+    )
+    report.write_readme(readme=readme)
+    before = readme.read_text()
+    if where == "outside results/":
+        bad = fake_run(tmp_path / "elsewhere" / "run")
+        message = "elsewhere/run: not under"
+    else:
+        bad = tmp_path / "results" / "interrupted"
+        bad.mkdir()
+        (bad / "progress.jsonl").write_text("")
+        (bad / "environment.json").write_text(json.dumps({"device": "cpu", "device_name": "Fake CPU"}))
+        message = "results/interrupted: no measured case"
+    with pytest.raises(ValueError, match=message):
+        report.write_readme([bad], readme)
+    assert readme.read_text() == before
+    readme.write_text(before.replace("--readme results/one", f"--readme {bad.relative_to(tmp_path)}"))
+    with pytest.raises(ValueError, match=message):
+        report.readme_matches(readme)
+    # the command, on the repository's README: exit 2, one line, the README as it was
+    repository_readme = report.README.read_bytes()
+    assert report.main(["--readme", str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and "not under" in error
+    assert report.README.read_bytes() == repository_readme
 
 
 def test_the_repository_readme_matches_its_runs() -> None:

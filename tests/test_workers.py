@@ -260,3 +260,15 @@ def test_a_second_run_reuses_the_measured_cold_compile(tmp_path, monkeypatch) ->
     assert (first["compile_cold_reused"], second["compile_cold_reused"]) == (False, True)
     assert second["compile_seconds_cold"] == pytest.approx(first["compile_seconds_cold"])
     assert second["compile_seconds_cached"] < first["compile_seconds_cold"]
+
+
+def test_a_worker_that_cannot_start_says_why_in_its_first_line(tmp_path, monkeypatch) -> None:
+    """An unknown flag in XLA_FLAGS aborts the jax worker: its first line, the one the console shows,
+    names the flag, not only the signal."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_no_such_flag")
+    with pytest.raises(WorkerError) as info:
+        Worker(_case("jax"), compile_cache=tmp_path)
+    first = str(info.value).splitlines()[0]
+    assert info.value.status == "crashed"
+    assert first.endswith(": Unknown flag in XLA_FLAGS: --xla_no_such_flag"), first
+    assert leftover_processes() == []
