@@ -226,9 +226,9 @@ def describe(device: str) -> dict:
     return info
 
 
-@functools.cache
 def peak_tflops(device: str, precision: str, tf32: bool = False) -> float:
-    """The device's dense throughput in ``precision``, measured with torch in a process of its own."""
+    """The device's dense throughput in ``precision``, measured with torch in a process of its own
+    (kept per run by measure.Sweep.peak_tflops, failures too)."""
     return probe("peak", device, precision, "tf32" if tf32 else "ieee")["tflops"]
 
 

@@ -875,10 +875,14 @@ class Sweep:
         if self.announce is not None:
             self.announce(line)
 
+    def _deadline(self, p: Prepared) -> float:
+        """When what is left of the case's --case-timeout runs out, from now."""
+        return time.monotonic() + max(0.0, self.case_timeout - p.spent)
+
     def _charged(self, p: Prepared, command: Callable[[], T]) -> T:
         """``command`` for ``p``'s worker, within what is left of the case's --case-timeout, its time
         added to the case's own: all of a case's phases and workers draw on the one limit."""
-        p.worker.deadline = time.monotonic() + max(0.0, self.case_timeout - p.spent)
+        p.worker.deadline = self._deadline(p)
         started = time.perf_counter()
         try:
             return command()
@@ -912,9 +916,10 @@ class Sweep:
             for p in prepared:
                 if p in failures:
                     continue
-                deadline = time.monotonic() + max(0.0, self.case_timeout - p.spent)
                 compile_cache = p.record["compile_folder"]
-                worker = Worker(p.config, compile_cache=compile_cache, deadline=deadline, connect=False)
+                worker = Worker(
+                    p.config, compile_cache=compile_cache, deadline=self._deadline(p), connect=False
+                )
                 started[p] = worker, time.perf_counter()
             for p, (worker, at) in started.items():
                 try:

@@ -25,7 +25,6 @@ from bench import environment, report, resume, stats
 from bench.measure import Sweep, default_compile_cache
 from bench.runners.config import (
     CALIBRATION_REFERENCE,
-    CUDA_ONLY_PATHS,
     FREEZINGS,
     LOSSES,
     MEMORY_FORMATS,
@@ -35,7 +34,7 @@ from bench.runners.config import (
     TASKS,
     RunConfig,
     calibration_path,
-    framework,
+    paths_problem,
 )
 from bench.workers import leftover_processes
 from impls.checks import known
@@ -401,15 +400,9 @@ def _matrix(config: pytest.Config) -> tuple[list[RunConfig], dict]:
     precisions = _listed(config, "precisions", defaults["precisions"], PRECISIONS)
     sizes = _listed(config, "sizes", defaults["sizes"])
     batches = _listed(config, "batches", defaults["batches"])
-    jax_problem = environment.jax_platform_problem(device)
-    if jax_problem and any(framework(path) == "jax" for path in paths):
-        raise pytest.UsageError(f"--paths {','.join(paths)}: {jax_problem}")
-    cuda_only = [path for path in paths if path in CUDA_ONLY_PATHS]
-    if device == "cpu" and cuda_only:
-        verb = "needs" if len(cuda_only) == 1 else "need"
-        raise pytest.UsageError(
-            f"--paths: {', '.join(cuda_only)} {verb} a CUDA device; this run's device is cpu"
-        )
+    problem = paths_problem(paths, device)
+    if problem:
+        raise pytest.UsageError(problem)
     _check_sizes(config, spec, sizes)
     case_timeout = _positive(config, "case_timeout", defaults["case_timeout"], "seconds")
     target_ci = option("target_ci")

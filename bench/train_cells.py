@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import cells, environment
-from bench.runners import CUDA_ONLY_PATHS, PATHS, RUNTIME_PATHS, make_runner
-from bench.runners.config import framework
+from bench.runners import PATHS, RUNTIME_PATHS, make_runner
+from bench.runners.config import paths_problem
 from bench.runners.workload import from_scratch_weights
 from impls import convert
 from impls.checks import known
@@ -97,12 +97,9 @@ def check(config: Config) -> Config:
     problem = environment.device_problem(config.device)
     if problem:
         raise ValueError(f"--device {config.device}: {problem}")
-    jax_problem = environment.jax_platform_problem(config.device)
-    if jax_problem and any(framework(path) == "jax" for path in config.paths):
-        raise ValueError(f"--paths {','.join(config.paths)}: {jax_problem}")
-    cuda_only = [path for path in config.paths if path in CUDA_ONLY_PATHS]
-    if config.device == "cpu" and cuda_only:
-        raise ValueError(f"--paths: {', '.join(cuda_only)} need a CUDA device; --device is cpu")
+    problem = paths_problem(config.paths, config.device)
+    if problem:
+        raise ValueError(problem)
     spec = UNetSpec(width=config.width, depth=config.depth)
     try:
         spec.check_side(config.size)

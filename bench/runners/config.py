@@ -12,7 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,19 @@ def calibration_effect(path: str) -> float | None:
 def compiles_nothing(path: str) -> bool:
     """Whether the path's first call is just a call: nothing compiled, nothing cached."""
     return path in COMPILES_NOTHING or calibration_effect(path) is not None
+
+
+def paths_problem(paths: Sequence[str], device: str) -> str | None:
+    """Why ``paths`` (as --paths gave them) cannot all run on ``device``: JAX_PLATFORMS leaving the
+    device out where a jax path runs, or a CUDA-only path on a CPU; None where they can."""
+    jax_problem = environment.jax_platform_problem(device)
+    if jax_problem and any(framework(path) == "jax" for path in paths):
+        return f"--paths {','.join(paths)}: {jax_problem}"
+    cuda_only = [path for path in paths if path in CUDA_ONLY_PATHS]
+    if device == "cpu" and cuda_only:
+        verb = "needs" if len(cuda_only) == 1 else "need"
+        return f"--paths: {', '.join(cuda_only)} {verb} a CUDA device; this run's device is cpu"
+    return None
 
 
 def competes(path: str) -> bool:
