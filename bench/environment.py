@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -66,9 +67,14 @@ def probe(*args: str) -> dict:
         )
     except subprocess.TimeoutExpired as error:
         raise ProbeError(f"{' '.join(command[1:])} did not answer within {PROBE_TIMEOUT:.0f} s") from error
-    if done.returncode:
-        raise ProbeError(f"{' '.join(command[1:])} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.splitlines()[-1])
+    lines = done.stdout.splitlines()
+    if done.returncode or not lines:
+        code = done.returncode
+        why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        why = why if code else "printed no answer"
+        last = next((line.strip() for line in reversed(done.stderr.splitlines()) if line.strip()), "")
+        raise ProbeError(f"{' '.join(command[1:])} failed ({why}){': ' + last if last else ''}")
+    return json.loads(lines[-1])
 
 
 @functools.cache
@@ -221,8 +227,11 @@ def describe(device: str) -> dict:
         "allocator": allocator(),
         "git_commit": _git_commit(),
         "engine_hash": engine_hash(),
-        **probe("torch", device),
     }
+    try:
+        info.update(probe("torch", device))
+    except ProbeError as error:  # figures for the record only: the run goes on without them
+        info["torch_facts_problem"] = str(error).splitlines()[0]
     return info
 
 

@@ -318,9 +318,12 @@ def _folder(config: pytest.Config, name: str, default: Path) -> Path:
     if text == "":
         raise pytest.UsageError(f"{_flag(name)} is empty: expected a folder (default {default})")
     try:
-        return check_folder(default if text is None else text, what=_flag(name))
+        if text is not None:
+            return check_folder(text, what=_flag(name))
+        return check_folder(default, what=f"the default {_flag(name)[2:].replace('-', ' ')} folder")
     except ValueError as error:
-        raise pytest.UsageError(str(error)) from None
+        fix = "" if text is not None else f"; give {_flag(name)} FOLDER"
+        raise pytest.UsageError(f"{error}{fix}") from None
 
 
 def _device(config: pytest.Config) -> str:
@@ -513,6 +516,11 @@ def _stop_on_sigterm(signum, frame) -> None:
     # As Ctrl-C: the case in progress is recorded as interrupted, its workers ended,
     # and pytest still writes benchmark.json and the report for what was measured.
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    problem = config.stash.get(ENVIRONMENT_KEY, {}).get("torch_facts_problem")
+    return f"the thread count and CUDA versions are not recorded: {problem}" if problem else None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -631,9 +631,11 @@ def break_even_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def utilization_table(measured: pd.DataFrame, task: str) -> pd.DataFrame:
-    table = _combine(
-        "{0:.3g} ({1:.0%})".format, _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization")
-    )
+    def text(tflops: float, utilization: float) -> str:
+        share = "peak not measured" if math.isnan(utilization) else f"{utilization:.0%}"
+        return f"{tflops:.3g} ({share})"
+
+    table = _combine(text, _pivot(measured, task, "tflops"), _pivot(measured, task, "utilization"))
     return _mark(table, _pivot(measured, task, "utilization") > SUSPECT, "SUSPECT")
 
 

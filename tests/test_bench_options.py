@@ -316,6 +316,25 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path: Path, option: str,
     assert f"{option} {folder}: {file} is a file, not a folder" in out
 
 
+def test_an_unusable_default_compile_cache_is_refused_naming_the_option_to_give(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A home folder that cannot hold the default cache (here a file) stops the run before any case,
+    in one line that names the folder and the option, not the user's --compile-cache (not given)."""
+    home = tmp_path / "home"
+    home.write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path))
+    out = _refused(_collect())
+    folder = home / ".cache" / "unet-bench" / "compile"
+    assert (
+        f"ERROR: the default compile cache folder {folder}: {home} is a file, not a folder; "
+        "give --compile-cache FOLDER\n" in out
+    )
+    assert out.count("--compile-cache") == 1 and home.read_text() == ""
+
+
 def test_a_read_only_results_folder_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "read-only"
     folder.mkdir(mode=0o555)

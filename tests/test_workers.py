@@ -122,11 +122,9 @@ def test_every_worker_runs_with_the_allocator_settings_the_run_records(tmp_path,
 # -- a whole sweep stopped from outside --------------------------------------------------
 
 
-def _sweep(tmp_path: Path) -> subprocess.Popen:
-    """A benchmark run of two groups of two cases; the second group's jax case hangs at its first call."""
-    fault = f"rank=0,path=jax,size={2 * SIZE},command=first_call,action=hang"
-    env = {**os.environ, "UNET_BENCH_FAULT": fault}
-    command = [
+def _benchmark_command(tmp_path: Path, paths: str, sizes: str) -> list[str]:
+    """The main command, on a tiny network, writing only under ``tmp_path``."""
+    return [
         sys.executable,
         "-m",
         "pytest",
@@ -134,9 +132,9 @@ def _sweep(tmp_path: Path) -> subprocess.Popen:
         "no:cacheprovider",
         "--benchmark-only",
         "bench/test_unet.py::test_unet",
-        "--paths=torch-eager,jax",
+        f"--paths={paths}",
         "--tasks=infer",
-        f"--sizes={SIZE},{2 * SIZE}",
+        f"--sizes={sizes}",
         f"--batches={BATCH}",
         "--width=4",
         "--depth=2",
@@ -146,6 +144,13 @@ def _sweep(tmp_path: Path) -> subprocess.Popen:
         f"--results-dir={tmp_path / 'results'}",
         f"--compile-cache={tmp_path / 'cache'}",
     ]
+
+
+def _sweep(tmp_path: Path) -> subprocess.Popen:
+    """A benchmark run of two groups of two cases; the second group's jax case hangs at its first call."""
+    fault = f"rank=0,path=jax,size={2 * SIZE},command=first_call,action=hang"
+    env = {**os.environ, "UNET_BENCH_FAULT": fault}
+    command = _benchmark_command(tmp_path, "torch-eager,jax", f"{SIZE},{2 * SIZE}")
     # Ctrl-C's default action restored: a shell starts background jobs (`make test &`) with SIGINT
     # ignored, which their children inherit, and the SIGINT case would then wait in vain.
     return subprocess.Popen(
@@ -234,6 +239,45 @@ def test_after_a_sigkill_nothing_is_left_and_the_report_is_rebuilt(tmp_path) -> 
 
 
 # -- compile caches: one folder per case, cold figures reused by a later run --------------
+
+
+def test_a_run_whose_probes_are_killed_measures_its_cases_without_their_figures(tmp_path) -> None:
+    """Every run-level probe (python -m bench.environment: torch's facts, the device's peak) killed by
+    SIGKILL, by a sitecustomize that only those processes act on: the run still makes its folder,
+    measures its case and writes its report, with the probes' failures recorded and said once."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "if sys.orig_argv[1:3] == ['-m', 'bench.environment']:\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        _benchmark_command(tmp_path, "torch-eager", str(SIZE)),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (p for p in (tmp_path / "results").iterdir() if p.is_dir())
+    recorded = json.loads((run_dir / "environment.json").read_text())
+    killed = "-m bench.environment torch cpu failed (killed by SIGKILL)"
+    assert recorded["torch_facts_problem"] == killed
+    assert done.stdout.count(killed) == 1  # in the run's header
+    (record,) = map(json.loads, (run_dir / "progress.jsonl").read_text().splitlines())
+    assert record["status"] == "ok" and record["utilization"] is None
+    assert (
+        record["device_peak_problem"] == "-m bench.environment peak cpu fp32 ieee failed (killed by SIGKILL)"
+    )
+    assert done.stdout.count("the device's peak could not be measured") == 1
+    assert "(peak not measured)" in (run_dir / "report.md").read_text()
+    assert leftover_processes() == []
 
 
 def test_each_case_has_its_own_compile_folder() -> None:
