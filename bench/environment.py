@@ -21,6 +21,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from impls import footprint
+
 PACKAGES = (
     "torch",
     "jax",
@@ -96,11 +98,10 @@ def devices() -> tuple[str, ...]:
 
 
 def memory_bytes(device: str) -> int:
-    """What a device can hold: a GPU's total memory, or the memory a CPU has available now."""
+    """What a device can hold: a GPU's total memory, or the memory a CPU has available now (the
+    cgroup's limit included)."""
     if device == "cpu":
-        import psutil
-
-        return psutil.virtual_memory().available
+        return footprint.available_bytes()
     return _gpus()["memory"][int(device.partition(":")[2] or 0)]
 
 

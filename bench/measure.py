@@ -64,11 +64,12 @@ from bench.runners.config import (
     RunConfig,
     calibration_effect,
     compiles_nothing,
+    memory_kind,
     unavailable,
     verdict_roles,
 )
 from bench.workers import Worker, WorkerError
-from impls import convert
+from impls import convert, footprint
 from impls.files import atomic_output, discard, seal, seal_problem, write_text
 from impls.tiling import tile_positions
 
@@ -87,6 +88,25 @@ def default_compile_cache() -> Path:
     """The user's cache folder: $XDG_CACHE_HOME/unet-bench/compile, else ~/.cache/unet-bench/compile."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "unet-bench" / "compile"
+
+
+def needed_bytes(config: RunConfig) -> int:
+    """An upper estimate of the memory a case's workers take together (impls/footprint.py): the
+    processes of a torch data-parallel case share a CPU's memory, and each has a GPU of its own."""
+    torchrun = config.devices is not None and config.framework == "torch"
+    per_device = torchrun or config.device != "cpu"
+    batch = config.batch // (config.devices or 1) if per_device else config.batch
+    kind = memory_kind(config.path)
+    one = footprint.estimate_bytes(
+        config.spec, config.size, batch, task=config.task, kind=kind, device=config.device
+    )
+    return one * config.devices if torchrun and config.device == "cpu" else one
+
+
+def memory_problem(config: RunConfig) -> str | None:
+    """Why the case cannot start here, by that estimate, against what its device has free (on a
+    CPU the smaller of the memory available and the cgroup's limit); None where it fits."""
+    return footprint.too_large(needed_bytes(config), environment.memory_bytes(config.device), config.id)
 
 
 def cache_key(config: RunConfig, device_name: str) -> str:
@@ -427,6 +447,12 @@ class Sweep:
                 cannot = unavailable(config)
                 if cannot is not None:  # by design, not a failure: no worker is started
                     self.record({**current, "status": cannot[0], "message": cannot[1]})
+                    continue
+                too_large = memory_problem(config)
+                if too_large:  # rather than started and killed, with whatever else the kernel picks
+                    self.record(
+                        {**current, "status": "out-of-memory", "message": f"not started: {too_large}"}
+                    )
                     continue
                 crowded = self._crowded(prepared)
                 if crowded:  # measure what is set up, then go on with a device of its own

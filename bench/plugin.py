@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from bench import environment, report, resume, stats
-from bench.measure import Sweep, default_compile_cache
+from bench.measure import Sweep, default_compile_cache, memory_problem, needed_bytes
 from bench.runners.config import (
     CALIBRATION_REFERENCE,
     FREEZINGS,
@@ -512,6 +512,18 @@ def _scaling_matrix(config: pytest.Config, cases: list[RunConfig]) -> list[RunCo
     return scaling
 
 
+def _check_memory(cases: list[RunConfig]) -> None:
+    """Refuse a matrix with a case the device cannot hold (measure.memory_problem), before any runs:
+    the largest one named, with the count of the others."""
+    refused = [case for case in cases if memory_problem(case)]
+    if refused:
+        largest = max(refused, key=needed_bytes)
+        others = f" (and {len(refused) - 1} other cases of the {len(cases)})" if len(refused) > 1 else ""
+        raise pytest.UsageError(
+            f"{memory_problem(largest)}{others}: choose smaller --sizes or --batches, or free memory"
+        )
+
+
 def _stop_on_sigterm(signum, frame) -> None:
     # As Ctrl-C: the case in progress is recorded as interrupted, its workers ended,
     # and pytest still writes benchmark.json and the report for what was measured.
@@ -530,6 +542,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CASES_KEY] = cases
     config.stash[OPTIONS_KEY] = options
     config.stash[SCALING_KEY] = _scaling_matrix(config, cases)
+    _check_memory(cases + config.stash[SCALING_KEY])
     results_dir = _folder(config, "results_dir", Path("results"))
     compile_cache = _folder(config, "compile_cache", default_compile_cache())
     timing = not config.getoption("benchmark_disable")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from impls import convert
+from impls import convert, footprint
 from impls.checks import err, whole
 from impls.files import atomic_output, check_named_output
 from impls.spec import UNetSpec
@@ -232,7 +232,20 @@ def _job(
                 f"least {least}{why}; give --size {least} {least} or larger"
             )
     out = check_named_output(out, checkpoint, suffix=SUFFIXES[route], force=force)
-    return _Job(checkpoint, out, weights, spec, batch, (h, w), dynamic)
+    job = _Job(checkpoint, out, weights, spec, batch, (h, w), dynamic)
+    shapes = job.inputs(_sides(spec, torch_route=torch_route) if dynamic else None)
+    what = f"an export at batch {batch}, {h}x{w}"
+    problem = footprint.too_large(needed_bytes(spec, shapes), footprint.available_bytes(), what)
+    if problem:  # rather than started and killed, with whatever else the kernel picks
+        raise ValueError(f"{problem}: give a smaller --batch or --size")
+    return job
+
+
+def needed_bytes(spec: UNetSpec, shapes: list[tuple[int, ...]]) -> int:
+    """An upper estimate of an export's peak memory (impls/footprint.py), checked at ``shapes`` (NCHW)."""
+    return max(
+        footprint.estimate_bytes(spec, (h, w), n, task="infer", kind="export") for n, _, h, w in shapes
+    )
 
 
 def _metadata(spec: UNetSpec, layout: str, sides: str) -> dict[str, str]:

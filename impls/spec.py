@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 PADDINGS = ("same", "valid")
 NORMS = ("batch", "none")
@@ -23,6 +23,17 @@ VALID_CONV_SHRINK = KERNEL - 1
 # valid sizes; valid sizes recur every 2**depth pixels, far inside this. A depth
 # that takes no side below it is of no practical use.
 SEARCH_LIMIT = 1 << 16
+
+
+class ConvLayer(NamedTuple):
+    """One convolution of the network, for one square image: channels in and out, taps per output
+    pixel (9 for a 3x3 conv; 1 for the 2x2 stride-2 up-conv, the bilinear path's 1x1 and the
+    head), and the side of its output."""
+
+    cin: int
+    cout: int
+    taps: int
+    side: int
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,29 @@ class UNetSpec:
         return self.width * 2**level
 
     # -- shapes ------------------------------------------------------------
+
+    def conv_layers(self, size: int) -> list[ConvLayer]:
+        """Every convolution, in the order they run, for one ``size`` x ``size`` image."""
+        shrink = VALID_CONV_SHRINK if self.padding == "valid" else 0
+        layers: list[ConvLayer] = []
+        side = size
+
+        def double_conv(side: int, cin: int, cout: int) -> int:
+            for c in (cin, cout):
+                side -= shrink
+                layers.append(ConvLayer(c, cout, KERNEL * KERNEL, side))
+            return side
+
+        for i in range(self.depth):
+            side = double_conv(side, self.channels(i - 1) if i else self.in_channels, self.channels(i)) // 2
+        side = double_conv(side, self.channels(self.depth - 1), self.channels(self.depth))
+        for i in reversed(range(self.depth)):
+            cin, cout = self.channels(i + 1), self.channels(i)
+            side *= 2
+            layers.append(ConvLayer(cin, cout, 1, side))
+            side = double_conv(side, cin, cout)
+        layers.append(ConvLayer(self.width, self.num_classes, 1, side))
+        return layers
 
     def _double_conv_shrink(self) -> int:
         return 2 * VALID_CONV_SHRINK if self.padding == "valid" else 0

@@ -471,3 +471,25 @@ def test_a_peak_probe_that_fails_leaves_the_cases_measured(sweep, monkeypatch, t
     assert sum("the device's peak could not be measured" in line for line in said) == 1
     measured = report.load(tmp_path)[0]  # the sweep's progress.jsonl
     assert measured.utilization.isna().all() and (measured.img_per_s > 0).all()
+
+
+def test_a_case_that_cannot_fit_is_recorded_without_a_worker_and_the_group_goes_on(
+    sweep, monkeypatch
+) -> None:
+    """Its estimate (measure.needed_bytes) above what the device has free: out-of-memory, not started."""
+    real = measure.needed_bytes
+    monkeypatch.setattr(measure, "needed_bytes", lambda c: 2**50 if c.path == "torch-plain" else real(c))
+    started = []
+    monkeypatch.setattr(
+        measure, "Worker", lambda config, **kw: started.append(config.path) or Worker(config, **kw)
+    )
+    sweep.cases = _cases("torch-eager", "torch-plain")
+    assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
+    with pytest.raises(measure.CaseFailure, match=r"^not started: "):
+        sweep.run(sweep.cases[1], FakeBenchmark())
+    by_path = {r["case"]["path"]: r for r in sweep.records}
+    refused = by_path["torch-plain"]
+    assert refused["status"] == "out-of-memory"
+    assert refused["message"].startswith(f"not started: {sweep.cases[1].id} needs about 1048576.0 GiB")
+    assert "torch-plain" not in started and "torch-eager" in started
+    assert leftover_processes() == []

@@ -136,6 +136,13 @@ def framework(path: str) -> str:
     return "runtime" if path in RUNTIME_PATHS else "torch"
 
 
+def memory_kind(path: str) -> str:
+    """The kind of process a path's worker is, for the memory estimate (impls/footprint.py KINDS)."""
+    if path in COMPILED_TORCH_PATHS:
+        return "torch-compiled"
+    return "torch-eager" if framework(path) == "torch" else framework(path)
+
+
 def freezing_applies(config: RunConfig) -> bool:
     """Whether inductor's freezing is one of the case's settings: compiled inference on a CPU,
     where it folds the weights into the graph and prepacks them for oneDNN."""

@@ -1,0 +1,140 @@
+"""How much memory a U-Net's work needs, estimated from its spec, and how much this machine can give.
+
+A benchmark case or an export asked for at a batch or size the machine cannot hold would run
+until the kernel kills it, taking other processes with it. ``estimate_bytes`` errs high, by at
+most 2x by measurement (``python -m bench.footprint``: docs/memory.md), so that such work is
+refused before it starts; ``available_bytes`` is the smaller of the memory the system has
+available and what the process's cgroup still allows. Imports no framework.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from impls.spec import UNetSpec
+
+# Fitted to python -m bench.footprint --grid calibration (docs/memory.md), per kind of process: a
+# benchmark worker of eager torch, compiled torch, jax or an inference runtime, or a python -m
+# impls.export. On a CPU, the resident memory of its runtime, the weights and work of a tiny image...
+RUNTIME_BYTES = {
+    "torch-eager": 900 * 2**20,
+    "torch-compiled": 900 * 2**20,
+    "jax": 900 * 2**20,
+    "runtime": 1500 * 2**20,
+    "export": 1500 * 2**20,
+}
+# ...and the peak above that per byte of the conv outputs of one image, for the whole batch.
+FEATURE_FACTOR = {
+    ("torch-eager", "train"): 6.0,
+    ("torch-compiled", "train"): 6.0,
+    ("jax", "train"): 6.0,
+    ("torch-eager", "infer"): 3.0,
+    ("torch-compiled", "infer"): 3.0,
+    ("jax", "infer"): 3.0,
+    ("runtime", "infer"): 3.0,
+    ("export", "infer"): 3.0,
+}
+KINDS = tuple(RUNTIME_BYTES)
+# A GPU's context and its libraries' workspaces, in the device's memory.
+GPU_RUNTIME_BYTES = 2 * 2**30
+# Weights, gradients and Adam's two moments when training.
+WEIGHT_COPIES = {"train": 4, "infer": 1}
+# Every feature counted at 4 bytes, in bf16 too: torch's autocast keeps BatchNorm's outputs in fp32.
+FEATURE_ELEMENT_BYTES = 4
+
+
+def feature_bytes(spec: UNetSpec, size: int | tuple[int, int]) -> int:
+    """Bytes of every conv's output for one image of side ``size`` (or height and width), in fp32."""
+    h, w = (size, size) if isinstance(size, int) else size
+    rows, columns = spec.conv_layers(h), spec.conv_layers(w)
+    elements = sum(row.cout * row.side * column.side for row, column in zip(rows, columns, strict=True))
+    return elements * FEATURE_ELEMENT_BYTES
+
+
+def weight_bytes(spec: UNetSpec) -> int:
+    """Bytes of the canonical weights, in float32."""
+    return 4 * sum(math.prod(shape) for shape in spec.param_shapes().values())
+
+
+def estimate_bytes(
+    spec: UNetSpec,
+    size: int | tuple[int, int],
+    batch: int,
+    *,
+    task: str,
+    kind: str,
+    device: str = "cpu",
+) -> int:
+    """An upper estimate of one process's peak memory for ``task`` ("train", or "infer": a forward,
+    tiled or not) at ``batch`` images of side ``size``, in a process of ``kind`` (KINDS): on a CPU
+    its resident memory, runtime included; on a GPU the device memory it takes."""
+    factor = FEATURE_FACTOR[(kind, "train" if task == "train" else "infer")]
+    features = factor * batch * feature_bytes(spec, size)
+    weights = WEIGHT_COPIES["train" if task == "train" else "infer"] * weight_bytes(spec)
+    runtime = RUNTIME_BYTES[kind] if device == "cpu" else GPU_RUNTIME_BYTES
+    return int(runtime + features + weights)
+
+
+CGROUPS = Path("/proc/self/cgroup")  # which groups this process is in
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where they are mounted
+
+
+def _cgroup_headroom() -> int | None:
+    """What this process's memory cgroup (v2 or v1), or any above it, still allows: the smallest
+    limit less what is in use (less the page cache it would reclaim first); None without a limit."""
+    headrooms = []
+    for line in CGROUPS.read_text().splitlines():
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":  # v2
+            files = ("memory.max", "memory.current", "memory.stat", "inactive_file")
+            root = CGROUP_ROOT
+        elif "memory" in controllers.split(","):
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file")
+            root = CGROUP_ROOT / "memory"
+        else:
+            continue
+        folder = root / group.lstrip("/")
+        while True:
+            headroom = _headroom(folder, *files)
+            if headroom is not None:
+                headrooms.append(headroom)
+            if folder == root:
+                break
+            folder = folder.parent
+    return min(headrooms, default=None)
+
+
+def _headroom(folder: Path, limit_file: str, usage_file: str, stat_file: str, reclaimable: str) -> int | None:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as a page-rounded 2**63 - 1
+            return None
+        usage = int((folder / usage_file).read_text())
+        stats = dict(line.split() for line in (folder / stat_file).read_text().splitlines())
+    except (OSError, ValueError):
+        return None
+    return int(limit) - usage + int(stats.get(reclaimable, 0))
+
+
+def available_bytes() -> int:
+    """The memory new work can take here: the smaller of what the system has available and what
+    the cgroup allows."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    try:
+        headroom = _cgroup_headroom()
+    except OSError:  # not Linux, or no /proc
+        headroom = None
+    return available if headroom is None else max(0, min(available, headroom))
+
+
+def too_large(needed: int, available: int, what: str) -> str | None:
+    """Why work needing about ``needed`` bytes cannot start with ``available`` free; None if it can."""
+    if needed <= available:
+        return None
+    return (
+        f"{what} needs about {needed / 2**30:.1f} GiB (an upper estimate), more than the "
+        f"{available / 2**30:.1f} GiB free here"
+    )
