@@ -8,10 +8,12 @@ grid's cases, their peaks and the estimate's ratio to each are written, as
 ``--results-dir``:
 
     python -m bench.footprint --grid calibration  # the cases the estimate's constants are fitted to
-    python -m bench.footprint --grid evidence     # other sizes, batches and specs: its evidence
+    python -m bench.footprint --grid evidence     # more of them: larger features (docs/memory.md)
+    python -m bench.footprint --grid holdout      # other sizes, batches and a spec: its evidence
+    python -m bench.footprint --fit FOLDER...     # the constants from those folders' measured.json
     python -m bench.footprint --table FOLDER      # the table again, from FOLDER's measured.json
 
-The two grids share no case, so the evidence is never the data the constants were fitted to.
+The grids share no case, so the evidence is never the data the constants were fitted to.
 Forms are pinned (channels_last, the native up-conv, freezing on) so that a worker does not time
 its alternatives.
 """
@@ -33,9 +35,9 @@ import pandas as pd
 
 from bench import environment
 from bench.measure import needed_bytes
-from bench.runners.config import RunConfig
+from bench.runners.config import RunConfig, memory_kind
 from bench.workers import Worker, WorkerError
-from impls import convert
+from impls import convert, footprint
 from impls.export import SUFFIXES
 from impls.export import needed_bytes as export_needed_bytes
 from impls.files import new_folder, write_text
@@ -54,7 +56,9 @@ GRIDS = {
         (DEFAULT, 384, 2),
         (UNetSpec(width=32), 512, 2),
         (UNetSpec(padding="valid"), 572, 1),
+        (DEFAULT, 512, 4),  # four times the calibration's largest features: the slope, extrapolated
     ],
+    "holdout": [(DEFAULT, 320, 2), (UNetSpec(width=32), 384, 4), (DEFAULT, 640, 3)],
 }
 # (route, spec, size, batch): python -m impls.export, its own process, checked at that shape
 EXPORTS = {
@@ -67,6 +71,7 @@ EXPORTS = {
         *((route, DEFAULT, 384, 2) for route in ("onnx", "aoti", "jax")),
         ("onnx", UNetSpec(padding="valid"), 572, 3),
     ],
+    "holdout": [(route, DEFAULT, 448, 3) for route in ("onnx", "aoti", "jax")],
 }
 CASE_SECONDS = 1200.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +146,7 @@ def _row(record: dict) -> dict:
     if "export" in record:
         export = record["export"]
         spec, size, batch = UNetSpec(**export["spec"]), export["size"], export["batch"]
-        estimate = export_needed_bytes(spec, [(batch, spec.in_channels, size, size)])
+        estimate = export_needed_bytes(spec, [(batch, spec.in_channels, size, size)], export["route"])
         what = {"task": "export", "path": export["route"]}
     else:
         config = RunConfig(**record["case"])
@@ -155,6 +160,27 @@ def _row(record: dict) -> dict:
         **what,
         "estimate": estimate,
     }
+
+
+def fitted(records: list[dict]) -> dict[tuple[str, str], tuple[int, float]]:
+    """footprint.FITTED's entries from measured records: one fit per kind of process and task."""
+    points: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    for record in records:
+        if record.get("peak_bytes") is None:
+            continue
+        if "export" in record:
+            export = record["export"]
+            spec, size, batch = UNetSpec(**export["spec"]), export["size"], export["batch"]
+            key = (f"export-{export['route']}", "infer")
+        else:
+            config = RunConfig(**record["case"])
+            spec, size, batch = config.spec, config.size, config.batch
+            key = (memory_kind(config.path), "train" if config.task == "train" else "infer")
+        weights = footprint.WEIGHT_COPIES[key[1]] * footprint.weight_bytes(spec)
+        points.setdefault(key, []).append(
+            (batch * footprint.feature_bytes(spec, size), weights, record["peak_bytes"])
+        )
+    return {key: footprint.fit(found) for key, found in points.items()}
 
 
 def table(records: list[dict]) -> pd.DataFrame:
@@ -196,15 +222,30 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--grid", choices=sorted(GRIDS), help="measure this grid's cases")
     which.add_argument("--table", type=Path, metavar="FOLDER", help="rewrite FOLDER's footprint.md")
+    which.add_argument(
+        "--fit",
+        type=Path,
+        nargs="+",
+        metavar="FOLDER",
+        help="print impls/footprint.py's FITTED from these folders' measured.json together",
+    )
     parser.add_argument("--results-dir", type=Path, default=Path("results"), help="(default: results)")
     args = parser.parse_args(argv)
-    if args.table:
-        try:
-            saved = json.loads((args.table / "measured.json").read_text())
-        except (OSError, ValueError) as error:
-            print(f"error: {args.table / 'measured.json'}: {error}", file=sys.stderr)
-            return 2
-        write_text(args.table / "footprint.md", markdown(saved["records"], saved["grid"]))
+    if args.table or args.fit:
+        saved = []
+        for folder in args.fit or [args.table]:
+            try:
+                saved.append(json.loads((folder / "measured.json").read_text()))
+            except (OSError, ValueError) as error:
+                print(f"error: {folder / 'measured.json'}: {error}", file=sys.stderr)
+                return 2
+        if args.fit:
+            print("FITTED = {")
+            for key, value in fitted([record for run in saved for record in run["records"]]).items():
+                print(f"    {key!r}: {value!r},")
+            print("}")
+        else:
+            write_text(args.table / "footprint.md", markdown(saved[0]["records"], saved[0]["grid"]))
         return 0
     slug = environment.device_slug("cpu")
     folder = new_folder(args.results_dir, f"footprint-{datetime.date.today().isoformat()}-{slug}-{args.grid}")

@@ -235,16 +235,21 @@ def _job(
     job = _Job(checkpoint, out, weights, spec, batch, (h, w), dynamic)
     shapes = job.inputs(_sides(spec, torch_route=torch_route) if dynamic else None)
     what = f"an export at batch {batch}, {h}x{w}"
-    problem = footprint.too_large(needed_bytes(spec, shapes), footprint.available_bytes(), what)
+    needed = needed_bytes(spec, shapes, route, via="torch" if torch_route else "flax")
+    problem = footprint.too_large(needed, footprint.available_bytes(), what)
     if problem:  # rather than started and killed, with whatever else the kernel picks
         raise ValueError(f"{problem}: give a smaller --batch or --size")
     return job
 
 
-def needed_bytes(spec: UNetSpec, shapes: list[tuple[int, ...]]) -> int:
-    """An upper estimate of an export's peak memory (impls/footprint.py), checked at ``shapes`` (NCHW)."""
+def needed_bytes(spec: UNetSpec, shapes: list[tuple[int, ...]], route: str, *, via: str = "torch") -> int:
+    """An upper estimate of an export's peak memory (impls/footprint.py), checked at ``shapes``
+    (NCHW); jax2onnx's route (``via="flax"``), not measured apart, as the larger of its two parts."""
+    kinds = [f"export-{route}", *(["export-jax"] if route == "onnx" and via == "flax" else [])]
     return max(
-        footprint.estimate_bytes(spec, (h, w), n, task="infer", kind="export") for n, _, h, w in shapes
+        footprint.estimate_bytes(spec, (h, w), n, task="infer", kind=kind)
+        for kind in kinds
+        for n, _, h, w in shapes
     )
 
 

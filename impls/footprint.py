@@ -14,29 +14,29 @@ from pathlib import Path
 
 from impls.spec import UNetSpec
 
-# Fitted to python -m bench.footprint --grid calibration (docs/memory.md), per kind of process: a
-# benchmark worker of eager torch, compiled torch, jax or an inference runtime, or a python -m
-# impls.export. On a CPU, the resident memory of its runtime, the weights and work of a tiny image...
-RUNTIME_BYTES = {
-    "torch-eager": 900 * 2**20,
-    "torch-compiled": 900 * 2**20,
-    "jax": 900 * 2**20,
-    "runtime": 1500 * 2**20,
-    "export": 1500 * 2**20,
+MiB = 2**20
+# Per kind of process (a benchmark worker of eager torch, compiled torch, jax or an inference runtime;
+# an export by route) and task: the resident memory of a CPU process at no features, in MiB, and its
+# peak above that per byte of features (the conv outputs of the whole batch). Written by
+# python -m bench.footprint --fit results/footprint-2026-12-05-amd-epyc-2-cores-calibration
+# results/footprint-2026-12-05-amd-epyc-2-cores-evidence
+# (docs/memory.md; fit below): each errs high.
+FITTED = {
+    ("torch-eager", "train"): (1923, 4.3),
+    ("torch-compiled", "train"): (2209, 2.46),
+    ("jax", "train"): (3072, 4.68),
+    ("torch-eager", "infer"): (734, 1.5),
+    ("torch-compiled", "infer"): (789, 0.99),
+    ("jax", "infer"): (1863, 0.67),
+    ("runtime", "infer"): (1688, 2.14),
+    ("export-onnx", "infer"): (1068, 1.83),
+    ("export-aoti", "infer"): (1154, 1.0),
+    ("export-jax", "infer"): (1816, 0.66),
 }
-# ...and the peak above that per byte of the conv outputs of one image, for the whole batch.
-FEATURE_FACTOR = {
-    ("torch-eager", "train"): 6.0,
-    ("torch-compiled", "train"): 6.0,
-    ("jax", "train"): 6.0,
-    ("torch-eager", "infer"): 3.0,
-    ("torch-compiled", "infer"): 3.0,
-    ("jax", "infer"): 3.0,
-    ("runtime", "infer"): 3.0,
-    ("export", "infer"): 3.0,
-}
-KINDS = tuple(RUNTIME_BYTES)
-# A GPU's context and its libraries' workspaces, in the device's memory.
+KINDS = tuple(dict.fromkeys(kind for kind, _ in FITTED))
+SLOPE_MARGIN, INTERCEPT_MARGIN = 1.25, 1.1
+# A GPU's context and its libraries' workspaces, in the device's memory (not calibrated: no GPU was
+# measured); the features' share is the CPU's.
 GPU_RUNTIME_BYTES = 2 * 2**30
 # Weights, gradients and Adam's two moments when training.
 WEIGHT_COPIES = {"train": 4, "infer": 1}
@@ -69,11 +69,29 @@ def estimate_bytes(
     """An upper estimate of one process's peak memory for ``task`` ("train", or "infer": a forward,
     tiled or not) at ``batch`` images of side ``size``, in a process of ``kind`` (KINDS): on a CPU
     its resident memory, runtime included; on a GPU the device memory it takes."""
-    factor = FEATURE_FACTOR[(kind, "train" if task == "train" else "infer")]
-    features = factor * batch * feature_bytes(spec, size)
-    weights = WEIGHT_COPIES["train" if task == "train" else "infer"] * weight_bytes(spec)
-    runtime = RUNTIME_BYTES[kind] if device == "cpu" else GPU_RUNTIME_BYTES
-    return int(runtime + features + weights)
+    task = "train" if task == "train" else "infer"
+    runtime_mib, factor = FITTED[(kind, task)]
+    runtime = runtime_mib * MiB if device == "cpu" else GPU_RUNTIME_BYTES
+    return int(
+        runtime + factor * batch * feature_bytes(spec, size) + WEIGHT_COPIES[task] * weight_bytes(spec)
+    )
+
+
+def fit(points: list[tuple[int, int, int]]) -> tuple[int, float]:
+    """(runtime MiB, factor) for one kind and task from its measured (features, weights term, peak)
+    bytes: the least-squares slope of the peak over the features, raised by SLOPE_MARGIN, then the
+    largest intercept under that slope, raised by INTERCEPT_MARGIN. (The steepest rise between two
+    feature sizes, tried first, let the allocator's noise between nearby sizes set the slope.)"""
+    xs = [features for features, _, _ in points]
+    ys = [peak - weights for _, weights, peak in points]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        raise ValueError("a fit needs measurements at two or more feature sizes")
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    factor = round(max(slope, 0.0) * SLOPE_MARGIN, 2)
+    intercept = max(y - factor * x for x, y in zip(xs, ys, strict=True))
+    return max(0, math.ceil(intercept * INTERCEPT_MARGIN / MiB)), factor
 
 
 CGROUPS = Path("/proc/self/cgroup")  # which groups this process is in

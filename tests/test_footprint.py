@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from bench import environment
+from bench import footprint as bench_footprint
 from bench.measure import memory_problem, needed_bytes
 from bench.runners import RunConfig
 from impls import convert, export, footprint
@@ -143,17 +145,17 @@ def test_a_matrix_with_a_case_that_cannot_fit_is_refused_before_it_starts(tmp_pa
         sys.executable,
         "-m",
         "pytest",
-        "-p",
-        "no:cacheprovider",
         "--benchmark-only",
         "bench/test_unet.py",
+        "-p",
+        "no:cacheprovider",
     ]
     command += ["--sizes", "128,8192", "--batches", "64", f"--results-dir={results}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:]
     (line,) = [line for line in done.stderr.splitlines() if line.strip()]
     assert re.fullmatch(
-        r"ERROR: train-torch-eager-8192px-b64-fp32 needs about [\d.]+ GiB \(an upper estimate\), more than "
+        r"ERROR: train-[a-z-]+-8192px-b64-fp32 needs about [\d.]+ GiB \(an upper estimate\), more than "
         r"the [\d.]+ GiB free here \(and \d+ other cases of the \d+\): choose smaller --sizes or --batches, "
         r"or free memory",
         line,
@@ -212,3 +214,33 @@ def test_no_documented_export_is_refused_for_memory_here(tmp_path) -> None:
             route=route,
             force=False,
         )
+
+
+# -- the estimate's constants and its evidence: the committed measurements -------------------------
+
+FOOTPRINTS = ROOT / "results"
+
+
+def _measured(grid: str) -> list[dict]:
+    (folder,) = sorted(FOOTPRINTS.glob(f"footprint-*-{grid}"))[-1:]
+    return json.loads((folder / "measured.json").read_text())["records"]
+
+
+def test_the_constants_are_those_the_calibration_grids_give() -> None:
+    """impls/footprint.py's FITTED is what python -m bench.footprint --fit writes for the committed
+    calibration and evidence runs: no constant set by hand."""
+    assert bench_footprint.fitted(_measured("calibration") + _measured("evidence")) == footprint.FITTED
+
+
+@pytest.mark.parametrize("grid", ["calibration", "evidence", "holdout"])
+def test_the_estimate_errs_high_by_at_most_twice_on_every_measured_case(grid: str) -> None:
+    """The bar, on the committed measurements: every case's estimate from 1x to 2x its peak; the
+    holdout grid, measured after the constants were fitted, shares no case with the others."""
+    found = bench_footprint.table(_measured(grid))
+    assert found["error"].eq("").all(), found[found["error"].ne("")]
+    ratios = found["estimate/measured"]
+    assert ratios.between(1.0, 2.0).all(), found[~ratios.between(1.0, 2.0)]
+    if grid == "holdout":
+        fitted_to = bench_footprint.table(_measured("calibration") + _measured("evidence"))
+        key = ["spec", "size", "batch", "task", "path"]
+        assert found[key].merge(fitted_to[key]).empty
