@@ -41,10 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -1120,8 +1116,22 @@ def scaling_table(measured: pd.DataFrame) -> pd.DataFrame:
     return data[[*columns, "speedup", "efficiency"]].sort_values(["scaling", "path", "size", "devices"])
 
 
-def _save_figure(fig: plt.Figure, file: Path) -> None:
+def _subplots(panels: int, width: float, height: float) -> tuple[Any, Any]:
+    """A figure of ``panels`` side by side. matplotlib is imported here, not with the module: every
+    pytest run loads this module, and matplotlib's import complains of an unusable home folder
+    before the run can refuse it in one line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False)
+
+
+def _save_figure(fig: Any, file: Path) -> None:
     """``fig`` as a PNG at ``file``, written atomically; then closed."""
+    import matplotlib.pyplot as plt
+
     try:
         with atomic_output(file) as temporary:
             fig.savefig(temporary, dpi=110, format="png")  # the temporary name has no .png to go by
@@ -1136,7 +1146,7 @@ def _write_csv(table: pd.DataFrame, file: Path, index: bool = False) -> None:
 
 def plot_scaling(table: pd.DataFrame, file: Path, title: str) -> None:
     modes = sorted(set(table.scaling))
-    fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.8), squeeze=False)
+    fig, axes = _subplots(len(modes), 5, 3.8)
     for ax, mode in zip(axes[0], modes, strict=True):
         part = table[table.scaling == mode]
         for name in _path_order(set(part.path)):
@@ -1155,7 +1165,7 @@ def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
     """Throughput against image size, a line per path, a panel per precision and batch."""
     data = measured[measured.task == task]
     panels = sorted(set(zip(data.precision, data.batch, strict=True)), key=lambda p: (p[0] != "fp32", p))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = _subplots(len(panels), 4.2, 3.6)
     for ax, (precision, batch) in zip(axes[0], panels, strict=True):
         panel = data[(data.precision == precision) & (data.batch == batch)]
         for name in _path_order(set(panel.path)):
