@@ -78,6 +78,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def cases(grid: str) -> list[RunConfig]:
+    """The grid's worker cases: every path of each task at each of its shapes."""
     return [
         RunConfig(
             path,
@@ -130,6 +131,10 @@ def measure_export(route: str, spec: UNetSpec, size: int, batch: int, folder: Pa
     timer.start()
     try:  # os.wait4, not Popen.wait: it gives the process's own rusage, its peak resident size among it
         _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:  # Ctrl-C: the export ends with this command
+        process.kill()
+        process.wait()
+        raise
     finally:
         timer.cancel()
     process.returncode = os.waitstatus_to_exitcode(status)

@@ -244,3 +244,15 @@ def test_the_estimate_errs_high_by_at_most_twice_on_every_measured_case(grid: st
         fitted_to = bench_footprint.table(_measured("calibration") + _measured("evidence"))
         key = ["spec", "size", "batch", "task", "path"]
         assert found[key].merge(fitted_to[key]).empty
+
+
+def test_the_measurements_read_a_workers_and_an_exports_peak(tmp_path) -> None:
+    """bench.footprint's two measurements, on a tiny network: a peak each, and the table's ratio."""
+    spec = UNetSpec(width=4, depth=2)
+    worker = bench_footprint.measure(RunConfig("torch-eager", spec, 32, 1, task="infer"))
+    exported = bench_footprint.measure_export("onnx", spec, 32, 2, tmp_path)
+    for record in (worker, exported):
+        assert "error" not in record and 50 * 2**20 < record["peak_bytes"] < 4 * GiB, record
+    found = bench_footprint.table([worker, exported])
+    assert list(found.task) == ["infer", "export"] and (found["estimate/measured"] > 0).all()
+    assert (tmp_path / "unet.onnx").exists()  # checked against its source model, then kept
