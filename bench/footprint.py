@@ -146,25 +146,22 @@ def measure_export(route: str, spec: UNetSpec, size: int, batch: int, folder: Pa
     return record
 
 
-def _row(record: dict) -> dict:
-    """A record's case and the estimate the project makes for it."""
+def _case(record: dict) -> tuple[UNetSpec, int, int, str, str, tuple[str, str], int]:
+    """A record's spec, size, batch, task and path (an export's task is "export", its path the
+    route), the kind of process and task its peak is fitted under, and the estimate for it."""
     if "export" in record:
         export = record["export"]
-        spec, size, batch = UNetSpec(**export["spec"]), export["size"], export["batch"]
-        estimate = export_needed_bytes(spec, [(batch, spec.in_channels, size, size)], export["route"])
-        what = {"task": "export", "path": export["route"]}
-    else:
-        config = RunConfig(**record["case"])
-        spec, size, batch = config.spec, config.size, config.batch
-        estimate = needed_bytes(config)
-        what = {"task": config.task, "path": config.path}
-    return {
-        "spec": f"w{spec.width} {spec.padding}",
-        "size": size,
-        "batch": batch,
-        **what,
-        "estimate": estimate,
-    }
+        spec, size, batch, route = (
+            UNetSpec(**export["spec"]),
+            export["size"],
+            export["batch"],
+            export["route"],
+        )
+        estimate = export_needed_bytes(spec, [(batch, spec.in_channels, size, size)], route)
+        return spec, size, batch, "export", route, (f"export-{route}", "infer"), estimate
+    config = RunConfig(**record["case"])
+    fitted_as = (memory_kind(config.path), "train" if config.task == "train" else "infer")
+    return config.spec, config.size, config.batch, config.task, config.path, fitted_as, needed_bytes(config)
 
 
 def fitted(records: list[dict]) -> dict[tuple[str, str], tuple[int, float]]:
@@ -173,26 +170,25 @@ def fitted(records: list[dict]) -> dict[tuple[str, str], tuple[int, float]]:
     for record in records:
         if record.get("peak_bytes") is None:
             continue
-        if "export" in record:
-            export = record["export"]
-            spec, size, batch = UNetSpec(**export["spec"]), export["size"], export["batch"]
-            key = (f"export-{export['route']}", "infer")
-        else:
-            config = RunConfig(**record["case"])
-            spec, size, batch = config.spec, config.size, config.batch
-            key = (memory_kind(config.path), "train" if config.task == "train" else "infer")
+        spec, size, batch, _, _, key, _ = _case(record)
         weights = footprint.WEIGHT_COPIES[key[1]] * footprint.weight_bytes(spec)
-        points.setdefault(key, []).append(
-            (batch * footprint.feature_bytes(spec, size), weights, record["peak_bytes"])
-        )
+        features = batch * footprint.feature_bytes(spec, size)
+        points.setdefault(key, []).append((features, weights, record["peak_bytes"]))
     return {key: footprint.fit(found) for key, found in points.items()}
 
 
 def table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for record in records:
-        row = _row(record)
-        estimate, peak = row.pop("estimate"), record.get("peak_bytes")
+        spec, size, batch, task, path, _, estimate = _case(record)
+        row = {
+            "spec": f"w{spec.width} {spec.padding}",
+            "size": size,
+            "batch": batch,
+            "task": task,
+            "path": path,
+        }
+        peak = record.get("peak_bytes")
         row["measured_GiB"] = None if peak is None else round(peak / 2**30, 2)
         row["estimate_GiB"] = round(estimate / 2**30, 2)
         row["estimate/measured"] = None if peak is None else round(estimate / peak, 2)
