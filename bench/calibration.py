@@ -15,7 +15,7 @@ of the runs it is given:
 group's log speed-up across groups and sessions beyond its own workers' share
 (a one-way random-effects estimate, per effect, pooled). It needs groups from at
 least two pytest sessions; the runs it is computed from are never the ones the
-table cites as the rule's evidence (README, "Calibration").
+table cites as the rule's evidence (docs/verdicts.md, "Calibration: how often the rule is right").
 """
 
 from __future__ import annotations

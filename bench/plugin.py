@@ -64,9 +64,10 @@ DEFAULTS = {
         "replicates": 3,
         "group_budget": 240.0,
     },
-    # About 52 minutes from cold caches on one H200 (README: each phase measured there, then added
-    # up): worker starts and compiles are most of it, so two sizes, one batch, and the default
-    # compile mode only (max-autotune and reduce-overhead when asked for with --paths).
+    # About 52 minutes from cold caches on one H200 (docs/running.md, "How long a run takes": each
+    # phase measured there, then added up): worker starts and compiles are most of it, so two
+    # sizes, one batch, and the default compile mode only (max-autotune and reduce-overhead when
+    # asked for with --paths).
     "cuda": {
         "tasks": list(TASKS),
         "sizes": [256, 1024],
@@ -230,7 +231,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--run-spread",
         type=float,
         help=f"run-to-run sd of a log speed-up added to every interval (default {stats.RUN_SPREAD:g}, "
-        "from calibration: README, 'Calibration')",
+        "from calibration: docs/verdicts.md)",
     )
     group.addoption(
         "--calibration",

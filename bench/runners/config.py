@@ -27,7 +27,7 @@ JAX_PATHS = ("jax", "jax-plain")
 RUNTIME_PATHS = ("onnxruntime", "openvino", "torch-aoti", "tensorrt")
 PATHS = (*TORCH_PATHS, *JAX_PATHS, *RUNTIME_PATHS)
 # Calibration paths, "torch-eager+N%": torch eager's call plus N% more of the same real work, each
-# with workers of their own, to measure how often the verdict rule calls known effects (README).
+# with workers of their own, to measure how often the verdict rule calls known effects (docs/verdicts.md).
 CALIBRATION_REFERENCE = "torch-eager"
 CALIBRATION_PATH = re.compile(r"torch-eager\+(\d{1,3})%")
 # Paths that compile nothing: their first call is just a call
@@ -161,13 +161,12 @@ def unavailable(config: RunConfig) -> tuple[str, str] | None:
     missing = [name for name in RUNTIME_PACKAGES[path] if importlib.util.find_spec(name) is None]
     if missing:
         return "not-installed", (
-            f"{path} needs {', '.join(missing)}, not installed here; the README's "
-            "'Deployment runtimes' says what to install"
+            f"{path} needs {', '.join(missing)}, not installed here; docs/deployment.md "
+            "('Dependencies') says what to install"
         )
     if path == "onnxruntime" and config.device != "cpu" and "onnxruntime-gpu" not in environment.versions():
         return "not-installed", (
-            "onnxruntime on CUDA needs onnxruntime-gpu in place of onnxruntime; the README's "
-            "'NVIDIA GPUs' says how"
+            "onnxruntime on CUDA needs onnxruntime-gpu in place of onnxruntime; docs/install-gpu.md says how"
         )
     if config.precision not in RUNTIME_PRECISIONS[path]:
         return "not-applicable", f"{path} in {config.precision}: {NO_REDUCED_PRECISION[path]}"

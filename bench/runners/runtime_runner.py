@@ -98,7 +98,7 @@ class OnnxRuntime:
             if not wanted:
                 raise NotApplicable(
                     f"onnxruntime on {self.config.device}: this onnxruntime has only {available}; "
-                    "install onnxruntime-gpu (README: Deployment runtimes)"
+                    "install onnxruntime-gpu (docs/install-gpu.md)"
                 )
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
