@@ -586,7 +586,7 @@ def test_what_a_path_cannot_run_is_listed_apart_from_failures(tmp_path: Path) ->
     assert "## Cases without a number" not in text
     assert "## Not applicable or not installed" in text
     assert text.count("| onnxruntime | train  | fp32        |") == 1  # one row for every size
-    assert "none without a number, 2 not applicable or not installed" in report.readme_run(run, "run")
+    assert "none without a number, 2 not applicable or not installed" in report.results_run(run, "run")
 
 
 def test_rates_order_speedups_and_verdicts_come_from_one_estimate(tmp_path: Path) -> None:
