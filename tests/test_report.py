@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report, stats
+from bench import records, report, stats
 
 STORED = Path(__file__).parent / "data" / "tiny-cpu-run"
 ROOT = Path(__file__).resolve().parent.parent
@@ -501,7 +501,9 @@ def test_readme_sections_are_written_between_the_markers(tmp_path: Path) -> None
         "<!-- end generated -->\n\nAfter.\n"
     )
     assert "stale" not in text and "[one](results/one/report.md)" in text
-    assert "2 groups: winner in 2" in text and "1.3" in text
+    page = (tmp_path / "docs" / "results.md").read_text()  # the results in full, made beside it
+    assert "2 groups: winner in 2" in text and "1.3" in page
+    assert page.startswith(f"# Results in full\n\n{marker}\n") and "[one](../results/one/report.md)" in page
     assert report.readme_matches(readme)
     fake_run(tmp_path / "results" / "two")
     report.write_readme([tmp_path / "results" / "two", tmp_path / "results" / "one"], readme)
@@ -541,6 +543,60 @@ def test_the_readme_names_only_measured_runs_under_results(tmp_path: Path, capsy
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and "not under" in error
     assert report.README.read_bytes() == repository_readme
+
+
+@pytest.mark.parametrize("stale_file", ["docs/results.md", "README.md"])
+def test_check_names_the_file_that_is_stale(tmp_path: Path, capsys, monkeypatch, stale_file: str) -> None:
+    """--check fails when one file alone (either) no longer holds what --readme writes, naming it."""
+    fake_run(tmp_path / "results" / "one")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- begin generated: python -m bench.report --readme results/one -->\n<!-- end generated -->\n"
+    )
+    report.write_readme(readme=readme)
+    monkeypatch.setattr("bench.report.cli.README", readme)
+    assert report.main(["--check"]) == 0
+    edited = tmp_path / stale_file
+    edited.write_text(edited.read_text().replace("2 groups: winner in 2", "2 groups: winner in 1"))
+    assert not report.readme_matches(readme)
+    assert report.main(["--check"]) == 1
+    assert capsys.readouterr().err == (
+        f"{stale_file}'s results are not what `python -m bench.report --readme` writes: run it\n"
+    )
+
+
+def test_records_of_every_schema_read_alike(tmp_path: Path) -> None:
+    """A record stamped with today's schema reads as the same record without it (version 1); a newer
+    schema than the reader's is refused, naming the line."""
+    run = fake_run(tmp_path / "results" / "run")
+    unstamped = report.load(run)[0]
+    lines = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    for schema, expected in ((records.SCHEMA, None), (records.SCHEMA + 1, "newer than this reader's")):
+        stamped = [{**record, records.SCHEMA_KEY: schema} for record in lines]
+        (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stamped))
+        if expected is None:
+            pd.testing.assert_frame_equal(report.load(run)[0], unstamped)
+        else:
+            with pytest.raises(report.UnreadableRun, match=f"line 1 .*{expected}"):
+                report.load(run)
+
+
+def test_upgrade_reads_older_engines_in_todays_shape() -> None:
+    """Version 1's engines, told apart by what they wrote, in today's shape: no rounds, one worker, a
+    shared compile cache, TF32 in the backward, an unnamed failure."""
+    first = {"path": "torch-eager", "task": "train", "precision": "fp32", "images_per_second": 1.0}
+    first["settings"] = {"framework": "torch"}
+    upgraded = records.upgrade(first)
+    assert upgraded["schema"] == records.SCHEMA and upgraded["status"] == records.OK
+    assert upgraded["rounds"] == ([], [], []) and upgraded["schedule"] == "" and upgraded["devices"] is None
+    assert set(upgraded["quirks"]) == {records.SHARED_COMPILE_CACHE, records.TF32_BACKWARD}
+    rounds = {"rounds_seconds": [0.1, 0.2], "round_blocks": [0, 1], "compile_cold_reused": False}
+    later = records.upgrade({**first, **rounds, "device": "cpu"})
+    assert later["rounds"] == ([0.1, 0.2], [0, 1], [0, 0]) and later["quirks"] == []
+    assert records.upgrade({"id": "x", "case": {}})["status"] == "interrupted"
+    today = {**first, records.SCHEMA_KEY: records.SCHEMA, **rounds, "round_workers": [0, 1]}
+    assert records.upgrade(today)["quirks"] == [] and records.upgrade(today)["rounds"][2] == [0, 1]
+    assert set(records.STATUSES) >= {*records.BY_DESIGN, *records.NOT_MEASURED, *records.FAILED}
 
 
 def test_the_repository_readme_matches_its_runs() -> None:

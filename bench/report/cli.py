@@ -23,7 +23,7 @@ def _fail(message: str) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.check:
-        files = stale()
+        files = stale(README)
         for file in files:
             shown = file.relative_to(README.parent)
             print(f"{shown}'s results are not what `{COMMAND}` writes: run it", file=sys.stderr)
