@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench import report, stats
+from bench.report.verdicts import calibration_rows
 from bench.runners.config import CALIBRATION_REFERENCE, calibration_effect
 from impls.files import check_named_output, write_text
 
@@ -49,7 +50,7 @@ def trials(run_dirs: list[Path]) -> pd.DataFrame:
         measured = report.load(run_dir)[0]
         if measured.empty:  # a session stopped before its first group ended
             continue
-        rows = report.calibration_rows(measured[measured.devices.isna()])
+        rows = calibration_rows(measured[measured.devices.isna()])
         if rows.empty:
             continue
         rounds = {

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench import calibration, report
+from bench.report import verdicts
 from bench.runners.config import calibration_effect
 from tests.test_report import GROUPS, fake_run
 
@@ -44,7 +45,7 @@ def test_the_report_shows_each_calibration_comparison_with_its_measured_effect(t
     row = r"\| train  \|     64 \|       1 \| fp32        \| torch-eager\+10% \| 10%       \| 1?\d\.\d%"
     assert re.search(row, section)
     assert "slower" in section and "equivalent" in section
-    rows = report.calibration_rows(report.load(tmp_path / "run")[0])
+    rows = verdicts.calibration_rows(report.load(tmp_path / "run")[0])
     assert len(rows) == 3 * len(GROUPS)
     assert set(rows[rows.nominal == 0].outcome) == {"equivalent"}
     assert set(rows[rows.nominal == 0.2].outcome) == {"slower"}

@@ -33,41 +33,24 @@ section built once, laid out for report.md and for the results pages), ``plots``
 ``write`` (a run's files), ``compare``, ``readme``, and ``cli`` (run by ``__main__``).
 """
 
-from bench.report.cases import INTERNAL
 from bench.report.cli import main
 from bench.report.compare import compare, write_comparison
-from bench.report.index import merge, write_index
-from bench.report.markdown import results_run
 from bench.report.readme import README, readme_matches, readme_runs, write_readme
 from bench.report.runs import UnreadableRun, is_run, load, read_environment, read_records
-from bench.report.tables import break_even_steps, break_even_table, scaling_table, throughput_table
-from bench.report.verdicts import calibration_rows, deployment, plain_lines, verdicts
 from bench.report.write import write_run
 
 __all__ = [
-    "INTERNAL",
     "README",
     "UnreadableRun",
-    "break_even_steps",
-    "break_even_table",
-    "calibration_rows",
     "compare",
-    "deployment",
     "is_run",
     "load",
     "main",
-    "merge",
-    "plain_lines",
     "read_environment",
     "read_records",
     "readme_matches",
     "readme_runs",
-    "results_run",
-    "scaling_table",
-    "throughput_table",
-    "verdicts",
     "write_comparison",
-    "write_index",
     "write_readme",
     "write_run",
 ]

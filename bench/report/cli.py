@@ -1,5 +1,8 @@
-"""The command line of ``python -m bench.report`` (bench/report/__main__.py runs it): kept apart from
-__main__ so that ``bench.report.main`` can be imported without runpy importing the entry module twice."""
+"""Comparison tables with 95% intervals, verdicts and plots, built with pandas from pytest-benchmark's JSON.
+
+The command line of ``python -m bench.report`` (the package's docstring says what it does), run by
+bench/report/__main__.py; apart from it so that ``bench.report.main`` imports without runpy
+importing the entry module twice."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import bench.report
 from bench.report.compare import write_comparison
 from bench.report.index import merge
 from bench.report.readme import COMMAND, README, stale, write_readme
@@ -51,8 +53,7 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    description = bench.report.__doc__.split("\n\n")[0]
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=description)
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="*", type=Path, help="results/<date>-<device>/ folders")
     parser.add_argument("--out", type=Path, help="with several runs: write cross-device.md and .csv here")
     mode = parser.add_mutually_exclusive_group()
