@@ -105,10 +105,17 @@ class Case:
             compile_cold_reused=info.get("compile_cold_reused", False),  # where a cold compile was timed
             devices=info["devices"] or None,
             sampling=Sampling(*(sampling[k] for k in Sampling.__dataclass_fields__)) if sampling else None,
-            rounds=Rounds(*map(tuple, info["rounds"])) if info["rounds"][0] else None,
+            rounds=_rounds(info),
             timing=Timing(*(stats[k] for k in Timing.__dataclass_fields__)),
             quirks=frozenset(info["quirks"]),
         )
+
+
+def _rounds(info: Mapping[str, Any]) -> Rounds | None:
+    """None where the engine kept no rounds, or the case ran untimed (--benchmark-disable)."""
+    if not info.get("rounds_seconds"):
+        return None
+    return Rounds(tuple(info["rounds_seconds"]), tuple(info["round_blocks"]), tuple(info["round_workers"]))
 
 
 _COPIED = (
@@ -124,20 +131,14 @@ def is_case(info: Mapping[str, Any]) -> bool:
 
 
 def upgrade(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A case's record in today's shape, whatever its version, with ``rounds`` ((seconds, blocks,
-    workers), empty from engines that kept none) and ``quirks`` (what its engine did that today's does
-    not) added for the reader. A ValueError for a version newer than this reader."""
+    """A case's record in today's shape, whatever its version, with ``quirks`` (what its engine did
+    that today's does not) added for the reader. A ValueError for a version newer than this reader."""
     version = record.get(SCHEMA_KEY, FIRST_SCHEMA)
     if version > SCHEMA:
         raise ValueError(f"a record of schema {version}, newer than this reader's {SCHEMA}")
     if version == FIRST_SCHEMA:
         record = _from_first_schema(record)
-    upgraded = {**record, SCHEMA_KEY: SCHEMA, "quirks": record.get("quirks", [])}
-    if is_case(record):
-        seconds = record.get("rounds_seconds") or []
-        workers = record.get("round_workers") or [0] * len(seconds)  # one worker where it names none
-        upgraded["rounds"] = (seconds, record.get("round_blocks", []) if seconds else [], workers)
-    return upgraded
+    return {**record, SCHEMA_KEY: SCHEMA, "quirks": record.get("quirks", [])}
 
 
 def _from_first_schema(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,19 +150,24 @@ def _from_first_schema(record: Mapping[str, Any]) -> dict[str, Any]:
         quirks.append(SHARED_COMPILE_CACHE)
     if _tf32_backward(record):
         quirks.append(TF32_BACKWARD)
+    seconds = record.get("rounds_seconds") or []
     return {
         "status": OK,  # a measured case's extra_info named none
         "schedule": "",
         "devices": None,
         "scaling": None,
         **record,
+        "rounds_seconds": seconds,
+        "round_blocks": record["round_blocks"] if seconds else [],
+        "round_workers": record.get("round_workers") or [0] * len(seconds),  # one worker where none named
         "quirks": quirks,
     }
 
 
 def _tf32_backward(info: Mapping[str, Any]) -> bool:
-    """A torch fp32 case on CUDA measured before precision was set for the whole process: the engine
-    turned TF32 off around the forward only, and cuDNN's default let the backward use it."""
+    """A torch fp32 case on CUDA (the first engine named no device: it ran on CUDA only) measured before
+    precision was set for the whole process: the engine turned TF32 off around the forward only, and
+    cuDNN's default let the backward use it."""
     settings = info.get("settings", {})
     return (
         settings.get("framework") == "torch"
