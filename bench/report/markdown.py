@@ -287,7 +287,6 @@ def _without_a_number(failures: pd.DataFrame) -> list[Section]:
 
 def _options_line(section: dict) -> list[str]:
     """What the engine aimed for, as the run's options record it (runs of the older engines: nothing)."""
-    """What the engine aimed for, as the run's options record it (runs of the older engines: nothing)."""
     options = section.get("options", {})
     if "target_ci" not in options:
         return []
