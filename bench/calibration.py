@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from bench import report, stats
-from bench.runners.config import CALIBRATION_REFERENCE
+from bench.report.verdicts import calibration_rows
+from bench.runners.config import CALIBRATION_REFERENCE, calibration_effect
 from impls.files import check_named_output, write_text
 
 # The bars of the calibration table: the A/A comparison (0%) and the power to call slowdowns.
@@ -49,7 +50,7 @@ def trials(run_dirs: list[Path]) -> pd.DataFrame:
         measured = report.load(run_dir)[0]
         if measured.empty:  # a session stopped before its first group ended
             continue
-        rows = report.calibration_rows(measured[measured.devices.isna()])
+        rows = calibration_rows(measured[measured.devices.isna()])
         if rows.empty:
             continue
         rounds = {
@@ -151,7 +152,7 @@ def worker_figure_spreads(run_dirs: list[Path]) -> pd.DataFrame:
         for key, group in measured[measured.devices.isna()].groupby(["task", "size", "batch", "precision"]):
             rounds = dict(zip(group.path, group.round_seconds, strict=True))
             reference = rounds.get(CALIBRATION_REFERENCE)
-            for path in (p for p in rounds if report.calibration_effect(p) is not None and reference):
+            for path in (p for p in rounds if calibration_effect(p) is not None and reference):
                 row = {"run": Path(run_dir).name, "group": " ".join(map(str, key)), "path": path}
                 for name, figure in FIGURES.items():
                     logs = []

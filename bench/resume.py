@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-
-# Records of cases that were not measured: a resumed session measures them.
-NOT_MEASURED = ("skipped", "interrupted")
+from bench.records import NOT_MEASURED
 
 
 def _refuse(run_dir: Path, problem: str) -> ValueError:

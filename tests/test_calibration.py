@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from bench import calibration, report
+from bench.report import verdicts
+from bench.runners.config import calibration_effect
 from tests.test_report import GROUPS, fake_run
 
 EFFECTS = {"torch-eager": 1.0, "torch-eager+0%": 1.0, "torch-eager+10%": 1 / 1.1, "torch-eager+20%": 1 / 1.2}
@@ -29,7 +31,7 @@ def calibration_run(folder: Path, seed: int, run_shift: float = 0.0, blocks: int
     records = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     eager = {r["group"]: r["stats"]["median"] for r in records if r["case"]["path"] == "torch-eager"}
     for record in records:
-        effect = report.calibration_effect(record["case"]["path"])
+        effect = calibration_effect(record["case"]["path"])
         if effect is not None:  # the extra work: as nominal, of torch eager's median round
             extra = [effect * eager[record["group"]]] * 3
             record["settings"]["calibration"] = {"effect": effect, "extra_seconds": extra}
@@ -43,7 +45,7 @@ def test_the_report_shows_each_calibration_comparison_with_its_measured_effect(t
     row = r"\| train  \|     64 \|       1 \| fp32        \| torch-eager\+10% \| 10%       \| 1?\d\.\d%"
     assert re.search(row, section)
     assert "slower" in section and "equivalent" in section
-    rows = report.calibration_rows(report.load(tmp_path / "run")[0])
+    rows = verdicts.calibration_rows(report.load(tmp_path / "run")[0])
     assert len(rows) == 3 * len(GROUPS)
     assert set(rows[rows.nominal == 0].outcome) == {"equivalent"}
     assert set(rows[rows.nominal == 0.2].outcome) == {"slower"}

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report, stats
+from bench import records, report, stats
+from bench.report import markdown, tables, verdicts
+from bench.report.cases import INTERNAL
 
 STORED = Path(__file__).parent / "data" / "tiny-cpu-run"
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +102,7 @@ def test_write_run_makes_tables_plots_and_verdicts(run_dir: Path) -> None:
     assert {"img_per_s", "median_ms", "iqr_ms", "peak_memory_mib", "compile_cold_s", "utilization"} <= set(
         cases
     )
-    assert not set(report.INTERNAL) & set(cases)  # rounds and spreads stay out of the table
+    assert not set(INTERNAL) & set(cases)  # rounds and spreads stay out of the table
     assert "## Which to pick" in text
     assert "No verdict: this run has no interleaved rounds (older engine)." in text
     assert "## train: images per second (speed-up against torch-eager)" in text  # no intervals
@@ -130,15 +132,15 @@ def test_break_even_steps() -> None:
             "compile_cold_s": [0.0, 30.0, 1.0],
         }
     )
-    steps = report.break_even_steps(measured, "train")
+    steps = tables.break_even_steps(measured, "train")
     assert steps.loc[(64, 2, "fp32"), "fast"] == 300  # 30 s / 0.1 s a step
     assert steps.loc[(64, 2, "fp32"), "slow"] == np.inf
-    text = report.break_even_table(measured, "train").loc[(64, 2, "fp32")]
+    text = tables.break_even_table(measured, "train").loc[(64, 2, "fp32")]
     # fast: 30 s over 0.2 s x (1 - 1/3) at best, x (1 - 1/1.5) at worst; slow: never, or 30 steps at best
     assert text["fast"] == "300 [225, 450]"
     assert text["slow"] == "never [30, never]"
     assert (
-        report.break_even_table(measured.assign(speedup_high=[np.nan, 3.0, 0.9]), "train").loc[
+        tables.break_even_table(measured.assign(speedup_high=[np.nan, 3.0, 0.9]), "train").loc[
             (64, 2, "fp32"), "slow"
         ]
         == "never"
@@ -200,7 +202,7 @@ def test_scaling_table_speedup_and_efficiency() -> None:
             for mode, n, batch, rate in rows
         ]
     )
-    table = report.scaling_table(measured).set_index(["scaling", "devices"])
+    table = tables.scaling_table(measured).set_index(["scaling", "devices"])
     assert table.loc[("weak", 2.0), "speedup"] == pytest.approx(1.8)
     assert table.loc[("weak", 2.0), "efficiency"] == pytest.approx(0.9)
     assert table.loc[("strong", 2.0), "per_device_batch"] == 2
@@ -280,20 +282,20 @@ def test_tables_show_speedups_with_intervals_and_plain_paths_only_there(tmp_path
 def test_a_path_with_only_its_plain_reference_has_no_verdict_but_its_comparison(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "run", {group: {"jax": 1.0, "jax-plain": 1.0} for group in GROUPS})
     measured = report.load(run)[0]
-    assert report.verdicts(measured)[0] == "- **train, fp32**: no verdict: fewer than two paths to compare."
-    lines = report.plain_lines(measured)
+    assert verdicts.verdicts(measured)[0] == "- **train, fp32**: no verdict: fewer than two paths to compare."
+    lines = verdicts.plain_lines(measured)
     assert len(lines) == len(GROUPS)
     assert re.fullmatch(
         r"- \*\*train 64px b1 fp32\*\*: jax 1\.0\dx \[[01]\.\d\d, 1\.0\d\] equivalent against jax-plain",
         lines[0],
     )
-    assert not report.throughput_table(measured, "train").stack().str.endswith("fastest").any()
+    assert not tables.throughput_table(measured, "train").stack().str.endswith("fastest").any()
 
 
 def test_a_group_within_the_margin_is_equivalent(tmp_path: Path) -> None:
     level = {"torch-eager": 1.0, "torch-compile": 1.005, "jax": 0.5}
     run = fake_run(tmp_path / "run", {("train", 64, 2): level})
-    lines = report.verdicts(report.load(run)[0])
+    lines = verdicts.verdicts(report.load(run)[0])
     assert (
         lines[0] == "- **train, fp32**: 2 groups: winner in 1, equivalent in 1; 4 of 4 comparisons decided."
     )
@@ -319,7 +321,7 @@ def test_an_undecided_group_says_what_more_sampling_would_take(tmp_path: Path) -
             "group_budget": 120.0,
         }
     (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    lines = report.verdicts(report.load(run)[0])
+    lines = verdicts.verdicts(report.load(run)[0])
     line = next(line for line in lines if "64px b2" in line)
     assert line.startswith("  - 64px b2: inconclusive at 5%: torch-compile leads (torch-eager 0.9")
     assert re.search(
@@ -501,7 +503,9 @@ def test_readme_sections_are_written_between_the_markers(tmp_path: Path) -> None
         "<!-- end generated -->\n\nAfter.\n"
     )
     assert "stale" not in text and "[one](results/one/report.md)" in text
-    assert "2 groups: winner in 2" in text and "1.3" in text
+    page = (tmp_path / "docs" / "results.md").read_text()  # the results in full, made beside it
+    assert "2 groups: winner in 2" in text and "1.3" in page
+    assert page.startswith(f"# Results in full\n\n{marker}\n") and "[one](../results/one/report.md)" in page
     assert report.readme_matches(readme)
     fake_run(tmp_path / "results" / "two")
     report.write_readme([tmp_path / "results" / "two", tmp_path / "results" / "one"], readme)
@@ -543,6 +547,63 @@ def test_the_readme_names_only_measured_runs_under_results(tmp_path: Path, capsy
     assert report.README.read_bytes() == repository_readme
 
 
+@pytest.mark.parametrize("stale_file", ["docs/results.md", "README.md"])
+def test_check_names_the_file_that_is_stale(tmp_path: Path, capsys, monkeypatch, stale_file: str) -> None:
+    """--check fails when one file alone (either) no longer holds what --readme writes, naming it."""
+    fake_run(tmp_path / "results" / "one")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- begin generated: python -m bench.report --readme results/one -->\n<!-- end generated -->\n"
+    )
+    report.write_readme(readme=readme)
+    monkeypatch.setattr("bench.report.cli.README", readme)
+    assert report.main(["--check"]) == 0
+    edited = tmp_path / stale_file
+    edited.write_text(edited.read_text().replace("2 groups: winner in 2", "2 groups: winner in 1"))
+    assert not report.readme_matches(readme)
+    assert report.main(["--check"]) == 1
+    assert capsys.readouterr().err == (
+        f"{stale_file}'s results are not what `python -m bench.report --readme` writes: run it\n"
+    )
+
+
+def test_records_of_every_schema_read_alike(tmp_path: Path) -> None:
+    """A record stamped with today's schema reads as the same record without it (version 1); a newer
+    schema than the reader's is refused, naming the line."""
+    run = fake_run(tmp_path / "results" / "run")
+    unstamped = report.load(run)[0]
+    lines = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
+    for schema, expected in ((records.SCHEMA, None), (records.SCHEMA + 1, "newer than this reader's")):
+        # today's engine names each round's worker: fake_run's one worker, named
+        named = [{"round_workers": [0] * len(record["rounds_seconds"]), **record} for record in lines]
+        stamped = [{**record, records.SCHEMA_KEY: schema} for record in named]
+        (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stamped))
+        if expected is None:
+            pd.testing.assert_frame_equal(report.load(run)[0], unstamped)
+        else:
+            with pytest.raises(report.UnreadableRun, match=f"line 1 .*{expected}"):
+                report.load(run)
+
+
+def test_upgrade_reads_older_engines_in_todays_shape() -> None:
+    """Version 1's engines, told apart by what they wrote, in today's shape: no rounds, one worker, a
+    shared compile cache, TF32 in the backward, an unnamed failure."""
+    first = {"path": "torch-eager", "task": "train", "precision": "fp32", "images_per_second": 1.0}
+    first["settings"] = {"framework": "torch"}
+    upgraded = records.upgrade(first)
+    assert upgraded["schema"] == records.SCHEMA and upgraded["status"] == records.OK
+    assert upgraded["rounds_seconds"] == upgraded["round_workers"] == [] and upgraded["schedule"] == ""
+    assert upgraded["devices"] is None
+    assert set(upgraded["quirks"]) == {records.SHARED_COMPILE_CACHE, records.TF32_BACKWARD}
+    rounds = {"rounds_seconds": [0.1, 0.2], "round_blocks": [0, 1], "compile_cold_reused": False}
+    later = records.upgrade({**first, **rounds, "device": "cpu"})
+    assert later["round_blocks"] == [0, 1] and later["round_workers"] == [0, 0] and later["quirks"] == []
+    assert records.upgrade({"id": "x", "case": {}})["status"] == "interrupted"
+    today = {**first, records.SCHEMA_KEY: records.SCHEMA, **rounds, "round_workers": [0, 1]}
+    assert records.upgrade(today) == {**today, "quirks": []}
+    assert set(records.STATUSES) >= {*records.BY_DESIGN, *records.NOT_MEASURED, *records.FAILED}
+
+
 def test_the_repository_readme_matches_its_runs() -> None:
     """The README's results are what `python -m bench.report --readme` writes from the runs its marker
     names; after new runs: run that command (`--check` says whether it is needed)."""
@@ -557,7 +618,7 @@ def test_deployment_ranks_runtimes_with_frameworks_their_cost_and_outcome(tmp_pa
     run = fake_run(tmp_path / "run", {("infer", 64, 1): infer, ("infer", 64, 2): infer})
     measured = report.load(run)[0]
     versions = {"onnxruntime": "1.32.0", "onnx": "1.23.2", "torch": "2.13.0"}
-    lines = report.deployment(measured, versions)
+    lines = verdicts.deployment(measured, versions)
     assert lines[0] == "- **infer 64px b1 fp32**, against torch-compile, its fastest framework path:"
     assert re.match(
         r"  - onnxruntime: 1\.4\dx \[1\.\d\d, 1\.\d\d\] faster \(export and build ",
@@ -569,7 +630,7 @@ def test_deployment_ranks_runtimes_with_frameworks_their_cost_and_outcome(tmp_pa
     assert re.match(r"  - jax: 0\.3\dx \[.*\] slower \(.*needs jax, flax\)", lines[5])
     assert len(lines) == 12  # both groups; the train groups have no runtime
     assert "### Deploying for inference" in report.write_run(run)
-    assert report.deployment(measured[~measured.path.isin(["onnxruntime", "openvino"])], versions) == []
+    assert verdicts.deployment(measured[~measured.path.isin(["onnxruntime", "openvino"])], versions) == []
 
 
 def test_what_a_path_cannot_run_is_listed_apart_from_failures(tmp_path: Path) -> None:
@@ -586,7 +647,7 @@ def test_what_a_path_cannot_run_is_listed_apart_from_failures(tmp_path: Path) ->
     assert "## Cases without a number" not in text
     assert "## Not applicable or not installed" in text
     assert text.count("| onnxruntime | train  | fp32        |") == 1  # one row for every size
-    assert "none without a number, 2 not applicable or not installed" in report.readme_run(run, "run")
+    assert "none without a number, 2 not applicable or not installed" in markdown.results_run(run, "run")
 
 
 def test_rates_order_speedups_and_verdicts_come_from_one_estimate(tmp_path: Path) -> None:
@@ -606,5 +667,5 @@ def test_rates_order_speedups_and_verdicts_come_from_one_estimate(tmp_path: Path
         eager = group[group.path == "torch-eager"].iloc[0]
         for case in group.itertuples():
             assert case.speedup == pytest.approx(case.img_per_s / eager.img_per_s, rel=1e-9)
-    table = report.throughput_table(measured, "train")
+    table = tables.throughput_table(measured, "train")
     assert table.map(lambda cell: cell.endswith("fastest")).to_numpy().sum() == 2  # one per group
