@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-FORMS = "cpu, cuda or cuda:N"
-
 
 def well_formed(device: str) -> bool:
     """Whether ``device`` is one of the names above (whether it is here is bench.environment's)."""
