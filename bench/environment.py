@@ -2,7 +2,7 @@
 
 The sweep's process imports no framework: what only torch can say (is there a
 GPU, its name, CUDA and cuDNN versions, the device's measured peak) is asked
-of ``python -m bench.environment`` in a process of its own.
+of ``python -m bench.environment`` in a process of its own, which runs bench/torch_probe.py.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
+from bench.device_names import cuda_index, well_formed
 from impls import footprint
 
 PACKAGES = (
@@ -102,12 +102,12 @@ def memory_bytes(device: str) -> int:
     cgroup's limit included)."""
     if device == "cpu":
         return footprint.available_bytes()
-    return _gpus()["memory"][int(device.partition(":")[2] or 0)]
+    return _gpus()["memory"][cuda_index(device)]
 
 
 def device_problem(device: str) -> str | None:
     """Why ``device`` cannot be used here, naming the devices there are; None where it can."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+    if not well_formed(device):
         return "expected cpu, cuda or cuda:N"
     here = devices()
     if device in here or (device == "cuda" and len(here) > 1):
@@ -116,21 +116,6 @@ def device_problem(device: str) -> str | None:
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     told = f" (CUDA_VISIBLE_DEVICES={hidden} hides the others)" if hidden is not None else ""
     return f"{problem}; devices here: {', '.join(here)}{told}"
-
-
-def jax_platform_problem(device: str) -> str | None:
-    """Why JAX, told by JAX_PLATFORMS which platforms it may use, could not run on ``device``; None
-    where it can (or where JAX_PLATFORMS is not set)."""
-    told = os.environ.get("JAX_PLATFORMS", "")
-    platforms = {name.strip() for name in told.split(",") if name.strip()}
-    needed = {"cpu"} if device == "cpu" else {"cuda", "gpu"}
-    if not platforms or platforms & needed:
-        return None
-    name = "cpu" if device == "cpu" else "cuda"
-    return (
-        f"JAX_PLATFORMS={told} leaves out {name}, the run's device ({device}): unset it, or set "
-        f"JAX_PLATFORMS={name}"
-    )
 
 
 def default_device() -> str:
@@ -151,8 +136,7 @@ def cpu_name() -> str:
 def device_name(device: str) -> str:
     if device == "cpu":
         return f"{cpu_name()} ({os.cpu_count()} cores)"
-    index = int(device.partition(":")[2] or 0)
-    return gpus()[index]
+    return gpus()[cuda_index(device)]
 
 
 def device_slug(device: str) -> str:
@@ -242,74 +226,7 @@ def peak_tflops(device: str, precision: str, tf32: bool = False) -> float:
     return probe("peak", device, precision, "tf32" if tf32 else "ieee")["tflops"]
 
 
-# -- the probe process: imports torch ---------------------------------------------------
+if __name__ == "__main__":  # the probe's command, which names it in every problem it reports
+    from bench import torch_probe
 
-
-def _torch_facts(device: str) -> dict:
-    import torch
-
-    facts = {"torch_threads": torch.get_num_threads()}
-    if device != "cpu":
-        facts.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return facts
-
-
-def _measure_peak(device: str, precision: str, fp32_precision: str) -> float:
-    """The larger of two micro-benchmarks, best of five runs after a warm-up each: a square matmul
-    (2048 on a CPU, 8192 on a GPU) and a 3x3 conv of 512 channels (batch 8, 32 px on a CPU, 64 px
-    on a GPU), channels_last. (On CPUs oneDNN's convolutions outrun the matmul.)"""
-    import torch
-    import torch.nn.functional as F
-
-    from bench.runners.torch_runner import set_precision
-
-    dev = torch.device(device)
-    cpu = dev.type == "cpu"
-    set_precision(fp32_precision == "tf32")
-    torch.backends.cudnn.benchmark = not cpu
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n, side = (2048, 32) if cpu else (8192, 64)
-    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
-    x = torch.randn(8, 512, side, side, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
-    w = torch.randn(512, 512, 3, 3, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
-    kernels = {
-        2 * n**3: lambda: a @ b,
-        2 * 9 * 512 * 512 * side * side * 8: lambda: F.conv2d(x, w, padding=1),
-    }
-
-    def best_seconds(kernel) -> float:
-        best = float("inf")
-        for i in range(6):
-            start = time.perf_counter()
-            kernel()
-            if not cpu:
-                torch.cuda.synchronize(dev)
-            if i:  # the first is warm-up
-                best = min(best, time.perf_counter() - start)
-        return best
-
-    return max(flop / best_seconds(kernel) / 1e12 for flop, kernel in kernels.items())
-
-
-def main(argv: list[str]) -> int:
-    command, *args = argv
-    if command == "gpus":
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        answer: dict = {
-            "gpus": [torch.cuda.get_device_name(i) for i in range(count)],
-            "memory": [torch.cuda.get_device_properties(i).total_memory for i in range(count)],
-        }
-    elif command == "torch":
-        answer = _torch_facts(args[0])
-    elif command == "peak":
-        answer = {"tflops": _measure_peak(*args)}
-    else:
-        raise SystemExit(f"python -m bench.environment: unknown command {command!r}")
-    print(json.dumps(answer))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(torch_probe.main(sys.argv[1:]))

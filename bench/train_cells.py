@@ -49,7 +49,10 @@ WEIGHTINGS = {"border weights": 10.0, "class balance only": 0.0}  # w0
 
 
 @dataclass(frozen=True)
-class Config:
+class TrainingSettings:
+    """A training run of every path: its paths, steps, network, images and device (the command line's
+    options; recorded as the run's "config")."""
+
     paths: tuple[str, ...] = ("torch-eager", "torch-compile", "jax")
     steps: int = 300
     width: int = 16
@@ -77,53 +80,55 @@ class Outcome:
 TRAINING_PATHS = tuple(path for path in PATHS if path not in RUNTIME_PATHS)
 
 
-def check(config: Config) -> Config:
-    """``config``, after refusing anything that would fail or mislead after minutes of training, with a
+def check(settings: TrainingSettings) -> TrainingSettings:
+    """``settings``, after refusing anything that would fail or mislead after minutes of training, with a
     one-line ValueError naming the option and the fix."""
-    if not config.paths:
+    if not settings.paths:
         raise ValueError(f"--paths: none given; expected some of {', '.join(TRAINING_PATHS)}")
-    for path in config.paths:
+    for path in settings.paths:
         if path in RUNTIME_PATHS:
             raise ValueError(
                 f"--paths {path}: an inference runtime trains nothing; expected some of "
                 f"{', '.join(TRAINING_PATHS)}"
             )
         known("--paths", path, TRAINING_PATHS, "some")
-    if len(set(config.paths)) < len(config.paths):
-        raise ValueError(f"--paths {','.join(config.paths)}: a path given twice; give each once")
+    if len(set(settings.paths)) < len(settings.paths):
+        raise ValueError(f"--paths {','.join(settings.paths)}: a path given twice; give each once")
     for name in ("steps", "width", "depth", "batch"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name} {getattr(config, name)}: expected a whole number >= 1")
-    problem = environment.device_problem(config.device)
+        if getattr(settings, name) < 1:
+            raise ValueError(f"--{name} {getattr(settings, name)}: expected a whole number >= 1")
+    problem = environment.device_problem(settings.device)
     if problem:
-        raise ValueError(f"--device {config.device}: {problem}")
-    problem = paths_problem(config.paths, config.device)
+        raise ValueError(f"--device {settings.device}: {problem}")
+    problem = paths_problem(settings.paths, settings.device)
     if problem:
         raise ValueError(problem)
-    spec = UNetSpec(width=config.width, depth=config.depth)
+    spec = UNetSpec(width=settings.width, depth=settings.depth)
     try:
-        spec.check_side(config.size)
+        spec.check_side(settings.size)
     except ValueError as error:
-        raise ValueError(f"--size {config.size}: {error}") from None
-    if config.batch > config.test_images:
-        raise ValueError(f"--batch {config.batch}: more than the {config.test_images} held-out images")
-    return config
+        raise ValueError(f"--size {settings.size}: {error}") from None
+    if settings.batch > settings.test_images:
+        raise ValueError(f"--batch {settings.batch}: more than the {settings.test_images} held-out images")
+    return settings
 
 
-def _data(config: Config):
-    train = cells.generate(config.train_images, config.size, seed=config.seed)
-    test = cells.generate(config.test_images, config.size, seed=config.seed + 1)
+def _data(settings: TrainingSettings):
+    train = cells.generate(settings.train_images, settings.size, seed=settings.seed)
+    test = cells.generate(settings.test_images, settings.size, seed=settings.seed + 1)
     weights = {
         name: np.stack([weight_map(i, w0=w0) for i in train.instances]) for name, w0 in WEIGHTINGS.items()
     }
-    order = np.random.default_rng(config.seed).integers(0, config.train_images, (config.steps, config.batch))
+    order = np.random.default_rng(settings.seed).integers(
+        0, settings.train_images, (settings.steps, settings.batch)
+    )
     return train, test, weights, order
 
 
-def train(config: Config, path: str, weighting: str, data) -> Outcome:
+def train(settings: TrainingSettings, path: str, weighting: str, data) -> Outcome:
     """Train one path from PyTorch's initialisation; evaluate on the held-out images."""
     train_set, test_set, weights, order = data
-    spec = UNetSpec(width=config.width, depth=config.depth)
+    spec = UNetSpec(width=settings.width, depth=settings.depth)
     # From scratch: PyTorch's initialisation, not the gate's drawn BatchNorm (bench/runners/workload.py).
     with tempfile.TemporaryDirectory() as folder:
         start_weights = Path(folder) / "weights.safetensors"
@@ -131,11 +136,11 @@ def train(config: Config, path: str, weighting: str, data) -> Outcome:
         runner = make_runner(
             path,
             spec,
-            batch=config.batch,
-            size=config.size,
+            batch=settings.batch,
+            size=settings.size,
             precision="fp32",
-            device=config.device,
-            learning_rate=config.learning_rate,
+            device=settings.device,
+            learning_rate=settings.learning_rate,
             weights_file=str(start_weights),
         )
     start = time.perf_counter()
@@ -145,8 +150,8 @@ def train(config: Config, path: str, weighting: str, data) -> Outcome:
     seconds = time.perf_counter() - start
     predicted = np.concatenate(
         [
-            runner.predict(test_set.images[i : i + config.batch]).argmax(axis=1)
-            for i in range(0, config.test_images, config.batch)
+            runner.predict(test_set.images[i : i + settings.batch]).argmax(axis=1)
+            for i in range(0, settings.test_images, settings.batch)
         ]
     )
     separated = [cells.separated_fraction(p, t) for p, t in zip(predicted, test_set.instances, strict=True)]
@@ -180,7 +185,7 @@ def trajectories_agree(outcomes: list[Outcome]) -> bool:
     )
 
 
-def report(config: Config, outcomes: list[Outcome]) -> str:
+def report(settings: TrainingSettings, outcomes: list[Outcome]) -> str:
     import pandas as pd
 
     table = pd.DataFrame(
@@ -201,7 +206,7 @@ def report(config: Config, outcomes: list[Outcome]) -> str:
     lines = [
         "# Learning to separate touching cells",
         "",
-        f"Config: `{json.dumps(asdict(config))}`.",
+        f"Config: `{json.dumps(asdict(settings))}`.",
         "",
         table.to_markdown(index=False),
         "",
@@ -247,7 +252,7 @@ OPTIONS = {  # what each option sets, for --help
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_cells", description=__doc__.split("\n\n")[0])
-    defaults = Config()
+    defaults = TrainingSettings()
     parser.add_argument(
         "--paths",
         default=",".join(defaults.paths),
@@ -266,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = check(
-            Config(
+        settings = check(
+            TrainingSettings(
                 paths=tuple(path.strip() for path in args.paths.split(",") if path.strip()),
                 steps=args.steps,
                 width=args.width,
@@ -281,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    data = _data(config)
+    data = _data(settings)
     outcomes = []
     for weighting in WEIGHTINGS:
-        for path in config.paths:
-            outcome = train(config, path, weighting, data)
+        for path in settings.paths:
+            outcome = train(settings, path, weighting, data)
             print(
                 f"{path:>14} | {weighting:<18} | Dice {outcome.dice:.3f} | separated "
                 f"{outcome.separated}/{outcome.touching} | {outcome.seconds:.0f} s",
@@ -293,17 +298,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             outcomes.append(outcome)
     out = new_folder(
-        results, f"cells-{datetime.date.today().isoformat()}-{environment.device_slug(config.device)}"
+        results, f"cells-{datetime.date.today().isoformat()}-{environment.device_slug(settings.device)}"
     )
     out.mkdir(parents=True)
-    text = report(config, outcomes)
+    text = report(settings, outcomes)
     write_text(out / "report.md", text)
     write_text(
         out / "outcomes.json",
         json.dumps(
             {
-                "config": asdict(config),
-                "environment": environment.describe(config.device),
+                "config": asdict(settings),
+                "environment": environment.describe(settings.device),
                 "outcomes": [asdict(o) for o in outcomes],
             },
             indent=1,

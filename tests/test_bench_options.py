@@ -1,16 +1,22 @@
-"""The benchmark suite's command line, as a user meets it (each in a fresh pytest process)."""
+"""The benchmark suite's command line, as a user meets it.
+
+Refusals are checked in-process: the command line parsed with bench/options.py's table, as pytest
+parses it, and handed to bench/matrix.py, whose ``OptionError`` bench/plugin.py makes pytest's usage
+error; a few command lines run in a fresh pytest process, to show that it does, and what pytest
+collects.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from bench import environment
+from bench import environment, matrix, options
 
 ROOT = Path(__file__).parent.parent
 
@@ -86,19 +92,19 @@ def test_the_main_command_collects_no_unit_test() -> None:
 
 
 def test_default_cpu_matrix() -> None:
-    result = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", "--device", "cpu")
-    ids = [line for line in result.stdout.splitlines() if "test_unet[" in line]
+    ids = [case.id for case in _matrix("--device", "cpu").cases]  # test_unet's, as pytest_generate_tests
     # paths (jax-plain, torch-plain only when asked for) x train and infer x sizes x batches x fp32
     assert len(ids) == 4 * 2 * 1 * 1
-    assert "test_unet[train-torch-compile-128px-b2-fp32]" in result.stdout
-    assert "test_unet[infer-jax-plain-128px-b2-fp32]" in result.stdout
-    assert "torch-plain" not in result.stdout and "tiled" not in result.stdout
+    assert "train-torch-compile-128px-b2-fp32" in ids
+    assert "infer-jax-plain-128px-b2-fp32" in ids
+    assert "torch-plain" not in " ".join(ids) and "tiled" not in " ".join(ids)
 
 
 def test_calibration_adds_its_paths_to_every_group() -> None:
-    result = _collect("--paths", "torch-eager", "--calibration", "0,20", "--tasks", "train", "--sizes", "128")
-    assert result.returncode == 0, result.stdout + result.stderr
-    ids = [line.split("[")[1].rstrip("]") for line in result.stdout.splitlines() if "test_unet[" in line]
+    cases = _matrix(
+        "--paths", "torch-eager", "--calibration", "0,20", "--tasks", "train", "--sizes", "128"
+    ).cases
+    ids = [case.id for case in cases]
     assert ids == [
         "train-torch-eager-128px-b2-fp32",
         "train-torch-eager+0%-128px-b2-fp32",
@@ -107,38 +113,17 @@ def test_calibration_adds_its_paths_to_every_group() -> None:
 
 
 def test_scaling_cases_on_simulated_devices() -> None:
-    result = _pytest(
-        "--benchmark-only",
-        "--collect-only",
-        "-q",
-        "bench/test_scaling.py",
-        "--device",
-        "cpu",
-        "--devices",
-        "1,2",
-        "--sizes",
-        "32",
-        "--batches",
-        "2",
-        "--paths",
-        "jax",
+    scaling = _matrix(
+        "--device", "cpu", "--devices", "1,2", "--sizes", "32", "--batches", "2", "--paths", "jax"
     )
-    ids = [line for line in result.stdout.splitlines() if "test_scaling[" in line]
+    ids = [case.id for case in scaling.scaling]  # test_scaling's, as pytest_generate_tests
     # weak: 2 per device (global 2, 4); strong: global 4 (per device 4, 2)
     assert sorted(ids) == sorted(
-        f"bench/test_scaling.py::test_scaling[train-jax-32px-b{b}-fp32-{mode}-{n}dev]"
+        f"train-jax-32px-b{b}-fp32-{mode}-{n}dev"
         for mode, n, b in (("weak", 1, 2), ("weak", 2, 4), ("strong", 1, 4), ("strong", 2, 4))
     )
-    none = _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_scaling.py", "--device", "cpu")
-    assert "dev]" not in none.stdout  # on a CPU, only when asked for
-
-
-def test_the_sweeps_process_imports_no_framework() -> None:
-    """Every framework runs in worker processes, each with its own settings and caches."""
-    modules = "bench.plugin, bench.measure, bench.workers, bench.report, bench.environment, bench.runners"
-    code = f"import sys, {modules}; print(sorted({{'torch', 'jax'}} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    none = _matrix("--device", "cpu").scaling
+    assert not any(case.id.endswith("dev") for case in none)  # on a CPU, only when asked for
 
 
 EMPTY = [
@@ -211,9 +196,9 @@ SIZES = [
 
 BAD = [
     (("--paths", "torch-compile-reduce-overhead", "--device", "cpu"), "needs a CUDA device"),
-    (  # only the paths given, once
+    (  # only the paths given, once (in pytest's output too: test_a_refusal_is_pytests_usage_error_...)
         ("--paths", "torch-eager,tensorrt", "--device", "cpu"),
-        "ERROR: --paths: tensorrt needs a CUDA device; this run's device is cpu\n",
+        "--paths: tensorrt needs a CUDA device; this run's device is cpu",
     ),
     (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
     (("--margin", "0"), "--margin 0: expected a share between 0 and 1, e.g. 0.05"),
@@ -233,56 +218,86 @@ BAD = [
 DEVICE_NOT_HERE = ("--device", "cuda:99")
 
 
-@pytest.fixture(scope="module")
-def refusals() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
-    """Every refused command line of the tables above, run four at a time: each is mostly an
-    interpreter and pytest starting, one after another they took a minute of the test suite."""
-    lines = [args for table in (EMPTY, REPEATED, BELOW_ONE, UNKNOWN, SIZES, BAD) for args, _ in table]
-    lines.append(DEVICE_NOT_HERE)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(lines, pool.map(lambda args: _collect(*args), lines), strict=True))
-
-
 def _collect(*args: str) -> subprocess.CompletedProcess:
     return _pytest("--benchmark-only", "--collect-only", "-q", "bench/test_unet.py", *args)
 
 
-def _refused(result: subprocess.CompletedProcess) -> str:
+def _values(*args: str) -> argparse.Namespace:
+    """A command line's option values, parsed with the table pytest registers (bench/plugin.py)."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    for option in options.table():
+        parser.add_argument(option.flag, **option.settings())
+    return parser.parse_args(args)
+
+
+def _matrix(*args: str) -> matrix.Matrix:
+    return matrix.build(_values(*args), max_time=None, min_rounds=1)
+
+
+def _refused(*args: str) -> str:
+    """The one line a command line is refused with, before anything runs: argparse's, or the
+    matrix's OptionError, which pytest shows as a usage error (exit code 4), not a traceback
+    (test_a_refusal_is_pytests_usage_error_in_one_line); any other exception fails the test."""
+    with pytest.raises((argparse.ArgumentError, matrix.OptionError)) as refusal:
+        _matrix(*args)
+    message = str(refusal.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(("args", "message"), EMPTY)
+def test_an_empty_option_is_refused_not_read_as_the_default(args: tuple, message: str) -> None:
+    """An unset shell variable must not run the whole default matrix."""
+    assert message in _refused(*args)
+
+
+@pytest.mark.parametrize(("args", "message"), REPEATED)
+def test_a_repeated_value_is_refused_not_run_twice(args: tuple, message: str) -> None:
+    assert message in _refused(*args)
+
+
+@pytest.mark.parametrize(("args", "message"), BELOW_ONE)
+def test_a_count_below_one_is_refused(args: tuple, message: str) -> None:
+    assert message in _refused(*args)
+
+
+@pytest.mark.parametrize(("args", "message"), UNKNOWN)
+def test_an_unknown_value_is_refused_with_the_nearest_valid(args: tuple, message: str) -> None:
+    out = _refused(*args)
+    assert message in out
+    if args[0] == "--paths":
+        assert "; nearest valid: torch-eager" in out
+
+
+def test_a_device_that_is_not_here_is_refused_naming_those_that_are() -> None:
+    out = _refused(*DEVICE_NOT_HERE)
+    assert "--device cuda:99: " in out and "; devices here: cpu" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # the matrix's OptionError: pytest's usage error, the message alone in the output
+        (
+            ("--paths", "torch-eager,tensorrt", "--device", "cpu"),
+            "ERROR: --paths: tensorrt needs a CUDA device; this run's device is cpu\n",
+        ),
+        # argparse's own refusal of a value, as pytest reports it
+        (("--upconv", "nativ"), "argument --upconv: invalid choice: 'nativ' (choose from 'auto', 'native',"),
+    ],
+)
+def test_a_refusal_is_pytests_usage_error_in_one_line(args: tuple, message: str) -> None:
+    """End to end, in a pytest process of its own: exit code 4, the message, no traceback."""
+    assert _usage_error(_collect(*args)).count(message) == 1
+
+
+def _usage_error(result: subprocess.CompletedProcess) -> str:
     """The output of a command line pytest refused as a usage error (exit code 4), in one line of its
     own, not a traceback."""
     out = result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, out
     assert "Traceback" not in out and "INTERNALERROR" not in out, out
     return out
-
-
-@pytest.mark.parametrize(("args", "message"), EMPTY)
-def test_an_empty_option_is_refused_not_read_as_the_default(refusals, args: tuple, message: str) -> None:
-    """An unset shell variable must not run the whole default matrix."""
-    assert message in _refused(refusals[args])
-
-
-@pytest.mark.parametrize(("args", "message"), REPEATED)
-def test_a_repeated_value_is_refused_not_run_twice(refusals, args: tuple, message: str) -> None:
-    assert message in _refused(refusals[args])
-
-
-@pytest.mark.parametrize(("args", "message"), BELOW_ONE)
-def test_a_count_below_one_is_refused(refusals, args: tuple, message: str) -> None:
-    assert message in _refused(refusals[args])
-
-
-@pytest.mark.parametrize(("args", "message"), UNKNOWN)
-def test_an_unknown_value_is_refused_with_the_nearest_valid(refusals, args: tuple, message: str) -> None:
-    out = _refused(refusals[args])
-    assert message in out
-    if args[0] == "--paths":
-        assert "; nearest valid: torch-eager" in out
-
-
-def test_a_device_that_is_not_here_is_refused_naming_those_that_are(refusals) -> None:
-    out = _refused(refusals[DEVICE_NOT_HERE])
-    assert "--device cuda:99: " in out and "; devices here: cpu" in out
 
 
 @pytest.mark.parametrize(
@@ -312,7 +327,7 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path: Path, option: str,
     file = tmp_path / "notes.txt"
     file.write_text("")
     folder = file / "runs" if problem == "under a file" else file
-    out = _refused(_collect(option, str(folder)))
+    out = _refused(option, str(folder))
     assert f"{option} {folder}: {file} is a file, not a folder" in out
 
 
@@ -325,7 +340,7 @@ def test_an_unusable_default_compile_cache_is_refused_naming_the_option_to_give(
     home.write_text("")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    out = _refused(_collect())
+    out = _usage_error(_collect())  # in a pytest process: nothing but the line is printed
     folder = home / ".cache" / "unet-bench" / "compile"
     assert (
         f"ERROR: the default compile cache folder {folder}: {home} is a file, not a folder; "
@@ -340,20 +355,18 @@ def test_a_read_only_results_folder_is_refused(tmp_path: Path) -> None:
     folder.mkdir(mode=0o555)
     if os.access(folder, os.W_OK):
         pytest.skip("this user may write anywhere (root)")
-    out = _refused(_collect("--results-dir", str(folder / "results")))
+    out = _refused("--results-dir", str(folder / "results"))
     assert f"--results-dir {folder / 'results'}: {folder} is not writable" in out
 
 
 @pytest.mark.parametrize(("args", "message"), SIZES)
-def test_a_size_the_network_cannot_take_blames_the_option_at_fault(
-    refusals, args: tuple, message: str
-) -> None:
-    assert message in _refused(refusals[args])
+def test_a_size_the_network_cannot_take_blames_the_option_at_fault(args: tuple, message: str) -> None:
+    assert message in _refused(*args)
 
 
 @pytest.mark.parametrize(("args", "message"), BAD)
-def test_bad_options_are_refused_with_the_fix(refusals, args: tuple, message: str) -> None:
-    assert _refused(refusals[args]).count(message) == 1
+def test_bad_options_are_refused_with_the_fix(args: tuple, message: str) -> None:
+    assert _refused(*args).count(message) == 1
 
 
 @pytest.mark.parametrize(
@@ -369,12 +382,12 @@ def test_a_jax_platform_the_run_cannot_use_is_refused_up_front(monkeypatch, told
     """JAX_PLATFORMS=cuda on this CPU: one line before anything runs, not an empty AssertionError per
     case; a run without jax paths is not concerned."""
     monkeypatch.setenv("JAX_PLATFORMS", told)
-    result = _collect("--paths", paths, "--device", "cpu")
+    args = ("--paths", paths, "--device", "cpu")
     if refused:
         message = f"--paths {paths}: JAX_PLATFORMS={told} leaves out cpu, the run's device (cpu): unset it"
-        assert _refused(result).count(message) == 1
+        assert _refused(*args).count(message) == 1
     else:
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert _matrix(*args).cases
 
 
 def test_a_device_hidden_by_cuda_visible_devices_says_so(monkeypatch) -> None:

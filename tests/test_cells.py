@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from bench import cells, train_cells
-from bench.train_cells import Config, _data, train, trajectories_agree
+from bench.train_cells import TrainingSettings, _data, train, trajectories_agree
 
 
 def test_generator_is_seeded_and_parts_touching_cells() -> None:
@@ -34,12 +34,12 @@ def test_measures_on_the_truth_and_on_merged_cells() -> None:
 
 def test_it_learns_and_border_weights_separate_touching_cells() -> None:
     """A small budget on a 2-core CPU: width 8, 200 steps, a few seconds per run."""
-    config = Config(paths=("torch-eager", "jax"), steps=200, width=8, depth=3, size=64, batch=8)
-    data = _data(config)
+    settings = TrainingSettings(paths=("torch-eager", "jax"), steps=200, width=8, depth=3, size=64, batch=8)
+    data = _data(settings)
     runs = {
-        (path, weighting): train(config, path, weighting, data)
+        (path, weighting): train(settings, path, weighting, data)
         for weighting in ("border weights", "class balance only")
-        for path in config.paths
+        for path in settings.paths
     }
     for outcome in runs.values():
         assert outcome.dice > 0.9, (outcome.path, outcome.weighting, outcome.dice)

@@ -201,7 +201,7 @@ def test_exports_in_a_process_set_to_ieee_fp32_by_the_new_api(checkpoints, tmp_p
     """The benchmark runners choose IEEE fp32 through ``fp32_precision``, after which torch's legacy
     TF32 getter, which torch.export calls, raises (pytorch#179445): the export works around it and
     leaves the process's choice as it was."""
-    from bench.runners.torch_runner import conv_fp32_precision, set_precision
+    from bench.runners.torch_precision import conv_fp32_precision, set_precision
 
     set_precision(False)
     try:

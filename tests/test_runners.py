@@ -18,7 +18,7 @@ from flax import nnx
 from bench import gate
 from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, torch_runner
 from bench.runners.config import calibration_effect, calibration_path, competes, framework
-from bench.runners.torch_runner import conv_fp32_precision
+from bench.runners.torch_precision import conv_fp32_precision
 from bench.runners.worker import Service
 from bench.runners.workload import (
     BATCHNORM_RANGES,

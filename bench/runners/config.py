@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
-from bench import environment
+from bench.device_names import well_formed
 from impls.spec import UNetSpec
 
 COMPILED_TORCH_PATHS = ("torch-compile", "torch-compile-max-autotune", "torch-compile-reduce-overhead")
@@ -92,10 +94,25 @@ def compiles_nothing(path: str) -> bool:
     return path in COMPILES_NOTHING or calibration_effect(path) is not None
 
 
+def jax_platform_problem(device: str) -> str | None:
+    """Why JAX, told by JAX_PLATFORMS which platforms it may use, could not run on ``device``; None
+    where it can (or where JAX_PLATFORMS is not set)."""
+    told = os.environ.get("JAX_PLATFORMS", "")
+    platforms = {name.strip() for name in told.split(",") if name.strip()}
+    needed = {"cpu"} if device == "cpu" else {"cuda", "gpu"}
+    if not platforms or platforms & needed:
+        return None
+    name = "cpu" if device == "cpu" else "cuda"
+    return (
+        f"JAX_PLATFORMS={told} leaves out {name}, the run's device ({device}): unset it, or set "
+        f"JAX_PLATFORMS={name}"
+    )
+
+
 def paths_problem(paths: Sequence[str], device: str) -> str | None:
     """Why ``paths`` (as --paths gave them) cannot all run on ``device``: JAX_PLATFORMS leaving the
     device out where a jax path runs, or a CUDA-only path on a CPU; None where they can."""
-    jax_problem = environment.jax_platform_problem(device)
+    jax_problem = jax_platform_problem(device)
     if jax_problem and any(framework(path) == "jax" for path in paths):
         return f"--paths {','.join(paths)}: {jax_problem}"
     cuda_only = [path for path in paths if path in CUDA_ONLY_PATHS]
@@ -164,7 +181,7 @@ def unavailable(config: RunConfig) -> tuple[str, str] | None:
             f"{path} needs {', '.join(missing)}, not installed here; docs/deployment.md "
             "('Dependencies') says what to install"
         )
-    if path == "onnxruntime" and config.device != "cpu" and "onnxruntime-gpu" not in environment.versions():
+    if path == "onnxruntime" and config.device != "cpu" and not _installed("onnxruntime-gpu"):
         return "not-installed", (
             "onnxruntime on CUDA needs onnxruntime-gpu in place of onnxruntime; docs/install-gpu.md says how"
         )
@@ -173,8 +190,16 @@ def unavailable(config: RunConfig) -> tuple[str, str] | None:
     return None
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def check_device(device: str) -> None:
-    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+    if not well_formed(device):
         raise ValueError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from impls.spec import UNetSpec
+
 WARM_UP, REPEATS = 1, 3
 
 
@@ -31,3 +33,11 @@ def time_forms(forms: Mapping[str, Callable[[], object]]) -> dict[str, float]:
 
 def fastest(seconds: Mapping[str, float]) -> str:
     return min(seconds, key=seconds.get)
+
+
+def largest_upconv(spec: UNetSpec, size: int) -> tuple[int, int, int] | None:
+    """The up-conv the forms are timed on, the largest: its input and output channels and its
+    input's side (about); None for a network with no transposed conv."""
+    if spec.upsample != "transpose":
+        return None
+    return spec.channels(1), spec.channels(0), spec.output_size(size, size)[0] // 2 + 1

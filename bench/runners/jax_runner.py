@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -15,8 +14,10 @@ import optax
 from flax import nnx
 
 from bench import memory
+from bench.device_names import cuda_index
 from bench.runners import forms
-from bench.runners.config import ADAM_BETAS, ADAM_EPS, PLAIN_PATHS, RunConfig
+from bench.runners.config import ADAM_BETAS, ADAM_EPS, RunConfig
+from bench.runners.styles import SingleDevice, style
 from bench.runners.workload import SEED, batch, workload
 from impls import convert, flax_unet
 from impls.spec import UNetSpec
@@ -31,60 +32,28 @@ def set_precision(tf32: bool) -> None:
 def device_of(config: RunConfig) -> jax.Device:
     if config.device == "cpu":
         return jax.devices("cpu")[0]
-    return jax.devices("gpu")[int(config.device.partition(":")[2] or 0)]
+    return jax.devices("gpu")[cuda_index(config.device)]
 
 
-@dataclass(frozen=True)
-class Style:
-    """What a path chooses around the shared model: the project's tuned choices or the plain ones."""
-
-    description: str
-    upconv: str  # a form, or "auto": the faster, measured
-    donate: bool  # the step's params, statistics and optimizer state, updated in place
-    inference_layers: flax_unet.Layers = flax_unet.PROJECT_LAYERS  # what the forward is built from
-
-
-PLAIN = Style(
+PLAIN_STYLE = (
     "plain: jax.jit of the step, nothing donated, nnx.ConvTranspose, "
     "optax.softmax_cross_entropy_with_integer_labels, optax.adam; inference through Flax's own "
     "layers (nnx.Conv, nnx.ConvTranspose, nnx.BatchNorm), training through the project's (nnx.BatchNorm "
-    "updates its running variance with the biased estimate, another function)",
-    "native",
-    donate=False,
-    inference_layers=flax_unet.FLAX_LAYERS,
+    "updates its running variance with the biased estimate, another function)"
 )
-
-
-def style(config: RunConfig) -> Style:
-    """The path's style: plain for the plain paths, else the tuned one with the case's choices."""
-    if config.path in PLAIN_PATHS:
-        return PLAIN
-    tuned = "tuned: up-conv form measured (unless given); params, statistics and optimizer state donated"
-    return Style(tuned, config.upconv, donate=True)
-
-
-class SingleDevice:
-    """Placement on the config's one device; bench/runners/jax_dp.py has the data-parallel one."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.device = device_of(config)
-        self.replicated = self.batched = jax.sharding.SingleDeviceSharding(self.device)
-        self.settings: dict[str, Any] = {}
-
-    def distribute(self, fn, in_specs: tuple, out_specs: tuple):
-        """``fn`` as it runs over the placement's devices: as it is, on one."""
-        return fn
+TUNED_STYLE = "tuned: up-conv form measured (unless given); params, statistics and optimizer state donated"
 
 
 class JaxRunner:
     def __init__(self, config: RunConfig, placement: Any = None) -> None:
         self.config = config
         self.spec = config.spec
-        self.placement = placement or SingleDevice(config)
+        self.placement = placement or SingleDevice(device_of(config))
         self.device = self.placement.device
         self.cuda = self.device.platform == "gpu"
         self.device_name = self.device.device_kind if self.cuda else "cpu"
-        self.style = style(config)
+        self.style = style(config, PLAIN_STYLE, TUNED_STYLE)
+        self.donate = not self.style.plain  # the step's params, statistics and optimizer state, in place
         tf32 = config.tf32 and self.cuda
         set_precision(config.tf32)
         compute_dtype = jnp.bfloat16 if config.precision == "bf16" else None
@@ -107,7 +76,7 @@ class JaxRunner:
             param_dtype,
             compute_dtype=compute_dtype,
             upconv_matmul=upconv == "matmul",
-            layers=self.style.inference_layers,
+            layers=flax_unet.FLAX_LAYERS if self.style.plain else flax_unet.PROJECT_LAYERS,
         )
         self._eval_def = nnx.graphdef(forward.eval())
         self._initial = jax.device_put((params, stats), self.placement.replicated)  # never donated
@@ -121,7 +90,7 @@ class JaxRunner:
                 in_specs=("replicated",) * 3 + ("batched",) * 3,
                 out_specs=("replicated",) * 4 + ("batched",),
             ),
-            donate_argnums=(0, 1, 2) if self.style.donate else (),
+            donate_argnums=(0, 1, 2) if self.donate else (),
         )
         self._infer = jax.jit(self._infer_fn)
         self.reset_state()
@@ -129,7 +98,7 @@ class JaxRunner:
             "framework": "jax",
             "style": self.style.description,
             "compile": "jax.jit of the whole step (forward, loss, grad, optax.adam), params, "
-            "statistics and optimizer state " + ("donated" if self.style.donate else "not donated"),
+            "statistics and optimizer state " + ("donated" if self.donate else "not donated"),
             "compute_dtype": "bfloat16" if compute_dtype else "float32",
             "param_dtype": np.dtype(param_dtype).name,
             "tf32": tf32,
@@ -291,10 +260,10 @@ def time_upconv_forms(
 ) -> dict[str, float]:
     """Seconds for the largest up-conv in each exact form, jitted: its forward and backward where
     the case trains (``backward``), its forward alone where it infers."""
-    if spec.upsample != "transpose":
+    shape = forms.largest_upconv(spec, size)
+    if shape is None:
         return {"native": 0.0}
-    cin, cout = spec.channels(1), spec.channels(0)
-    side = spec.output_size(size, size)[0] // 2 + 1  # up0's input, about
+    cin, cout, side = shape
     x = jax.device_put(jnp.ones((batch, side, side, cin), jnp.float32), device)
     runs = {}
     for form in ("native", "matmul"):

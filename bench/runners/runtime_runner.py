@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, memory
+from bench.device_names import cuda_index
 from bench.runners.config import NotApplicable, RunConfig
 from bench.runners.workload import SEED, batch, workload
 from impls import convert
@@ -85,7 +86,7 @@ class OnnxRuntime:
         available = onnxruntime.get_available_providers()
         wanted = ["CPUExecutionProvider"]
         if self.cuda:
-            device_id = int(self.config.device.partition(":")[2] or 0)
+            device_id = cuda_index(self.config.device)
             cache = str(self.folder / "tensorrt")
             wanted = [
                 (
@@ -107,7 +108,7 @@ class OnnxRuntime:
         name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
         if not self.cuda:
             return Loaded(_same, lambda x: session.run(None, {name: x})[0], _same)
-        device_id = int(self.config.device.partition(":")[2] or 0)
+        device_id = cuda_index(self.config.device)
         binding = session.io_binding()
 
         def run(x) -> Any:
@@ -170,7 +171,7 @@ class TorchAoti:
         import torch
         from torch._inductor import aoti_load_package
 
-        from bench.runners.torch_runner import set_precision
+        from bench.runners.torch_precision import set_precision
 
         set_precision(self.config.tf32)
         device = torch.device(self.config.device)
@@ -222,7 +223,7 @@ class TensorRt:
         import torch
         import torch_tensorrt  # noqa: F401  (registers the engines' ops for the program)
 
-        from bench.runners.torch_runner import set_precision
+        from bench.runners.torch_precision import set_precision
 
         set_precision(self.config.tf32)
         return _torch_loaded(torch.export.load(str(file)).module(), torch.device(self.config.device))

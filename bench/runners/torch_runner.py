@@ -16,14 +16,9 @@ import torch
 
 from bench import memory
 from bench.runners import forms
-from bench.runners.config import (
-    ADAM_BETAS,
-    ADAM_EPS,
-    PLAIN_PATHS,
-    RunConfig,
-    calibration_effect,
-    freezing_applies,
-)
+from bench.runners.config import ADAM_BETAS, ADAM_EPS, RunConfig, calibration_effect, freezing_applies
+from bench.runners.styles import SingleDevice, style
+from bench.runners.torch_precision import conv_fp32_precision, set_precision
 from bench.runners.workload import SEED, batch, workload
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
@@ -38,18 +33,6 @@ MEMORY_FORMAT_TIMED = "eager whole step (train step or forward), on throw-away r
 PEAK_AFTER_TIMING = "; reset after the memory-format timing (throw-away runners)"
 
 
-def set_precision(tf32: bool) -> None:
-    """fp32 convs and matmuls in IEEE fp32, or TF32 if asked for: for the whole process, so that the
-    backward, compiled or eager, runs as the forward does. (The flags only act on CUDA; on a CPU
-    they are set all the same, so that they can be checked.)"""
-    mode = "tf32" if tf32 else "ieee"
-    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is an error
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-
-
 def use_cudnn_autotuner(config: RunConfig, cuda: bool) -> bool:
     """cuDNN's autotuner (cudnn.benchmark) where its search is short: TF32 and bf16 on CUDA.
 
@@ -60,82 +43,28 @@ def use_cudnn_autotuner(config: RunConfig, cuda: bool) -> bool:
     return cuda and (config.tf32 or config.precision == "bf16")
 
 
-def conv_fp32_precision() -> str:
-    """What cuDNN convolutions do with fp32 now: "ieee" or "tf32"."""
-    if hasattr(torch.backends, "fp32_precision"):
-        return torch.backends.cudnn.conv.fp32_precision
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-
-
-@dataclass(frozen=True)
-class Style:
-    """What a path chooses around the shared model: the project's tuned choices or the plain ones."""
-
-    description: str
-    upconv: str  # a form, or "auto": the faster, measured
-    memory_format: str  # likewise
-    adam: dict[str, Any]  # torch.optim.Adam's options besides the learning rate
-    cudnn_autotuner: bool
-
-
-PLAIN = Style(
+PLAIN_STYLE = (
     "plain: NCHW contiguous, nn.ConvTranspose2d, F.cross_entropy, torch.optim.Adam's defaults "
-    "(foreach on CUDA, a loop on CPU), no cuDNN autotuner",
-    "native",
-    "contiguous",
-    adam={},
-    cudnn_autotuner=False,
+    "(foreach on CUDA, a loop on CPU), no cuDNN autotuner"
 )
-
-
-def style(config: RunConfig, cuda: bool) -> Style:
-    """The path's style: plain for the plain paths, else the tuned one with the case's choices."""
-    if config.path in PLAIN_PATHS:
-        return PLAIN
-    return Style(
-        "tuned: up-conv form and memory format measured (unless given), fused Adam on eager paths, "
-        "cuDNN autotuner where its search is short",
-        config.upconv,
-        config.memory_format,
-        # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
-        adam={"fused": config.path not in COMPILE_MODES},
-        cudnn_autotuner=use_cudnn_autotuner(config, cuda),
-    )
-
-
-class SingleDevice:
-    """Placement on the config's one device; bench/runners/torch_ddp.py has the data-parallel one."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.device = torch.device(config.device)
-        self.settings: dict[str, Any] = {}
-
-    def shard(self, array: np.ndarray) -> np.ndarray:
-        """This process's rows of the batch: all of them."""
-        return array
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def agree(self, choice: str) -> str:
-        """One choice for every process of the placement: this one's."""
-        return choice
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """``value``'s mean over the placement's processes (the global batch's loss): itself."""
-        return value
+TUNED_STYLE = (
+    "tuned: up-conv form and memory format measured (unless given), fused Adam on eager paths, "
+    "cuDNN autotuner where its search is short"
+)
 
 
 class TorchRunner:
     def __init__(self, config: RunConfig, placement: Any = None) -> None:
         self.config = config
-        self.placement = placement or SingleDevice(config)
+        self.placement = placement or SingleDevice(torch.device(config.device))
         self.device = self.placement.device
         self.cuda = self.device.type == "cuda"
         self.device_name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-        self.style = style(config, self.cuda)
+        self.style = style(config, PLAIN_STYLE, TUNED_STYLE)
+        # fused Adam is the fastest eager optimizer on CPU and CUDA; inductor fuses its own.
+        self.adam = {} if self.style.plain else {"fused": config.path not in COMPILE_MODES}
         set_precision(config.tf32)
-        torch.backends.cudnn.benchmark = self.style.cudnn_autotuner
+        torch.backends.cudnn.benchmark = not self.style.plain and use_cudnn_autotuner(config, self.cuda)
         self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         dtype = torch.float64 if config.precision == "fp64" else torch.float32
         self.work = workload(config)
@@ -164,7 +93,7 @@ class TorchRunner:
             lr=config.learning_rate,
             betas=ADAM_BETAS,
             eps=ADAM_EPS,
-            **self.style.adam,
+            **self.adam,
         )
         self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.images, self.labels, self.pixel_weights = self._device_batch(
@@ -196,7 +125,7 @@ class TorchRunner:
             "memory_format_seconds": memory_format_seconds,
             "memory_format_timed": MEMORY_FORMAT_TIMED if memory_format_seconds else None,
             "optimizer": f"torch.optim.Adam(lr={config.learning_rate}"
-            + "".join(f", {k}={v}" for k, v in self.style.adam.items())
+            + "".join(f", {k}={v}" for k, v in self.adam.items())
             + ")",
             "loss": config.loss,
             "upconv": upconv,
@@ -473,11 +402,10 @@ def time_upconv_forms(
     """Seconds for the largest up-conv in each exact form, run as the case runs it: compiled
     (each form its own compile, in the warm-up call) where the path compiles, its backward where
     the case trains. Compiled code's best form need not be eager's."""
-    spec = timing.spec
-    if spec.upsample != "transpose":
+    shape = forms.largest_upconv(timing.spec, timing.size)
+    if shape is None:
         return {"native": 0.0}
-    cin, cout = spec.channels(1), spec.channels(0)
-    side = spec.output_size(timing.size, timing.size)[0] // 2 + 1  # up0's input, about
+    cin, cout, side = shape
     x = torch.randn(timing.batch, cin, side, side, device=device).to(memory_format=torch.channels_last)
     x.requires_grad_(timing.backward)
 
