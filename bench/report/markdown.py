@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import records, stats
+from bench.device_names import simulated_devices
 from bench.report.cases import BASELINE, path_order, single_device
 from bench.report.intervals import rule_of
 from bench.report.runs import load
@@ -263,7 +264,7 @@ def _utilization(measured: pd.DataFrame, task: str) -> Section:
 
 
 def _scaling(scaling: pd.DataFrame, section: dict) -> Section:
-    simulated = section.get("environment", {}).get("device") == "cpu"
+    simulated = simulated_devices(section.get("environment", {}).get("device", ""))
     heading = "## Data-parallel scaling" + (" (SIMULATED devices sharing one CPU)" if simulated else "")
     statistics = "global batch." if section.get("options", {}).get("sync_bn") else "per device."
     intro = (*((SIMULATED_NOTE,) if simulated else ()), f"BatchNorm statistics: {statistics}")

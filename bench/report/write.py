@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.device_names import simulated_devices
 from bench.report.cases import INTERNAL, single_device
 from bench.report.index import write_index
 from bench.report.markdown import report_markdown
@@ -35,7 +36,7 @@ def write_run(run_dir: Path) -> str:
     scaling = scaling_table(measured) if not measured.empty else measured
     if not scaling.empty:
         write_csv(scaling, run_dir / "scaling.csv")
-        simulated = section.get("environment", {}).get("device") == "cpu"
+        simulated = simulated_devices(section.get("environment", {}).get("device", ""))
         plot_scaling(scaling, run_dir / "scaling.png", "SIMULATED devices on one CPU" if simulated else "")
     if not failures.empty:
         write_csv(failures, run_dir / "failures.csv")
