@@ -18,6 +18,7 @@ import pytest
 from bench import records, report, stats
 from bench.report import markdown, tables, verdicts
 from bench.report.cases import INTERNAL
+from bench.report.write import stale_reports
 
 STORED = Path(__file__).parent / "data" / "tiny-cpu-run"
 ROOT = Path(__file__).resolve().parent.parent
@@ -555,6 +556,7 @@ def test_check_names_the_file_that_is_stale(tmp_path: Path, capsys, monkeypatch,
     readme.write_text(
         "<!-- begin generated: python -m bench.report --readme results/one -->\n<!-- end generated -->\n"
     )
+    report.write_run(tmp_path / "results" / "one")  # its report, index: --check verifies them too
     report.write_readme(readme=readme)
     monkeypatch.setattr("bench.report.cli.README", readme)
     assert report.main(["--check"]) == 0
@@ -565,6 +567,46 @@ def test_check_names_the_file_that_is_stale(tmp_path: Path, capsys, monkeypatch,
     assert capsys.readouterr().err == (
         f"{stale_file}'s results are not what `python -m bench.report --readme` writes: run it\n"
     )
+
+
+def test_check_names_each_report_index_and_comparison_that_is_stale(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """--check holds every committed report to what its records give: a run's report.md and CSVs, the
+    results index and a comparison, each named when it is not (or is missing)."""
+    results = tmp_path / "results"
+    first, second = (
+        fake_run(results / "first"),
+        fake_run(results / "second", {("train", 64, 2): {"jax": 1.1}}),
+    )
+    report.write_run(first)
+    report.write_run(second)
+    report.write_comparison(first, second)
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- begin generated: python -m bench.report --readme results/first -->\n<!-- end generated -->\n"
+    )
+    report.write_readme(readme=readme)
+    monkeypatch.setattr("bench.report.cli.README", readme)
+    assert report.main(["--check"]) == 0
+    edited = [
+        first / "report.md",
+        second / "cases.csv",
+        results / "README.md",
+        second / "comparison-with-first.md",
+    ]
+    for file in edited:
+        file.write_text(file.read_text() + "edited by hand\n")
+    (first / "cases.csv").unlink()
+    assert report.main(["--check"]) == 1
+    named = sorted(line.split(" is not what")[0] for line in capsys.readouterr().err.splitlines())
+    assert named == sorted(str(f.relative_to(tmp_path)) for f in [*edited, first / "cases.csv"])
+
+
+def test_the_committed_reports_are_what_their_records_give() -> None:
+    """Every report, CSV, index and comparison under results/ is what the report writes from its
+    records now (`python -m bench.report --check`)."""
+    assert stale_reports(report.README.parent / "results") == []
 
 
 def test_records_of_every_schema_read_alike(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
 directories (other machines, other GPUs) it merges them into one cross-device
 table. ``--compare RUN_A RUN_B`` says whether a second run reproduces a first;
 ``--readme RUN_DIR...`` writes the results of runs into README.md (at a glance)
-and docs/results.md (in full), and ``--check`` says whether both still match them.
+and docs/results.md (in full), and ``--check`` says whether both still match them, and whether
+every report, CSV, index and comparison under results/ is what its records give.
 
 A run directory holds ``benchmark.json``: pytest-benchmark's own data, with
 this suite's ``extra_info`` per benchmark and a ``unet_bench`` section (spec,
@@ -30,7 +31,8 @@ values without intervals, and no verdicts.
 The modules, in the order they build on each other: ``cases`` (a record as a table row, the order of
 paths), ``intervals``, ``runs`` (reading a run folder), ``tables``, ``verdicts``, ``markdown`` (each
 section built once, laid out for report.md and for the results pages), ``plots``, ``index``,
-``write`` (a run's files), ``compare``, ``readme``, and ``cli`` (run by ``__main__``).
+``compare``, ``write`` (a run's files, and which committed ones are stale), ``readme``, and ``cli``
+(run by ``__main__``).
 """
 
 from bench.report.cli import main

@@ -14,7 +14,7 @@ from bench.report.compare import write_comparison
 from bench.report.index import merge
 from bench.report.readme import COMMAND, README, stale, write_readme
 from bench.report.runs import is_run
-from bench.report.write import write_csv, write_run
+from bench.report.write import stale_reports, write_csv, write_run
 from impls.files import write_text
 
 
@@ -25,11 +25,19 @@ def _fail(message: str) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.check:
-        files = stale(README)
-        for file in files:
+        pages = stale(README)
+        for file in pages:
             shown = file.relative_to(README.parent)
             print(f"{shown}'s results are not what `{COMMAND}` writes: run it", file=sys.stderr)
-        return 1 if files else 0
+        reports = stale_reports(README.parent / "results")
+        for file in reports:
+            shown = file.relative_to(README.parent)
+            print(
+                f"{shown} is not what the report makes of the records beside it now: "
+                f"`python -m bench.report {shown.parent}` (or --compare) writes it",
+                file=sys.stderr,
+            )
+        return 1 if pages or reports else 0
     if args.readme:
         write_readme(args.run_dirs)
         return 0
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--check",
         action="store_true",
-        help="exit 1, naming the file, if README.md's or docs/results.md's results are not what runs give",
+        help="exit 1, naming the file, if README.md's or docs/results.md's results, or a report, index or "
+        "comparison under results/, are not what their runs give",
     )
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.run_dirs if not is_run(d)]

@@ -16,6 +16,8 @@ from bench.report.runs import load
 from bench.report.verdicts import group_verdicts
 from impls.files import write_text
 
+COMPARISON_PREFIX = "comparison-with-"  # RUN_B/comparison-with-<RUN_A>.md
+
 
 def _yes_no(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "no")
@@ -156,5 +158,5 @@ def write_comparison(run_a: Path, run_b: Path) -> str:
     if empty:
         raise ValueError(f"--compare: {', '.join(empty)}: no measured case to compare; name runs with cases")
     text = compare(run_a, run_b)
-    write_text(Path(run_b) / f"comparison-with-{Path(run_a).name}.md", text)
+    write_text(Path(run_b) / f"{COMPARISON_PREFIX}{Path(run_a).name}.md", text)
     return text

@@ -40,10 +40,10 @@ def _index_row(run_dir: Path) -> tuple[str | None, list[str]]:
     return row, [f"{run_dir}: {note}" for note in section.get("notes", [])]
 
 
-def write_index(results: Path) -> None:
-    """results/README.md: one line per run folder in ``results``, made from their JSON. A folder that
-    cannot be read (a half-written or corrupt file, a run that ended no case) is left out, and named
-    below the table and on stderr, as is a line left out of a run's progress.jsonl."""
+def index_text(results: Path) -> tuple[str, list[str]]:
+    """results/README.md's text: one line per run folder in ``results``, made from their JSON; and
+    what was left out of it (a folder that cannot be read: a half-written or corrupt file, a run that
+    ended no case; a line left out of a run's progress.jsonl), each naming the folder."""
     rows, left_out = [], []
     for run_dir in sorted(p for p in Path(results).iterdir() if p.is_dir()):
         row, notes = _index_row(run_dir)
@@ -62,9 +62,15 @@ def write_index(results: Path) -> None:
     ]
     if left_out:
         lines += ["", "Left out:", "", *(f"- {note}" for note in left_out)]
+    return "\n".join(lines) + "\n", left_out
+
+
+def write_index(results: Path) -> None:
+    """results/README.md (index_text), naming on stderr too what was left out of it."""
+    text, left_out = index_text(results)
     for note in left_out:
         print(f"results index: {note}", file=sys.stderr)
-    write_text(Path(results) / "README.md", "\n".join(lines) + "\n")
+    write_text(Path(results) / "README.md", text)
 
 
 def merge(run_dirs: list[Path]) -> pd.DataFrame:
