@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from bench import memory
-from bench.runners import forms
+from bench.runners import form_timing
 from bench.runners.config import ADAM_BETAS, ADAM_EPS, PLAIN_PATHS, RunConfig
 from bench.runners.workload import SEED, batch, workload
 from impls import convert, flax_unet
@@ -93,7 +93,7 @@ class JaxRunner:
         upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
             upconv_seconds = self.upconv_forms()
-            upconv = forms.fastest(upconv_seconds)
+            upconv = form_timing.fastest(upconv_seconds)
         self.work = workload(config)
 
         abstract = flax_unet.abstract(
@@ -310,4 +310,4 @@ def time_upconv_forms(
         runs[form] = functools.partial(
             lambda step, params: jax.block_until_ready(step(params, x)), step, jax.device_put(params, device)
         )
-    return forms.time_forms(runs)  # the warm-up call compiles
+    return form_timing.time_forms(runs)  # the warm-up call compiles
