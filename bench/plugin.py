@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from bench import environment, report, resume, stats
-from bench.measure import Sweep, default_compile_cache, memory_problem, needed_bytes
 from bench.runners.config import (
     CALIBRATION_REFERENCE,
     FREEZINGS,
@@ -36,7 +35,7 @@ from bench.runners.config import (
     calibration_path,
     paths_problem,
 )
-from bench.workers import leftover_processes
+from bench.sweep import Sweep, default_compile_cache, leftover_processes, memory_problem, needed_bytes
 from impls.checks import known
 from impls.files import check_folder, new_folder, write_text
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec

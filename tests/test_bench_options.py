@@ -135,7 +135,7 @@ def test_scaling_cases_on_simulated_devices() -> None:
 
 def test_the_sweeps_process_imports_no_framework() -> None:
     """Every framework runs in worker processes, each with its own settings and caches."""
-    modules = "bench.plugin, bench.measure, bench.workers, bench.report, bench.environment, bench.runners"
+    modules = "bench.plugin, bench.sweep, bench.report, bench.environment, bench.runners"
     code = f"import sys, {modules}; print(sorted({{'torch', 'jax'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
