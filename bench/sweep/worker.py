@@ -43,7 +43,7 @@ def status_of(message: str) -> str:
     return "out-of-memory" if any(t in message.lower() for t in OOM_TEXT) else "error"
 
 
-def gathered(replies: list[dict[str, Any]]) -> dict[str, Any]:
+def _gathered(replies: list[dict[str, Any]]) -> dict[str, Any]:
     """Rank 0's outputs, its logits those of every rank in order (the ranks' rows of the batch)."""
     return {**replies[0], "logits": np.concatenate([r["logits"] for r in replies])}
 
@@ -93,11 +93,11 @@ class Worker(abc.ABC):
     def outputs(self, task: str, seed: int = 0) -> dict[str, Any]:
         """Rank 0's outputs on the batch drawn with ``seed`` (bench/runners/workload.py's SEED: the
         timed one); a data-parallel run's logits gathered from the ranks in order."""
-        return gathered(self.request("outputs", task, seed))
+        return _gathered(self.request("outputs", task, seed))
 
     def outputs_in(self, precision: str, task: str, seed: int = 0) -> dict[str, Any]:
         """``outputs`` of the same case in another precision (bench/runners/worker.py)."""
-        return gathered(self.request("outputs_in", precision, task, seed))
+        return _gathered(self.request("outputs_in", precision, task, seed))
 
     def reset_state(self) -> None:
         self.request("reset_state")
