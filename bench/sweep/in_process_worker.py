@@ -45,7 +45,6 @@ class InProcessWorker(Worker):
             message = f"{type(error).__name__}: {error}"
             raise WorkerError(status_of(message), f"rank 0 failed build the case: {message}") from error
         self.settings: dict[str, Any] = self.call("settings")
-        self.device_name = self.settings.get("device_name", self.config.device)
 
     def request(self, command: str, *args: Any, timeout: float | None = None) -> list[Any]:
         if not self._handlers:

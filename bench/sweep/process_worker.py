@@ -172,7 +172,6 @@ class ProcessWorker(Worker):
         try:
             self._accept(self._start_timeout)
             self.settings: dict[str, Any] = self.call("settings")
-            self.device_name = self.settings.get("device_name", self.config.device)
         except BaseException:
             self.close()
             raise
