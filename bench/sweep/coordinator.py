@@ -7,11 +7,10 @@ metrics (metrics.py) in ``progress.jsonl``, and says how far the run is (estimat
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +172,7 @@ class Sweep:
                 raise  # Ctrl-C, SIGTERM: recorded, then the run stops as asked
 
     def _time_and_record(self, prepared: list[Prepared], schedule: str) -> None:
-        rules = RoundRules(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RoundRules)})
+        rules = RoundRules(**{f.name: getattr(self, f.name) for f in fields(RoundRules)})
         rounds = Rounds(rules, self.references, self.start_worker)
         rounds_started = time.perf_counter()
         sampling = None

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -119,17 +120,9 @@ class Worker(abc.ABC):
         return float(np.median(samples))
 
 
-class StartWorker(Protocol):
-    """How the sweep starts a case's worker: ``ProcessWorker`` or ``InProcessWorker``."""
-
-    def __call__(
-        self,
-        config: RunConfig,
-        *,
-        compile_cache: str | Path | None = None,
-        deadline: float | None = None,
-        connect: bool = True,
-    ) -> Worker: ...
+# How the sweep starts a case's worker: ProcessWorker or InProcessWorker, called as
+# (config, *, compile_cache=None, deadline=None, connect=True).
+StartWorker = Callable[..., Worker]
 
 
 def time_round(worker: Worker) -> float:
