@@ -6,7 +6,7 @@ torchrun, one process per device, for a data-parallel torch case) and talks
 to it over a local authenticated connection. Every wait is bounded; a worker
 that fails is reported as a ``WorkerError`` (bench/sweep/worker.py).
 
-Every process a Worker starts carries a marker in its environment, so that
+Every process a ProcessWorker starts carries a marker in its environment, so that
 ``close`` ends all of them, torchrun's ranks (which it starts in sessions of
 their own) included, whatever state they are in; ``leftover_processes`` finds
 any that outlived their sweep. Imports no framework.
@@ -94,7 +94,7 @@ def kill_marked(name: str, value: str) -> int:
 
 
 def leftover_processes() -> list[psutil.Process]:
-    """Live worker processes that Workers of this process started (their ranks included)."""
+    """Live worker processes that ProcessWorkers of this process started (their ranks included)."""
     return [p for p in _marked(OWNER_MARKER, str(os.getpid())) if p.is_running()]
 
 
