@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 
 from bench import environment
-from bench.measure import needed_bytes
 from bench.runners.config import RunConfig, memory_kind
-from bench.workers import Worker, WorkerError
+from bench.sweep import needed_bytes
+from bench.sweep.process_worker import ProcessWorker
+from bench.sweep.worker import WorkerError
 from impls import convert, footprint
 from impls.export import SUFFIXES
 from impls.export import needed_bytes as export_needed_bytes
@@ -100,7 +101,7 @@ def measure(config: RunConfig) -> dict:
     """One worker's peak resident memory over its first call and the gate's outputs."""
     record = {"case": config.to_dict(), "id": config.id}
     try:
-        with Worker(config, deadline=time.monotonic() + CASE_SECONDS) as worker:
+        with ProcessWorker(config, deadline=time.monotonic() + CASE_SECONDS) as worker:
             worker.call("first_call")
             worker.outputs(config.task)
             record["peak_bytes"] = worker.peak_memory_bytes()

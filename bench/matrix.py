@@ -15,7 +15,6 @@ from typing import Any
 
 from bench import environment, stats
 from bench.device_names import simulated_devices
-from bench.measure import default_compile_cache, memory_problem, needed_bytes
 from bench.options import DEFAULT_SPEC, MAX_REPLICATES, SCALING_PATHS, defaults, flag
 from bench.runners.config import (
     CALIBRATION_REFERENCE,
@@ -27,6 +26,7 @@ from bench.runners.config import (
     calibration_path,
     paths_problem,
 )
+from bench.sweep import default_compile_cache, memory_problem, needed_bytes
 from impls.checks import known
 from impls.files import check_folder
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec

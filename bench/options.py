@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import stats
-from bench.measure import default_compile_cache
 from bench.runners.config import FREEZINGS, LOSSES, MEMORY_FORMATS, PATHS, PRECISIONS, TASKS
+from bench.sweep import default_compile_cache
 from impls.spec import PADDINGS, UNetSpec
 
 DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults

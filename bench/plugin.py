@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench import matrix, options
-from bench.measure import Sweep
 from bench.runners.config import RunConfig
 from bench.session import Run, finish, json_target, start, update_json
+from bench.sweep import Sweep
 
 RUN_KEY = pytest.StashKey[Run]()
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,7 @@ from pytest import ExitCode
 from bench import environment, report, resume
 from bench.device_names import simulated_devices
 from bench.matrix import Matrix, OptionError
-from bench.measure import Sweep
-from bench.workers import leftover_processes
+from bench.sweep import Sweep, leftover_processes
 from impls.files import new_folder, write_text
 
 

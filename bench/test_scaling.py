@@ -8,8 +8,8 @@ such runs test the machinery and say nothing of real scaling).
 
 from __future__ import annotations
 
-from bench.measure import Sweep
 from bench.runners.config import RunConfig
+from bench.sweep import Sweep
 
 
 def test_scaling(scaling_case: RunConfig, sweep: Sweep, benchmark) -> None:

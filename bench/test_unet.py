@@ -1,6 +1,6 @@
 """Training and inference throughput of the U-Net, one benchmark per case of the matrix.
 
-The matrix and what is measured are in bench/plugin.py and bench/measure.py;
+The matrix and what is measured are in bench/plugin.py and bench/sweep/;
 this module only hands cases to the sweep, which runs them in worker processes.
 """
 
@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from bench import stats
-from bench.measure import CaseSkipped, Sweep, to_benchmark
+from bench.pytest_benchmark_glue import to_benchmark
 from bench.runners.config import RunConfig
-from bench.workers import Worker
+from bench.sweep import CaseSkipped, Sweep
+from bench.sweep.process_worker import ProcessWorker
+from bench.sweep.worker import time_round
 
 MIN_PAIRS, MAX_SECONDS = 20, 60.0  # of the timer check
 TIMER_TOLERANCE = 0.03
@@ -44,7 +46,7 @@ def test_timer_agrees_with_a_hand_loop(bench_cases: list[RunConfig], sweep: Swee
     if sweep.out_of_time():
         pytest.skip(f"--max-minutes {sweep.max_minutes:g} reached")
     rounds, by_hand = [], []
-    with Worker(case, compile_cache=sweep.compile_cache / "timer-check") as worker:
+    with ProcessWorker(case, compile_cache=sweep.compile_cache / "timer-check") as worker:
         worker.call("time_calls", 3)  # compiles
         messaging = worker.messaging_seconds()
         started = time.perf_counter()
@@ -52,7 +54,7 @@ def test_timer_agrees_with_a_hand_loop(bench_cases: list[RunConfig], sweep: Swee
             _ratio(rounds, by_hand, messaging).relative_half_width() > TIMER_TOLERANCE / 2
             and time.perf_counter() - started < MAX_SECONDS
         ):
-            rounds.append(sweep.time_round(worker))
+            rounds.append(time_round(worker))
             start = time.perf_counter()
             worker.call("call")
             by_hand.append(time.perf_counter() - start)

@@ -23,12 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.measure import Sweep
 from bench.runners import LEARNING_RATE, RunConfig
 from bench.runners.workload import batch, initial_weights
-from bench.workers import Worker, WorkerError, leftover_processes
+from bench.sweep import Sweep, leftover_processes
+from bench.sweep.process_worker import ProcessWorker
+from bench.sweep.worker import WorkerError
 from impls import convert, torch_unet
 from impls.spec import UNetSpec
+from tests import faults
 from tests.fakes import FakeBenchmark
 from tests.helpers import assert_close
 
@@ -80,7 +82,7 @@ def _config(path: str, **changes) -> RunConfig:
 @pytest.mark.parametrize("sync_bn", [False, True], ids=["per-device-bn", "cross-device-bn"])
 @pytest.mark.parametrize("path", ["torch-eager", "jax"])
 def test_data_parallel_step_equals_the_single_device_computation(path: str, sync_bn: bool) -> None:
-    with Worker(_config(path, precision="fp64", sync_bn=sync_bn), call_timeout=120) as worker:
+    with ProcessWorker(_config(path, precision="fp64", sync_bn=sync_bn), call_timeout=120) as worker:
         gradients = worker.outputs("train")["gradients"]  # the first step's, averaged over the devices
         worker.reset_state()
         worker.train_step()
@@ -102,8 +104,8 @@ def test_data_parallel_step_equals_the_single_device_computation(path: str, sync
     ],
 )
 def test_a_failing_rank_is_named_and_nothing_is_left_running(monkeypatch, action, status, match) -> None:
-    monkeypatch.setenv("UNET_BENCH_FAULT", f"rank=1,command=train_step,action={action}")
-    worker = Worker(_config("torch-eager"), call_timeout=5)
+    faults.inject(monkeypatch, f"rank=1,command=train_step,action={action}")
+    worker = ProcessWorker(_config("torch-eager"), call_timeout=5)
     try:
         with pytest.raises(WorkerError, match=match) as info:
             worker.train_step()

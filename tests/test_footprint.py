@@ -15,8 +15,8 @@ import pytest
 
 from bench import environment
 from bench import footprint as bench_footprint
-from bench.measure import memory_problem, needed_bytes
 from bench.runners import RunConfig
+from bench.sweep import memory_problem, needed_bytes
 from impls import convert, export, footprint
 from impls.spec import UNetSpec
 

@@ -1,9 +1,8 @@
 """The import rules the layout stands on, read from the source (every import, at module level or in
 a function, but not a module's ``if __name__ == "__main__":`` block, which runs only as a program).
 
-A rule names modules by prefix, so that it holds whether a concern is one module or a package of
-them: the sweep (bench/measure.py, bench/workers.py, or a bench/sweep/ package) and the report
-(bench/report.py or a bench/report/ package).
+A rule names modules by prefix, so that it holds for a concern's package and every module in it: the
+sweep (bench/sweep/) and the report (bench/report/).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ FRAMEWORKS = (
     "tensorrt",
     "torch_tensorrt",
 )
-SWEEP = ("bench.measure", "bench.sweep", "bench.workers")
+SWEEP = ("bench.sweep",)
 REPORT = ("bench.report",)
 PLUGIN = ("bench.plugin", "bench.options", "bench.matrix", "bench.session")
 # The runners build and run models; bench/runners/config.py is the case every part names (paths,
@@ -173,7 +172,7 @@ def test_the_rules_see_the_modules_they_name() -> None:
         assert _modules(prefixes), prefixes
     assert "torch" in imports("bench.runners.torch_runner")
     assert "bench.runners.config" in imports("bench.runners.torch_runner")
-    assert "bench.environment" in imports("bench.workers")  # from bench.environment import allocator
+    assert "bench.environment" in imports("bench.sweep.process_worker")  # its allocator
 
 
 def test_no_import_circles() -> None:
@@ -207,7 +206,7 @@ def test_the_environment_imports_no_framework_and_no_runner() -> None:
 def test_the_sweeps_process_imports_no_framework() -> None:
     """Every framework runs in worker processes, each with its own settings and caches."""
     modules = (
-        "bench.plugin, bench.options, bench.matrix, bench.session, bench.measure, bench.workers, "
+        "bench.plugin, bench.options, bench.matrix, bench.session, bench.sweep, "
         "bench.report, bench.environment, bench.runners"
     )
     code = f"import sys, {modules}; print(sorted({{'torch', 'jax'}} & set(sys.modules)))"

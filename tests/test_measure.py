@@ -1,21 +1,34 @@
 """A group's cases measured side by side: rotated blocks, the stopping rule, the memory fallback,
-the forms a group shares, --max-minutes and the progress lines."""
+the forms a group shares, --max-minutes and the progress lines.
+
+The sweeps here run their cases' runners in this process (InProcessWorker): what is tested is the
+sweep's scheduling and records. A test that needs a worker to misbehave gives the sweep a worker
+type of its own; the process-based worker's faults are tested with real processes (and here, a
+case that crashes among others)."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import environment, measure, report, stats
-from bench.measure import CaseSkipped, Sweep, rotation
+from bench import environment, report, stats
 from bench.runners import RunConfig
-from bench.workers import Worker, leftover_processes
+from bench.sweep import CaseFailure, CaseSkipped, Sweep, capacity, case_setup, cold, estimates, form_choices
+from bench.sweep.in_process_worker import InProcessWorker
+from bench.sweep.kept_files import KeptFiles
+from bench.sweep.process_worker import ProcessWorker, leftover_processes
+from bench.sweep.references import load_reference, save_reference
+from bench.sweep.rounds import BLOCKS_PER_WORKER, rotation
+from bench.sweep.worker import WorkerError
+from impls.files import seal_problem
 from impls.spec import UNetSpec
+from tests import faults
 from tests.fakes import FakeBenchmark
 
 SPEC = UNetSpec(width=4, depth=2)
@@ -29,32 +42,56 @@ def _cases(*paths: str, size: int = 16) -> list[RunConfig]:
 
 
 @pytest.fixture
-def sweep(tmp_path, monkeypatch) -> Sweep:
+def make_sweep(tmp_path, monkeypatch) -> Callable[..., Sweep]:
+    """Sweeps with quick settings, their workers in this process; ``options`` change any."""
     monkeypatch.setattr(environment, "peak_tflops", lambda *a: 1.0)  # not what is tested here
-    return Sweep(
-        progress_file=tmp_path / "progress.jsonl",
-        compile_cache=tmp_path / "cache",
-        min_rounds=4,
-        max_time=0.05,
-        replicates=1,  # each replicate restarts every worker: the test that needs more asks for them
-        max_replicates=1,  # likewise: no worker is added for an undecided comparison unless asked
-        announce=lambda line: None,
-    )
+
+    def make(**options) -> Sweep:
+        quick = {
+            "progress_file": tmp_path / "progress.jsonl",
+            "compile_cache": tmp_path / "cache",
+            "min_rounds": 4,
+            "max_time": 0.05,
+            "replicates": 1,  # each replicate restarts every worker: the test that needs more asks
+            "max_replicates": 1,  # likewise: no worker is added for an undecided comparison unless asked
+            "announce": lambda line: None,
+            "start_worker": InProcessWorker,
+        }
+        return Sweep(**{**quick, **options})
+
+    return make
+
+
+@pytest.fixture
+def sweep(make_sweep) -> Sweep:
+    return make_sweep()
+
+
+class Answering(InProcessWorker):
+    """An in-process worker whose answers to some commands a test gives: ``answer`` returns the
+    reply, or None for the runner's own."""
+
+    def answer(self, command: str, *args) -> object | None:
+        return None
+
+    def request(self, command: str, *args, timeout: float | None = None) -> list:
+        reply = self.answer(command, *args)
+        return super().request(command, *args, timeout=timeout) if reply is None else [reply]
 
 
 def test_rotation_is_a_latin_square() -> None:
     assert [rotation(3, block) for block in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
 
 
-def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(sweep, monkeypatch) -> None:
+def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(make_sweep) -> None:
     calls = []
-    time_round = Sweep.time_round
 
-    def logged(self, worker):
-        calls.append(worker.config.path)
-        return time_round(self, worker)
+    class Logged(Answering):
+        def answer(self, command, *args):
+            if command == "time_calls":
+                calls.append(self.config.path)
 
-    monkeypatch.setattr(Sweep, "time_round", logged)
+    sweep = make_sweep(start_worker=Logged)
     sweep.replicates = sweep.max_replicates = 2
     sweep.min_rounds = 6  # three blocks at least in each replicate
     sweep.cases = _cases("torch-eager", "torch-plain", "jax")
@@ -78,14 +115,14 @@ def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
     sweep.cases = _cases("torch-eager")
     sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
     quick = sweep.run(sweep.cases[0], FakeBenchmark())["stats"]["rounds"]
-    fewest = max(measure.BLOCKS_PER_WORKER, math.ceil(sweep.min_rounds / sweep.replicates))
+    fewest = max(BLOCKS_PER_WORKER, math.ceil(sweep.min_rounds / sweep.replicates))
     assert quick == sweep.replicates * fewest
     sweep.replicates = 1
     sweep.cases = _cases("torch-eager", size=32)
     sweep.max_time, sweep.target_ci = 0.3, 1e-9  # never met: time decides
     seconds = sweep.run(sweep.cases[0], FakeBenchmark())["rounds_seconds"]
     assert len(seconds) >= sweep.min_rounds
-    fewest = max(measure.BLOCKS_PER_WORKER, sweep.min_rounds)
+    fewest = max(BLOCKS_PER_WORKER, sweep.min_rounds)
     assert len(seconds) == fewest or sum(seconds[:-1]) < sweep.max_time  # it stopped in time
     if max(seconds) < sweep.max_time / (2 * fewest):  # quick rounds: time for more
         assert len(seconds) > fewest
@@ -93,7 +130,7 @@ def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
 
 def test_a_group_that_does_not_fit_is_measured_in_parts(sweep, monkeypatch) -> None:
     monkeypatch.setattr(environment, "memory_bytes", lambda device: 1)
-    monkeypatch.setattr(measure, "memory_problem", lambda config: None)  # each fits alone, by its estimate
+    monkeypatch.setattr(capacity, "memory_problem", lambda config: None)  # each fits alone, by its estimate
     sweep.cases = _cases("torch-eager", "jax")
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
     assert [r["status"] for r in records] == ["ok", "ok"]
@@ -115,28 +152,32 @@ def test_untimed_torch_compile_uses_the_forms_torch_eager_chose_for_the_group(sw
     assert not torch_forms["earlier_run"]
     assert set(torch_forms["seconds"]["memory_format"]) == {"channels_last", "contiguous"}
     # a later run on the same versions, code and device takes the same choice, not a new draw
-    again = Sweep(compile_cache=sweep.compile_cache, timing=False, cases=sweep.cases[:1])
+    again = Sweep(
+        compile_cache=sweep.compile_cache, timing=False, cases=sweep.cases[:1], start_worker=InProcessWorker
+    )
     record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["forms"]["torch"]["earlier_run"]
     assert record["forms"]["torch"]["chosen"] == torch_forms["chosen"]
     assert record["settings"]["memory_format_seconds"] is None
 
 
-def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep, monkeypatch) -> None:
+def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(make_sweep, monkeypatch) -> None:
     # torch eager stands in for a compiled path: the mechanism is tested, without minutes of compiling
-    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("memory_format", "upconv")})
-    monkeypatch.setattr(measure, "compiles_nothing", lambda path: False)
+    monkeypatch.setattr(form_choices, "OWN_FORMS", {"torch-eager": ("memory_format", "upconv")})
+    monkeypatch.setattr(case_setup, "compiles_nothing", lambda path: False)
     seconds = {"channels_last": 0.02, "contiguous": 0.01}
     calls: list[str] = []
 
-    def time_round(self, worker) -> float:
-        calls.append(worker.config.memory_format)
-        return seconds[worker.config.memory_format]
+    class Timed(Answering):
+        def answer(self, command, *args):
+            if command == "time_calls":
+                calls.append(self.config.memory_format)
+                return [seconds[self.config.memory_format]]
 
-    monkeypatch.setattr(Sweep, "time_round", time_round)
+    sweep = make_sweep(start_worker=Timed)
     sweep.cases = _cases("torch-eager")
     record = sweep.run(sweep.cases[0], FakeBenchmark())
-    rounds = measure.OWN_FORM_ROUNDS
+    rounds = cold.OWN_FORM_ROUNDS
     assert calls[: 2 * rounds] == ["channels_last", "contiguous"] * rounds  # the two cold workers in turn
     assert set(calls[2 * rounds :]) == {"contiguous"}  # then the chosen form alone
     choice = record["forms"]["torch-eager"]
@@ -152,41 +193,42 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(sweep,
     assert kept == {folder.name}  # the slower form's caches are gone
     # the next run keeps the choice and its cold figure: no cold workers, no rounds of the other form
     calls.clear()
-    again = Sweep(compile_cache=sweep.compile_cache, cases=sweep.cases, min_rounds=2, max_time=0.01)
+    again = Sweep(
+        compile_cache=sweep.compile_cache, cases=sweep.cases, min_rounds=2, max_time=0.01, start_worker=Timed
+    )
     record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["compile_cold_reused"] and record["forms"]["torch-eager"]["earlier_run"]
     assert record["compile_folder"] == str(folder) and set(calls) == {"contiguous"}
 
 
 def test_a_compiled_path_whose_up_conv_form_and_freezing_lose_compiles_the_winners_cold(
-    sweep, monkeypatch
+    make_sweep, monkeypatch
 ) -> None:
     """A compiled path times its up-conv forms and (compiled inference on a CPU) freezing after its
     cold call (so as not to warm it); where the forms it was built in lose, the winners' cold call
     is measured in one fresh worker. (torch eager stands in for torch-compile, freezing put into its
     settings: the mechanism is tested, without minutes of compiling.)"""
-    monkeypatch.setattr(measure, "OWN_FORMS", {"torch-eager": ("upconv", "freezing")})
-    monkeypatch.setattr(measure, "compiles_nothing", lambda path: False)
+    monkeypatch.setattr(form_choices, "OWN_FORMS", {"torch-eager": ("upconv", "freezing")})
+    monkeypatch.setattr(case_setup, "compiles_nothing", lambda path: False)
     built: list[tuple[str, str]] = []
     timed: dict[str, float] = {}
-    real_connect, real_call = Worker.connect, Worker.call
 
-    def connect(self):
-        real_connect(self)
-        self.settings["freezing"] = "off" if self.config.freezing == "auto" else self.config.freezing
+    class Freezing(Answering):
+        def connect(self):
+            super().connect()
+            self.settings["freezing"] = "off" if self.config.freezing == "auto" else self.config.freezing
 
-    def call(self, command: str, *args):
-        if command == "first_call":
-            built.append((self.settings["upconv"], self.settings["freezing"]))
-        if command == "upconv_forms":  # the form the worker was built in loses
-            timed.update({self.settings["upconv"]: 2.0, OTHER_FORM[self.settings["upconv"]]: 1.0})
-            return dict(timed)
-        if command == "freezing_forms":
-            return {"on": 1.0, "off": 2.0}
-        return real_call(self, command, *args)
+        def answer(self, command, *args):
+            if command == "first_call":
+                built.append((self.settings["upconv"], self.settings["freezing"]))
+            if command == "upconv_forms":  # the form the worker was built in loses
+                timed.update({self.settings["upconv"]: 2.0, OTHER_FORM[self.settings["upconv"]]: 1.0})
+                return dict(timed)
+            if command == "freezing_forms":
+                return {"on": 1.0, "off": 2.0}
+            return None
 
-    monkeypatch.setattr(Worker, "connect", connect)
-    monkeypatch.setattr(Worker, "call", call)
+    sweep = make_sweep(start_worker=Freezing)
     sweep.cases = _cases("torch-eager")
     record = sweep.run(sweep.cases[0], FakeBenchmark())
     winner = OTHER_FORM[built[0][0]]
@@ -197,7 +239,7 @@ def test_a_compiled_path_whose_up_conv_form_and_freezing_lose_compiles_the_winne
     assert choice["chosen"] == {"upconv": winner, "freezing": "on"}
     assert choice["seconds"] == {"upconv": timed, "freezing": {"on": 1.0, "off": 2.0}}
     native = sweep.cases[0].replace(upconv="native", freezing="off")
-    given = Sweep(compile_cache=sweep.compile_cache / "given", cases=[native])
+    given = Sweep(compile_cache=sweep.compile_cache / "given", cases=[native], start_worker=Freezing)
     built.clear()
     assert given.run(given.cases[0], FakeBenchmark())["settings"]["upconv"] == "native"
     assert set(built) == {("native", "off")}  # a form given is never timed
@@ -222,7 +264,7 @@ def test_max_minutes_skips_the_cases_not_begun(sweep) -> None:
 
 def test_estimates_take_earlier_runs_less_a_cold_compile_still_reusable(sweep, tmp_path, monkeypatch) -> None:
     sweep.cases = _cases("jax")
-    assert sweep.remaining() == (measure.GUESS_SECONDS["cpu"], 1)
+    assert sweep.remaining() == (estimates.GUESS_SECONDS["cpu"], 1)
     record = sweep.run(sweep.cases[0], FakeBenchmark())
     later = Sweep(compile_cache=tmp_path / "cache", cases=sweep.cases)
     seconds, guessed = later.remaining()
@@ -232,11 +274,12 @@ def test_estimates_take_earlier_runs_less_a_cold_compile_still_reusable(sweep, t
     assert later.remaining() == (record["case_wall_seconds"], 0)
 
 
-def test_a_case_that_fails_in_a_group_fails_alone(sweep, monkeypatch) -> None:
-    monkeypatch.setenv("UNET_BENCH_FAULT", "rank=0,path=jax,command=first_call,action=exit")
+def test_a_case_that_fails_in_a_group_fails_alone(make_sweep, monkeypatch) -> None:
+    faults.inject(monkeypatch, "rank=0,path=jax,command=first_call,action=exit")
+    sweep = make_sweep(start_worker=ProcessWorker)  # a worker process that exits
     sweep.cases = _cases("torch-eager", "jax", "torch-plain")
     eager = sweep.run(sweep.cases[0], FakeBenchmark())
-    with pytest.raises(measure.CaseFailure, match="exited with code 3"):
+    with pytest.raises(CaseFailure, match="exited with code 3"):
         sweep.run(sweep.cases[1], FakeBenchmark())
     plain = sweep.run(sweep.cases[2], FakeBenchmark())
     assert (eager["status"], plain["status"]) == ("ok", "ok")
@@ -248,19 +291,19 @@ def test_references_and_records_are_written_whole(tmp_path) -> None:
     """Through impls/files.py: renamed into place once complete, no temporary file left beside them."""
     reference = {"logits": np.arange(6.0).reshape(2, 3), "gradients": {"conv.weight": np.ones(3)}}
     file = tmp_path / "references" / "key.npz"
-    measure._save_reference(file, reference, {"logits": 1e-6})
-    loaded, noise = measure._load_reference(file)
+    save_reference(file, reference, {"logits": 1e-6})
+    loaded, noise = load_reference(file)
     np.testing.assert_array_equal(loaded["logits"], reference["logits"])
     np.testing.assert_array_equal(loaded["gradients"]["conv.weight"], np.ones(3))
     assert noise == {"logits": 1e-6}
-    sweep = Sweep(compile_cache=tmp_path / "cache")
-    sweep._write_json(tmp_path / "cache" / "forms.json", {"key": {"chosen": "contiguous"}})
-    assert sweep._read_json(tmp_path / "cache" / "forms.json") == {"key": {"chosen": "contiguous"}}
+    files = KeptFiles(say=lambda line: None)
+    files.write_json(tmp_path / "cache" / "forms.json", {"key": {"chosen": "contiguous"}})
+    assert files.read_json(tmp_path / "cache" / "forms.json") == {"key": {"chosen": "contiguous"}}
     names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert names == ["forms.json", "forms.json.sha256", "key.npz", "key.npz.sha256"]  # each with its digest
 
 
-def test_a_spoiled_cache_entry_is_named_discarded_and_made_again(sweep, tmp_path) -> None:
+def test_a_spoiled_cache_entry_is_named_discarded_and_made_again(sweep, make_sweep, tmp_path) -> None:
     """A reference cut short and a forms file changed by hand, in the compile-cache folder: the next
     run names each, discards it, makes it again and measures the case."""
     sweep.cases = _cases("torch-eager")
@@ -270,32 +313,33 @@ def test_a_spoiled_cache_entry_is_named_discarded_and_made_again(sweep, tmp_path
     forms = tmp_path / "cache" / "forms.json"
     forms.write_text("{")
     said: list[str] = []
-    again = Sweep(
-        compile_cache=tmp_path / "cache", min_rounds=4, max_time=0.05, replicates=1, announce=said.append
-    )
+    again = make_sweep(progress_file=None, announce=said.append)
     again.cases = sweep.cases
     assert again.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
     for file in (reference, forms):
         assert any(line.startswith(f"discarded {file}: its bytes no longer match") for line in said), said
-    assert measure.seal_problem(reference) is None and measure.seal_problem(forms) is None  # made again
+    assert seal_problem(reference) is None and seal_problem(forms) is None  # made again
     assert leftover_processes() == []
 
 
-def _timed_by_worker(monkeypatch, seconds) -> None:
+def _timed_by_worker(seconds) -> type[InProcessWorker]:
     """Rounds of ``seconds(path, worker number)``: each fresh worker of a path gets the next number."""
-    seen: list[Worker] = []  # kept, so that no two workers are told apart by a reused id
+    seen: list[InProcessWorker] = []  # kept, so that no two workers are told apart by a reused id
 
-    def time_round(self, worker) -> float:
-        if not any(w is worker for w in seen):
-            seen.append(worker)
-        return seconds(worker.config.path, next(i for i, w in enumerate(seen) if w is worker))
+    class Timed(Answering):
+        def answer(self, command, *args):
+            if command != "time_calls":
+                return None
+            if not any(w is self for w in seen):
+                seen.append(self)
+            return [seconds(self.config.path, next(i for i, w in enumerate(seen) if w is self))]
 
-    monkeypatch.setattr(Sweep, "time_round", time_round)
+    return Timed
 
 
-def test_a_decided_group_stops_at_the_fewest_workers(sweep, monkeypatch) -> None:
+def test_a_decided_group_stops_at_the_fewest_workers(make_sweep) -> None:
     """An A/A pair whose rounds are identical is equivalent after --replicates workers: no more."""
-    _timed_by_worker(monkeypatch, lambda path, number: 0.01)
+    sweep = make_sweep(start_worker=_timed_by_worker(lambda path, number: 0.01))
     sweep.replicates, sweep.max_replicates, sweep.group_budget = 2, 5, 600.0
     sweep.cases = _cases("torch-eager", "torch-eager+0%")
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
@@ -308,11 +352,11 @@ def test_a_decided_group_stops_at_the_fewest_workers(sweep, monkeypatch) -> None
     assert leftover_processes() == []
 
 
-def test_an_undecided_group_samples_more_workers_until_its_limit_or_budget(sweep, monkeypatch) -> None:
+def test_an_undecided_group_samples_more_workers_until_its_limit_or_budget(make_sweep) -> None:
     """Workers 30% apart at random: the comparison stays inconclusive, so fresh workers are added up
     to --max-replicates; with a budget that one more would overrun, none is added."""
     luck = np.random.default_rng(0).lognormal(0.0, 0.3, 100)
-    _timed_by_worker(monkeypatch, lambda path, number: 0.01 * luck[number])
+    sweep = make_sweep(start_worker=_timed_by_worker(lambda path, number: 0.01 * luck[number]))
     sweep.replicates, sweep.max_replicates, sweep.group_budget = 2, 4, 600.0
     sweep.cases = _cases("torch-eager", "torch-eager+0%")
     record = sweep.run(sweep.cases[0], FakeBenchmark())
@@ -327,23 +371,16 @@ def test_an_undecided_group_samples_more_workers_until_its_limit_or_budget(sweep
     assert leftover_processes() == []
 
 
-def _logged_requests(monkeypatch) -> list[tuple[Worker, str]]:
-    """Every command sent to a worker of the sweep (reference workers included), in order."""
-    sent: list[tuple[Worker, str]] = []
-    request = Worker.request
-
-    def logged(self, command, *args, **kwargs):
-        sent.append((self, command))
-        return request(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(Worker, "request", logged)
-    return sent
-
-
-def test_every_timed_worker_is_checked_and_no_peak_holds_the_gate(sweep, monkeypatch) -> None:
+def test_every_timed_worker_is_checked_and_no_peak_holds_the_gate(make_sweep) -> None:
     """Per worker of a case: the gate before the rounds, then the peak reset (the gate's gradient
     copies out of the figure); each later worker checked after its rounds, its peak read first."""
-    sent = _logged_requests(monkeypatch)
+    sent: list[tuple[InProcessWorker, str]] = []  # every command to a worker, reference workers' too
+
+    class Logged(Answering):
+        def answer(self, command, *args):
+            sent.append((self, command))
+
+    sweep = make_sweep(start_worker=Logged)
     sweep.replicates = sweep.max_replicates = 3
     sweep.cases = [RunConfig(path, SPEC, 16, 2, task="train") for path in ("torch-eager", "jax")]
     records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
@@ -361,52 +398,50 @@ def test_every_timed_worker_is_checked_and_no_peak_holds_the_gate(sweep, monkeyp
                 assert "reset_peak_memory" in commands[checks[-1] : i], commands
 
 
-def test_a_replicate_worker_that_computes_another_function_fails_the_case(sweep, monkeypatch) -> None:
+def test_a_replicate_worker_that_computes_another_function_fails_the_case(make_sweep) -> None:
     """The first worker passes the gate; a later one whose logits are off fails the case."""
-    outputs, checked = Worker.outputs, []
+    checked = []
 
-    def off_after_the_first(self, task, seed=0):
-        found = outputs(self, task, seed)
-        checked.append(self.config.path)
-        if checked.count(self.config.path) > 1 and self.config.path == "jax":
-            found["logits"] = found["logits"] * 1.01
-        return found
+    class OffAfterTheFirst(InProcessWorker):
+        def outputs(self, task, seed=0):
+            found = super().outputs(task, seed)
+            checked.append(self.config.path)
+            if checked.count(self.config.path) > 1 and self.config.path == "jax":
+                found["logits"] = found["logits"] * 1.01
+            return found
 
-    monkeypatch.setattr(Worker, "outputs", off_after_the_first)
+    sweep = make_sweep(start_worker=OffAfterTheFirst)
     sweep.replicates = sweep.max_replicates = 2
     sweep.cases = _cases("torch-eager", "jax")
     assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
-    with pytest.raises(measure.CaseFailure, match=r"jax \(worker 2 of the case\) differs .* logits"):
+    with pytest.raises(CaseFailure, match=r"jax \(worker 2 of the case\) differs .* logits"):
         sweep.run(sweep.cases[1], FakeBenchmark())
     assert leftover_processes() == []
 
 
-def _slowed(monkeypatch, seconds: dict[tuple[str, str], float]) -> None:
-    """Each (path, command) of the sweep's workers ``seconds`` slower, as if the worker took them."""
-    call = Worker.call
+def _slowed(seconds: dict[tuple[str, str], float]) -> type[InProcessWorker]:
+    """Workers whose (path, command)s take ``seconds`` longer, as if the worker took them."""
 
-    def slow(self, command, *args, **kwargs):
-        time.sleep(seconds.get((self.config.path, command), 0.0))
-        return call(self, command, *args, **kwargs)
+    class Slowed(Answering):
+        def answer(self, command, *args):
+            time.sleep(seconds.get((self.config.path, command), 0.0))
 
-    monkeypatch.setattr(Worker, "call", slow)
+    return Slowed
 
 
-def test_the_case_timeout_bounds_all_of_a_cases_phases_together(sweep, monkeypatch) -> None:
+def test_the_case_timeout_bounds_all_of_a_cases_phases_together(make_sweep) -> None:
     """Set-up, rounds and a fresh worker, each 40% of --case-timeout: the case is a timeout (each
     phase under the limit used to pass), and well before twice the limit."""
+    limit = 20.0
+    blocks = BLOCKS_PER_WORKER
+    slowed = {("torch-plain", "first_call"): 0.4 * limit, ("torch-plain", "time_calls"): 0.4 * limit / blocks}
+    sweep = make_sweep(start_worker=_slowed(slowed))
     sweep.cases = _cases("torch-eager")  # the reference computed and kept first, outside the limit
     assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
-    limit = 20.0
     sweep.case_timeout, sweep.replicates, sweep.max_replicates = limit, 2, 2
-    blocks = measure.BLOCKS_PER_WORKER
-    _slowed(
-        monkeypatch,
-        {("torch-plain", "first_call"): 0.4 * limit, ("torch-plain", "time_calls"): 0.4 * limit / blocks},
-    )
     sweep.cases = _cases("torch-plain")
     started = time.monotonic()
-    with pytest.raises(measure.CaseFailure):
+    with pytest.raises(CaseFailure):
         sweep.run(sweep.cases[0], FakeBenchmark())
     record = sweep.records[-1]
     assert record["status"] == "timeout" and "--case-timeout" in record["message"]
@@ -415,11 +450,13 @@ def test_the_case_timeout_bounds_all_of_a_cases_phases_together(sweep, monkeypat
     assert leftover_processes() == []
 
 
-def test_the_other_paths_rounds_are_not_a_cases_time(sweep, monkeypatch) -> None:
+def test_the_other_paths_rounds_are_not_a_cases_time(make_sweep) -> None:
     """Interleaved with a path whose rounds take the whole limit between them, a fast case is ok."""
     limit = 12.0
+    sweep = make_sweep(
+        start_worker=_slowed({("torch-eager+0%", "time_calls"): 1.2 * limit / BLOCKS_PER_WORKER})
+    )
     sweep.case_timeout = limit
-    _slowed(monkeypatch, {("torch-eager+0%", "time_calls"): 1.2 * limit / measure.BLOCKS_PER_WORKER})
     sweep.cases = _cases("torch-plain", "torch-eager+0%")
     record = sweep.run(sweep.cases[0], FakeBenchmark())
     assert record["status"] == "ok"
@@ -427,24 +464,21 @@ def test_the_other_paths_rounds_are_not_a_cases_time(sweep, monkeypatch) -> None
     assert leftover_processes() == []
 
 
-def test_compiled_code_that_does_not_load_is_compiled_again_once(sweep, tmp_path, monkeypatch) -> None:
+def test_compiled_code_that_does_not_load_is_compiled_again_once(sweep, make_sweep) -> None:
     """The next run's worker fails on what an earlier run compiled: the case's folder is cleared, the
     case compiled cold again and measured."""
     sweep.cases = _cases("jax")
     assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
-    call, failed = Worker.call, []
+    failed = []
 
-    def failing_once(self, command, *args, **kwargs):
-        if command == "first_call" and not failed and (Path(self.compile_cache) / "cold.json").exists():
-            failed.append(self.compile_cache)
-            raise measure.WorkerError("error", "RuntimeError: a corrupt cache entry\n(traceback)")
-        return call(self, command, *args, **kwargs)
+    class FailingOnce(Answering):
+        def answer(self, command, *args):
+            if command == "first_call" and not failed and (Path(self.compile_cache) / "cold.json").exists():
+                failed.append(self.compile_cache)
+                raise WorkerError("error", "RuntimeError: a corrupt cache entry\n(traceback)")
 
-    monkeypatch.setattr(Worker, "call", failing_once)
     said: list[str] = []
-    again = Sweep(
-        compile_cache=tmp_path / "cache", min_rounds=4, max_time=0.05, replicates=1, announce=said.append
-    )
+    again = make_sweep(progress_file=None, announce=said.append, start_worker=FailingOnce)
     again.cases = sweep.cases
     record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["status"] == "ok" and len(failed) == 1
@@ -475,18 +509,18 @@ def test_a_peak_probe_that_fails_leaves_the_cases_measured(sweep, monkeypatch, t
 
 
 def test_a_case_that_cannot_fit_is_recorded_without_a_worker_and_the_group_goes_on(
-    sweep, monkeypatch
+    make_sweep, monkeypatch
 ) -> None:
-    """Its estimate (measure.needed_bytes) above what the device has free: out-of-memory, not started."""
-    real = measure.needed_bytes
-    monkeypatch.setattr(measure, "needed_bytes", lambda c: 2**50 if c.path == "torch-plain" else real(c))
+    """Its estimate (capacity.needed_bytes) above what the device has free: out-of-memory, not started."""
+    real = capacity.needed_bytes
+    monkeypatch.setattr(capacity, "needed_bytes", lambda c: 2**50 if c.path == "torch-plain" else real(c))
     started = []
-    monkeypatch.setattr(
-        measure, "Worker", lambda config, **kw: started.append(config.path) or Worker(config, **kw)
+    sweep = make_sweep(
+        start_worker=lambda config, **kw: started.append(config.path) or InProcessWorker(config, **kw)
     )
     sweep.cases = _cases("torch-eager", "torch-plain")
     assert sweep.run(sweep.cases[0], FakeBenchmark())["status"] == "ok"
-    with pytest.raises(measure.CaseFailure, match=r"^not started: "):
+    with pytest.raises(CaseFailure, match=r"^not started: "):
         sweep.run(sweep.cases[1], FakeBenchmark())
     by_path = {r["case"]["path"]: r for r in sweep.records}
     refused = by_path["torch-plain"]

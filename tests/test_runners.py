@@ -16,7 +16,7 @@ import torch
 from flax import nnx
 
 from bench import gate
-from bench.runners import PATHS, PLAIN_PATHS, RunConfig, forms, make_runner, torch_runner
+from bench.runners import PATHS, PLAIN_PATHS, RunConfig, form_timing, make_runner, torch_runner
 from bench.runners.config import calibration_effect, calibration_path, competes, framework
 from bench.runners.torch_precision import conv_fp32_precision
 from bench.runners.worker import Service
@@ -333,7 +333,7 @@ def test_memory_format_auto_takes_the_faster_whole_step_on_throw_away_runners(ta
     runner = _torch_runner(task=task)
     seconds = runner.settings["memory_format_seconds"]
     assert set(seconds) == {"channels_last", "contiguous"} and min(seconds.values()) > 0
-    assert runner.settings["memory_format"] == forms.fastest(seconds)
+    assert runner.settings["memory_format"] == form_timing.fastest(seconds)
     assert runner.settings["memory_format_timed"].startswith("eager whole step")
     # the case's own model and optimizer never saw the timing
     assert not runner.optimizer.state
@@ -383,11 +383,11 @@ def test_time_forms_takes_turns_and_keeps_each_forms_best(monkeypatch) -> None:
 
         return run
 
-    monkeypatch.setattr(forms, "time", SimpleNamespace(perf_counter=lambda: clock.now))
-    seconds = forms.time_forms({"a": form("a"), "b": form("b")})
-    assert clock.calls == ["a", "b"] * (forms.WARM_UP + forms.REPEATS)
+    monkeypatch.setattr(form_timing, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    seconds = form_timing.time_forms({"a": form("a"), "b": form("b")})
+    assert clock.calls == ["a", "b"] * (form_timing.WARM_UP + form_timing.REPEATS)
     assert seconds == {"a": 1.0, "b": 4.0}
-    assert forms.fastest(seconds) == "a"
+    assert form_timing.fastest(seconds) == "a"
 
 
 @pytest.mark.parametrize("backward", [False, True])

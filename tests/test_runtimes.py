@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from bench import environment
-from bench.measure import CaseSkipped, Sweep
 from bench.runners import RunConfig, make_runner
 from bench.runners import config as run_config
 from bench.runners.config import NotApplicable, framework, unavailable
 from bench.runners.runtime_runner import EXPORT_DIR
-from bench.workers import Worker, status_of
+from bench.sweep import CaseSkipped, Sweep
+from bench.sweep.process_worker import ProcessWorker
+from bench.sweep.worker import status_of
 from impls.checks import err
 from impls.spec import UNetSpec
 from tests.fakes import FakeBenchmark
@@ -126,7 +127,7 @@ def test_the_sweep_records_what_cannot_run_and_starts_no_worker_for_it(sweep, mo
     def no_worker(*args, **kwargs):
         raise AssertionError("a worker was started")
 
-    monkeypatch.setattr(Worker, "__init__", no_worker)
+    monkeypatch.setattr(ProcessWorker, "__init__", no_worker)
     sweep.cases = [
         RunConfig("onnxruntime", SPEC, SIZE, BATCH, task="train"),
         RunConfig("openvino", SPEC, SIZE, BATCH, task="infer"),

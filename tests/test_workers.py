@@ -1,6 +1,6 @@
 """Every case in worker processes: faults recorded and survived, caches that work, nothing left behind.
 
-Faults are injected for real (bench/runners/worker.py's UNET_BENCH_FAULT): a
+Faults are injected for real (tests/faults/, around the worker's commands): a
 worker killed by a signal, one that exits, one whose allocation fails, one
 that hangs; and a whole sweep stopped by SIGTERM, SIGINT or SIGKILL.
 """
@@ -19,11 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import environment, report, workers
-from bench.measure import CaseFailure, Sweep, cache_key
+from bench import environment, report
+from bench.keys import compile_folder_key
 from bench.runners import RunConfig
-from bench.workers import OWNER_MARKER, Worker, WorkerError, leftover_processes
+from bench.sweep import CaseFailure, Sweep, process_worker
+from bench.sweep.process_worker import OWNER_MARKER, ProcessWorker, leftover_processes
+from bench.sweep.worker import WorkerError
 from impls.spec import UNetSpec
+from tests import faults
 from tests.fakes import FakeBenchmark
 
 ROOT = Path(__file__).parent.parent
@@ -49,20 +52,20 @@ def test_each_fault_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> 
         case_timeout=25,
         timing=False,
     )
-    faults = {
+    expected = {
         "signal": ("crashed", "was killed by SIGSEGV during 'first_call'"),
         "exit": ("crashed", "exited with code 3 during 'first_call'"),
         "oom": ("out-of-memory", "MemoryError: Unable to allocate"),
         "hang": ("timeout", "did not answer 'first_call' within the case's time limit (--case-timeout)"),
     }
-    for action in faults:
-        monkeypatch.setenv("UNET_BENCH_FAULT", f"rank=0,path=jax,command=first_call,action={action}")
-        assert _run(sweep, _case("jax")) == faults[action][0]
+    for action in expected:
+        faults.inject(monkeypatch, f"rank=0,path=jax,command=first_call,action={action}")
+        assert _run(sweep, _case("jax")) == expected[action][0]
         assert _run(sweep, _case("torch-eager")) == "ok"  # the next case still runs
         assert leftover_processes() == []
     records = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in records] == [s for status, _ in faults.values() for s in (status, "ok")]
-    for record, (status, message) in zip(records[::2], faults.values(), strict=True):
+    assert [r["status"] for r in records] == [s for status, _ in expected.values() for s in (status, "ok")]
+    for record, (status, message) in zip(records[::2], expected.values(), strict=True):
         assert message in record["message"], record["message"]
         if status != "out-of-memory":  # the worker's own report, else the end of its log
             assert "injected fault" in record["message"], record["message"]
@@ -70,9 +73,10 @@ def test_each_fault_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> 
 
 def test_a_kill_by_the_kernels_oom_killer_is_out_of_memory(tmp_path, monkeypatch) -> None:
     kills = iter(range(100))
-    monkeypatch.setattr(workers, "oom_kills", lambda: next(kills))  # one more kill at every reading
-    monkeypatch.setenv("UNET_BENCH_FAULT", "rank=0,command=noop,action=signal")
-    with Worker(_case("torch-eager"), compile_cache=tmp_path) as worker, pytest.raises(WorkerError) as info:
+    monkeypatch.setattr(process_worker, "oom_kills", lambda: next(kills))  # one more kill at every reading
+    faults.inject(monkeypatch, "rank=0,command=noop,action=signal")
+    worker = ProcessWorker(_case("torch-eager"), compile_cache=tmp_path)
+    with worker, pytest.raises(WorkerError) as info:
         worker.call("noop")
     assert info.value.status == "out-of-memory"
     assert "killed by the kernel's OOM killer" in str(info.value)
@@ -81,7 +85,7 @@ def test_a_kill_by_the_kernels_oom_killer_is_out_of_memory(tmp_path, monkeypatch
 def test_a_case_that_cannot_be_built_is_an_error_not_a_crash(tmp_path) -> None:
     broken = _case("torch-eager").replace(weights_file=str(tmp_path / "missing.safetensors"))
     with pytest.raises(WorkerError, match="failed build the case") as info:
-        Worker(broken, compile_cache=tmp_path)
+        ProcessWorker(broken, compile_cache=tmp_path)
     assert info.value.status == "error"
     assert leftover_processes() == []
 
@@ -93,7 +97,7 @@ def test_the_cached_compile_is_clearly_below_the_cold_one(tmp_path, path: str) -
     seconds = []
     case = _case(path).replace(upconv="native")  # "auto" may pick the other form, another graph, each time
     for _ in range(2):
-        with Worker(case, compile_cache=tmp_path) as worker:
+        with ProcessWorker(case, compile_cache=tmp_path) as worker:
             seconds.append(worker.call("first_call"))
     cold, cached = seconds
     assert cached < 0.6 * cold, f"{path}: cold {cold:.2f} s, from the caches {cached:.2f} s"
@@ -101,10 +105,10 @@ def test_the_cached_compile_is_clearly_below_the_cold_one(tmp_path, path: str) -
 
 def test_a_worker_imports_only_its_own_framework(tmp_path) -> None:
     weights = tmp_path / "weights.safetensors"
-    with Worker(_case("torch-eager"), compile_cache=tmp_path) as worker:
+    with ProcessWorker(_case("torch-eager"), compile_cache=tmp_path) as worker:
         worker.call("write_initial_weights", str(weights))
         assert worker.call("modules") == ["torch"]
-    with Worker(_case("jax").replace(weights_file=str(weights)), compile_cache=tmp_path) as worker:
+    with ProcessWorker(_case("jax").replace(weights_file=str(weights)), compile_cache=tmp_path) as worker:
         assert worker.call("modules") == ["jax"]
 
 
@@ -113,7 +117,7 @@ def test_every_worker_runs_with_the_allocator_settings_the_run_records(tmp_path,
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "268435456")  # a user's own value is kept
     recorded = environment.describe("cpu")["allocator"]
     assert recorded == {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": "268435456"}
-    with Worker(_case("torch-eager"), compile_cache=tmp_path):
+    with ProcessWorker(_case("torch-eager"), compile_cache=tmp_path):
         (process,) = leftover_processes()  # the live worker, started by this process
         seen = process.environ()
     assert {name: seen.get(name) for name in recorded} == recorded
@@ -149,7 +153,7 @@ def _benchmark_command(tmp_path: Path, paths: str, sizes: str) -> list[str]:
 def _sweep(tmp_path: Path) -> subprocess.Popen:
     """A benchmark run of two groups of two cases; the second group's jax case hangs at its first call."""
     fault = f"rank=0,path=jax,size={2 * SIZE},command=first_call,action=hang"
-    env = {**os.environ, "UNET_BENCH_FAULT": fault}
+    env = {**os.environ, **faults.environment(fault)}
     command = _benchmark_command(tmp_path, "torch-eager,jax", f"{SIZE},{2 * SIZE}")
     # Ctrl-C's default action restored: a shell starts background jobs (`make test &`) with SIGINT
     # ignored, which their children inherit, and the SIGINT case would then wait in vain.
@@ -283,12 +287,12 @@ def test_a_run_whose_probes_are_killed_measures_its_cases_without_their_figures(
 def test_each_case_has_its_own_compile_folder() -> None:
     infer = _case("jax", "infer")
     keys = {
-        "infer": cache_key(infer, "cpu"),
-        "tiled": cache_key(infer.replace(task="tiled", image_size=64), "cpu"),
-        "train": cache_key(_case("jax"), "cpu"),
-        "torch": cache_key(infer.replace(path="torch-compile"), "cpu"),
-        "other file": cache_key(infer.replace(weights_file="/elsewhere.safetensors"), "cpu"),
-        "other device": cache_key(infer, "another cpu"),
+        "infer": compile_folder_key(infer, "cpu"),
+        "tiled": compile_folder_key(infer.replace(task="tiled", image_size=64), "cpu"),
+        "train": compile_folder_key(_case("jax"), "cpu"),
+        "torch": compile_folder_key(infer.replace(path="torch-compile"), "cpu"),
+        "other file": compile_folder_key(infer.replace(weights_file="/elsewhere.safetensors"), "cpu"),
+        "other device": compile_folder_key(infer, "another cpu"),
     }
     assert keys["infer"] == keys["other file"]
     assert len({keys[k] for k in ("infer", "tiled", "train", "torch", "other device")}) == 5
@@ -311,7 +315,7 @@ def test_a_worker_that_cannot_start_says_why_in_its_first_line(tmp_path, monkeyp
     names the flag, not only the signal."""
     monkeypatch.setenv("XLA_FLAGS", "--xla_no_such_flag")
     with pytest.raises(WorkerError) as info:
-        Worker(_case("jax"), compile_cache=tmp_path)
+        ProcessWorker(_case("jax"), compile_cache=tmp_path)
     first = str(info.value).splitlines()[0]
     assert info.value.status == "crashed"
     assert first.endswith(": Unknown flag in XLA_FLAGS: --xla_no_such_flag"), first

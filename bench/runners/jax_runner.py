@@ -15,7 +15,7 @@ from flax import nnx
 
 from bench import memory
 from bench.device_names import cuda_index
-from bench.runners import forms
+from bench.runners import form_timing
 from bench.runners.config import ADAM_BETAS, ADAM_EPS, RunConfig
 from bench.runners.styles import SingleDevice, style
 from bench.runners.workload import SEED, batch, workload
@@ -62,7 +62,7 @@ class JaxRunner:
         upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto":
             upconv_seconds = self.upconv_forms()
-            upconv = forms.fastest(upconv_seconds)
+            upconv = form_timing.fastest(upconv_seconds)
         self.work = workload(config)
 
         abstract = flax_unet.abstract(
@@ -260,7 +260,7 @@ def time_upconv_forms(
 ) -> dict[str, float]:
     """Seconds for the largest up-conv in each exact form, jitted: its forward and backward where
     the case trains (``backward``), its forward alone where it infers."""
-    shape = forms.largest_upconv(spec, size)
+    shape = form_timing.largest_upconv(spec, size)
     if shape is None:
         return {"native": 0.0}
     cin, cout, side = shape
@@ -279,4 +279,4 @@ def time_upconv_forms(
         runs[form] = functools.partial(
             lambda step, params: jax.block_until_ready(step(params, x)), step, jax.device_put(params, device)
         )
-    return forms.time_forms(runs)  # the warm-up call compiles
+    return form_timing.time_forms(runs)  # the warm-up call compiles

@@ -13,8 +13,6 @@ Runtime or OpenVINO worker imports no torch at all.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import environment, memory
+from bench import environment, keys, memory
 from bench.device_names import cuda_index
 from bench.runners.config import NotApplicable, RunConfig
 from bench.runners.workload import SEED, batch, workload
@@ -234,18 +232,7 @@ ENGINES = {"onnxruntime": OnnxRuntime, "openvino": OpenVino, "torch-aoti": Torch
 
 def artifact_name(config: RunConfig, suffix: str) -> str:
     """A name that changes with everything the exported file depends on: the case and the code."""
-    key = json.dumps(
-        [
-            config.path,
-            config.spec.to_json(),
-            config.batch,
-            config.size,
-            config.precision,
-            config.device,
-            environment.code_hash(),
-        ]
-    )
-    return f"{config.path}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+    return f"{config.path}-{keys.export_key(config)}{suffix}"
 
 
 class RuntimeRunner:
@@ -281,10 +268,7 @@ class RuntimeRunner:
     def _checkpoint(self) -> Path:
         if self.config.weights_file is not None:
             return Path(self.config.weights_file)
-        file = (
-            self.folder
-            / f"weights-{hashlib.sha256(self.config.spec.to_json().encode()).hexdigest()[:16]}.safetensors"
-        )
+        file = self.folder / f"weights-{keys.spec_key(self.config.spec)}.safetensors"
         convert.save(file, self.work.weights, self.config.spec)
         return file
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bench import memory
-from bench.runners import forms
+from bench.runners import form_timing
 from bench.runners.config import ADAM_BETAS, ADAM_EPS, RunConfig, calibration_effect, freezing_applies
 from bench.runners.styles import SingleDevice, style
 from bench.runners.torch_precision import conv_fp32_precision, set_precision
@@ -76,7 +76,7 @@ class TorchRunner:
         upconv, upconv_seconds = self.style.upconv, None
         if upconv == "auto" and self.compile_mode is None:
             upconv_seconds = self.upconv_forms()
-            upconv = forms.fastest(upconv_seconds)
+            upconv = form_timing.fastest(upconv_seconds)
         elif upconv == "auto":
             # A compiled path's forms are timed compiled, after its cold first call (upconv_forms,
             # bench/measure.py): compiling them first would warm inductor and shorten that figure.
@@ -173,7 +173,7 @@ class TorchRunner:
         for form, infer in compiled.items():
             infer = infer or self._compiled_infer(form == "on")
             runs[form] = functools.partial(self._infer_once, infer)
-        return forms.time_forms(runs)
+        return form_timing.time_forms(runs)
 
     def _infer_once(self, infer: Callable) -> None:
         infer(self.images)
@@ -189,7 +189,7 @@ class TorchRunner:
         )
         seconds = time_memory_formats(eager)
         self.reset_peak_memory()  # the throw-away runners' memory is no part of the case's peak
-        return self.placement.agree(forms.fastest(seconds)), seconds
+        return self.placement.agree(form_timing.fastest(seconds)), seconds
 
     # -- the step functions; compiled whole when the path compiles --------------
 
@@ -362,9 +362,9 @@ class CalibrationLoad:
         """How many slices take ``effect`` of ``call``'s time, from both timed in turn here: a first
         guess from one slice, then the guessed run of slices timed whole (a lone slice pays its
         start-up each time; the pilot's first guesses added 60-75% of the nominal work)."""
-        seconds = forms.time_forms({"call": call, "slice": functools.partial(self._slices, 1)})
+        seconds = form_timing.time_forms({"call": call, "slice": functools.partial(self._slices, 1)})
         guess = max(1, round(effect * seconds["call"] / seconds["slice"]))
-        run = forms.time_forms({"call": call, "slices": functools.partial(self._slices, guess)})
+        run = form_timing.time_forms({"call": call, "slices": functools.partial(self._slices, guess)})
         repeats = round(effect * guess * run["call"] / run["slices"])
         return repeats, {"call": run["call"], f"{guess} slices": run["slices"]}
 
@@ -402,7 +402,7 @@ def time_upconv_forms(
     """Seconds for the largest up-conv in each exact form, run as the case runs it: compiled
     (each form its own compile, in the warm-up call) where the path compiles, its backward where
     the case trains. Compiled code's best form need not be eager's."""
-    shape = forms.largest_upconv(timing.spec, timing.size)
+    shape = form_timing.largest_upconv(timing.spec, timing.size)
     if shape is None:
         return {"native": 0.0}
     cin, cout, side = shape
@@ -427,7 +427,7 @@ def time_upconv_forms(
         if timing.compile_mode is not None:
             module = torch.compile(module, mode=timing.compile_mode)
         runs[form] = functools.partial(run, module)
-    return forms.time_forms(runs)
+    return form_timing.time_forms(runs)
 
 
 @functools.cache
@@ -437,7 +437,7 @@ def time_memory_formats(config: RunConfig) -> dict[str, float]:
     state never see it."""
     runners = {form: TorchRunner(config.replace(memory_format=form)) for form in TORCH_MEMORY_FORMATS}
     call = "train_step" if config.task == "train" else "infer"
-    seconds = forms.time_forms({form: getattr(runner, call) for form, runner in runners.items()})
+    seconds = form_timing.time_forms({form: getattr(runner, call) for form, runner in runners.items()})
     runners.clear()
     gc.collect()  # a runner refers to itself (its step methods): freed now, before the case's model
     return seconds

@@ -15,12 +15,8 @@ Without a controller ``address`` it runs standalone, as on several hosts under
 torchrun's rendezvous or ``jax.distributed``: two warm-up steps, then
 ``steps`` timed ones, and rank 0 writes their seconds to ``out``.
 
-``UNET_BENCH_FAULT`` (tests only), "rank=R,path=P,command=C,action=A", makes
-rank R of a path-P worker fail at command C (``start`` for start-up); any other
-RunConfig field narrows it further (``size=32``):
-``exit`` (code 3), ``hang``, ``signal`` (SIGSEGV), ``oom`` (an allocation
-that fails). A worker dies with the process that started it, whatever it is
-doing (Linux's parent-death signal).
+A worker dies with the process that started it, whatever it is doing (Linux's
+parent-death signal). Tests inject faults into it from outside (tests/faults/).
 """
 
 from __future__ import annotations
@@ -127,35 +123,10 @@ def warm_up(config: RunConfig) -> None:
     torch.nn.functional.conv2d(torch.ones(1, 2, 8, 8, device=device), w, padding=1).sum().backward()
 
 
-def _fault(rank: int, config: RunConfig) -> tuple[str | None, str | None]:
-    fields = dict(
-        item.split("=", 1) for item in os.environ.get("UNET_BENCH_FAULT", "").split(",") if "=" in item
-    )
-    if int(fields.get("rank", -1)) != rank:
-        return None, None
-    case = config.to_dict()  # any other field names the cases it applies to, e.g. path=jax,size=32
-    if any(str(case[name]) != value for name, value in fields.items() if name in case):
-        return None, None
-    return fields.get("command"), fields.get("action")
-
-
 def _die_with_parent() -> None:
     """SIGKILL this process when the one that started it ends (Linux's PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
-def _inject(rank: int, command: str, action: str | None) -> None:
-    print(f"rank {rank}: injected fault {action!r} at {command!r}", flush=True)
-    if action == "hang":
-        time.sleep(10**6)
-    if action == "signal":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if action == "oom":
-        import numpy as np
-
-        np.ones(1 << 60, np.uint8)  # MemoryError: Unable to allocate 1.00 EiB
-    os._exit(3)
 
 
 def _tiled(runner: Any, seed: int) -> Any:
@@ -254,7 +225,6 @@ class Service:
 
 def serve(connection, service: Service, rank: int) -> int:
     handlers = service.handlers()
-    fault_command, fault_action = _fault(rank, service.config)
     while True:
         try:
             message = connection.recv()
@@ -264,8 +234,6 @@ def serve(connection, service: Service, rank: int) -> int:
         if command == "exit":
             return 0
         try:
-            if command == fault_command:
-                _inject(rank, command, fault_action)
             connection.send({"result": handlers[command](*message.get("args", ()))})
         except Exception as error:  # sent to the controller, which raises it with this rank's name
             traceback.print_exc()
@@ -300,9 +268,6 @@ def main(argv: list[str]) -> int:
         _redirect_output(Path(options["log_dir"]) / f"rank{rank}.log")
     if "address" in options:
         _die_with_parent()
-    fault_command, fault_action = _fault(rank, config)
-    if fault_command == "start":
-        _inject(rank, "start", fault_action)
     _set_environment(config, options.get("compile_cache"))
     if config.framework == "jax":
         _configure_jax(config, options.get("compile_cache"))

@@ -1,18 +1,12 @@
-"""The worker front end: every case runs in fresh worker processes, started, called, timed out and
-ended here.
+"""The process-based worker: every measured case runs in fresh worker processes, started, called,
+timed out and ended here.
 
-``Worker(config)`` starts ``bench.runners.worker`` for one RunConfig (under
+``ProcessWorker(config)`` starts ``bench.runners.worker`` for one RunConfig (under
 torchrun, one process per device, for a data-parallel torch case) and talks
 to it over a local authenticated connection. Every wait is bounded; a worker
-that fails is reported as a ``WorkerError`` whose ``status`` says how:
+that fails is reported as a ``WorkerError`` (bench/sweep/worker.py).
 
-- ``error``: a command raised (its message is quoted);
-- ``not-applicable``: the runner refused the case as one its path cannot run (``NotApplicable``);
-- ``out-of-memory``: the framework said so, or the kernel's OOM killer ended it;
-- ``crashed``: it died (its signal or exit code and the end of its log are quoted);
-- ``timeout``: it did not answer in time (the case's ``--case-timeout`` or a command's limit).
-
-Every process a Worker starts carries a marker in its environment, so that
+Every process a ProcessWorker starts carries a marker in its environment, so that
 ``close`` ends all of them, torchrun's ranks (which it starts in sessions of
 their own) included, whatever state they are in; ``leftover_processes`` finds
 any that outlived their sweep. Imports no framework.
@@ -36,11 +30,11 @@ from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 
 from bench.environment import allocator
-from bench.runners.config import NotApplicable, RunConfig
+from bench.runners.config import RunConfig
+from bench.sweep.worker import Worker, WorkerError, status_of
 
 START_TIMEOUT = 900.0  # seconds for a worker to start, build and connect
 CALL_TIMEOUT = 3600.0  # seconds for one command, compilation included
@@ -48,7 +42,6 @@ LOG_TAIL = 2000  # characters of a failed worker's log quoted in the error
 EXIT_WAIT = 3.0  # seconds a worker asked to exit gets before it is killed
 WORKER_MARKER = "UNET_BENCH_WORKER"  # env: this worker's token
 OWNER_MARKER = "UNET_BENCH_OWNER"  # env: the pid of the process that started it
-OOM_TEXT = ("out of memory", "outofmemory", "resource_exhausted", "memoryerror", "unable to allocate")
 
 
 # The lines of a worker's log that say why it ended: a Python exception's last line, or a fatal
@@ -66,21 +59,6 @@ def _cause(log: str) -> str:
         if _PYTHON_ERROR.match(line.strip()):
             return line.strip()
     return ""
-
-
-class WorkerError(RuntimeError):
-    """A worker failed or stopped answering; ``status`` says how."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def status_of(message: str) -> str:
-    """ "out-of-memory", "not-applicable" (a runner's NotApplicable) or "error" for an error message."""
-    if message.startswith(f"{NotApplicable.__name__}:"):
-        return "not-applicable"
-    return "out-of-memory" if any(t in message.lower() for t in OOM_TEXT) else "error"
 
 
 def oom_kills() -> int:
@@ -116,17 +94,12 @@ def kill_marked(name: str, value: str) -> int:
 
 
 def leftover_processes() -> list[psutil.Process]:
-    """Live worker processes that Workers of this process started (their ranks included)."""
+    """Live worker processes that ProcessWorkers of this process started (their ranks included)."""
     return [p for p in _marked(OWNER_MARKER, str(os.getpid())) if p.is_running()]
 
 
-def _gathered(replies: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rank 0's outputs, its logits those of every rank in order (the ranks' rows of the batch)."""
-    return {**replies[0], "logits": np.concatenate([r["logits"] for r in replies])}
-
-
-class Worker:
-    """One case's worker process(es), with the Runner interface over the connection.
+class ProcessWorker(Worker):
+    """One case's worker process(es), over a local connection.
 
     ``compile_cache``: the folder of this case's on-disk compile caches (a
     fresh temporary one if None). ``deadline`` (time.monotonic()) bounds every
@@ -199,7 +172,6 @@ class Worker:
         try:
             self._accept(self._start_timeout)
             self.settings: dict[str, Any] = self.call("settings")
-            self.device_name = self.settings.get("device_name", self.config.device)
         except BaseException:
             self.close()
             raise
@@ -307,10 +279,6 @@ class Worker:
                 replies[rank] = reply["result"]
         return [replies[rank] for rank in sorted(replies)]
 
-    def call(self, command: str, *args: Any, timeout: float | None = None) -> Any:
-        """``command`` on every rank; rank 0's reply."""
-        return self.request(command, *args, timeout=timeout)[0]
-
     def close(self) -> None:
         """Ask the worker to exit, then end every process it started, whatever their state."""
         for connection in self._connections.values():
@@ -328,45 +296,3 @@ class Worker:
                 self._process.wait()
         kill_marked(WORKER_MARKER, self._token)  # torchrun's ranks live in sessions of their own
         shutil.rmtree(self.log_dir, ignore_errors=True)  # its logs, and its compile caches if its own
-
-    def __enter__(self) -> Worker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- the Runner interface ---------------------------------------------------------
-
-    def train_step(self) -> None:
-        self.request("train_step")
-
-    def infer(self) -> None:
-        self.request("infer")
-
-    def outputs(self, task: str, seed: int = 0) -> dict[str, Any]:
-        """Rank 0's outputs on the batch drawn with ``seed`` (bench/runners/workload.py's SEED: the
-        timed one); a data-parallel run's logits gathered from the ranks in order."""
-        return _gathered(self.request("outputs", task, seed))
-
-    def outputs_in(self, precision: str, task: str, seed: int = 0) -> dict[str, Any]:
-        """``outputs`` of the same case in another precision (bench/runners/worker.py)."""
-        return _gathered(self.request("outputs_in", precision, task, seed))
-
-    def reset_state(self) -> None:
-        self.request("reset_state")
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return self.call("weights")
-
-    def peak_memory_bytes(self) -> int | None:
-        peaks = self.request("peak_memory_bytes")
-        return None if any(p is None for p in peaks) else max(peaks)
-
-    def messaging_seconds(self) -> float:
-        """Median round trip of an empty command: the control overhead in every timed call."""
-        samples = []
-        for _ in range(20):
-            start = time.perf_counter()
-            self.request("noop")
-            samples.append(time.perf_counter() - start)
-        return float(np.median(samples))
