@@ -29,7 +29,7 @@ import pandas as pd
 
 from bench import report, stats
 from bench.report.verdicts import calibration_rows
-from bench.runners.config import CALIBRATION_REFERENCE, calibration_effect
+from bench.run_config import CALIBRATION_REFERENCE, calibration_effect
 from impls.files import check_named_output, write_text
 
 # The bars of the calibration table: the A/A comparison (0%) and the power to call slowdowns.

@@ -45,7 +45,7 @@ PACKAGES = (
     "tensorrt",
 )
 ENV_FLAGS = ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
-# glibc's malloc with fixed thresholds, in every worker of every framework (bench/workers.py). By
+# glibc's malloc with fixed thresholds, in every worker of every framework (bench/sweep/process_worker.py). By
 # default glibc maps each allocation above a threshold that it raises as the process frees memory, and
 # hands the heap's top back to the system, so a large activation is faulted in afresh at each step, by
 # a history that differs from process to process. Measured here (docs/verdicts.md, "Intervals over

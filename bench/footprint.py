@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench import environment
-from bench.runners.config import RunConfig, memory_kind
+from bench.run_config import RunConfig, memory_kind
 from bench.sweep import needed_bytes
 from bench.sweep.process_worker import ProcessWorker
 from bench.sweep.worker import WorkerError

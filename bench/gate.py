@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.runners.config import ADAM_BETAS, ADAM_EPS
+from bench.run_config import ADAM_BETAS, ADAM_EPS
 from impls.spec import UNetSpec
 
 # The floor of every allowance: an allowance can be looser, never tighter.
@@ -100,7 +100,7 @@ def scales(reference: Mapping[str, np.ndarray], spec: UNetSpec) -> dict[str, flo
 @dataclass(frozen=True)
 class Start:
     """Where a case's two training steps start: the canonical weights and Adam's learning rate
-    (its betas and eps: bench/runners/config.py's, every framework's defaults)."""
+    (its betas and eps: bench/run_config.py's, every framework's defaults)."""
 
     weights: Mapping[str, np.ndarray]
     learning_rate: float

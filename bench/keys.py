@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from bench import environment
 
 if TYPE_CHECKING:
-    from bench.runners.config import RunConfig
+    from bench.run_config import RunConfig
     from impls.spec import UNetSpec
 
 # The exact forms a group chooses (bench/sweep/form_choices.py): not part of what its cases share.

@@ -16,7 +16,7 @@ from typing import Any
 from bench import environment, stats
 from bench.device_names import simulated_devices
 from bench.options import DEFAULT_SPEC, MAX_REPLICATES, SCALING_PATHS, defaults, flag
-from bench.runners.config import (
+from bench.run_config import (
     CALIBRATION_REFERENCE,
     PATHS,
     PRECISIONS,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import stats
-from bench.runners.config import FREEZINGS, LOSSES, MEMORY_FORMATS, PATHS, PRECISIONS, TASKS
+from bench.run_config import FREEZINGS, LOSSES, MEMORY_FORMATS, PATHS, PRECISIONS, TASKS
 from bench.sweep import default_compile_cache
 from impls.spec import PADDINGS, UNetSpec
 

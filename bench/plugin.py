@@ -3,7 +3,7 @@
 Loaded from the repository's root conftest.py, so that pytest knows the options before it looks
 into bench/. The options are bench/options.py's table, the cases bench/matrix.py's, the run's folder
 and its end bench/session.py's. It imports no framework: every case runs in worker processes
-(bench/workers.py).
+(bench/sweep/process_worker.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import matrix, options
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.session import Run, finish, json_target, start, update_json
 from bench.sweep import Sweep
 

@@ -8,7 +8,7 @@ such runs test the machinery and say nothing of real scaling).
 
 from __future__ import annotations
 
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep import Sweep
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench import stats
 from bench.pytest_benchmark_glue import to_benchmark
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep import CaseSkipped, Sweep
 from bench.sweep.process_worker import ProcessWorker
 from bench.sweep.worker import time_round

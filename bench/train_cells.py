@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import cells, environment
+from bench.run_config import paths_problem
 from bench.runners import PATHS, RUNTIME_PATHS, make_runner
-from bench.runners.config import paths_problem
 from bench.runners.workload import from_scratch_weights
 from impls import convert
 from impls.checks import known

@@ -12,7 +12,7 @@ import pytest
 
 from bench import calibration, report
 from bench.report import verdicts
-from bench.runners.config import calibration_effect
+from bench.run_config import calibration_effect
 from tests.test_report import GROUPS, fake_run
 
 EFFECTS = {"torch-eager": 1.0, "torch-eager+0%": 1.0, "torch-eager+10%": 1 / 1.1, "torch-eager+20%": 1 / 1.2}

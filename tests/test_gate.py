@@ -17,8 +17,8 @@ import torch
 from flax import nnx
 
 from bench import gate
+from bench.run_config import framework
 from bench.runners import jax_runner, workload
-from bench.runners.config import framework
 from impls import convert, flax_unet, torch_unet
 from impls.spec import UNetSpec
 from tests.helpers import gate_check, gate_references, gate_runner

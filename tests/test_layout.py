@@ -34,19 +34,12 @@ FRAMEWORKS = (
 SWEEP = ("bench.sweep",)
 REPORT = ("bench.report",)
 PLUGIN = ("bench.plugin", "bench.options", "bench.matrix", "bench.session")
-# The runners build and run models; bench/runners/config.py is the case every part names (paths,
-# RunConfig), no runner.
 RUNNERS = ("bench.runners",)
-CASE_DEFINITION = ("bench.runners.config",)
 
 
 def _is(module: str, prefixes: Iterable[str]) -> bool:
     """Whether ``module`` is one of ``prefixes`` or inside one of them (a package's module)."""
     return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
-
-
-def _runner(module: str) -> bool:
-    return _is(module, RUNNERS) and not _is(module, CASE_DEFINITION)
 
 
 @cache
@@ -171,7 +164,7 @@ def test_the_rules_see_the_modules_they_name() -> None:
     for prefixes in (SWEEP, REPORT, PLUGIN, RUNNERS):
         assert _modules(prefixes), prefixes
     assert "torch" in imports("bench.runners.torch_runner")
-    assert "bench.runners.config" in imports("bench.runners.torch_runner")
+    assert "bench.run_config" in imports("bench.runners.torch_runner")
     assert "bench.environment" in imports("bench.sweep.process_worker")  # its allocator
 
 
@@ -183,7 +176,7 @@ def test_no_import_circles() -> None:
 def test_the_report_imports_no_runner_no_sweep_and_no_framework(module: str) -> None:
     """The report reads run folders: it runs on a machine with neither framework installed."""
     forbidden = sorted(
-        name for name in reached(module) if _runner(name) or _is(name, SWEEP) or _is(name, FRAMEWORKS)
+        name for name in reached(module) if _is(name, RUNNERS) or _is(name, SWEEP) or _is(name, FRAMEWORKS)
     )
     assert forbidden == [], f"{module} imports {forbidden}"
 
@@ -197,7 +190,7 @@ def test_the_runners_never_import_the_sweep_the_report_or_the_plugin(module: str
 def test_the_environment_imports_no_framework_and_no_runner() -> None:
     """What only torch can say is asked of a process of its own (bench/torch_probe.py)."""
     forbidden = sorted(
-        name for name in reached("bench.environment") if _runner(name) or _is(name, FRAMEWORKS)
+        name for name in reached("bench.environment") if _is(name, RUNNERS) or _is(name, FRAMEWORKS)
     )
     assert forbidden == [], forbidden
     assert "torch" in imports("bench.torch_probe")

@@ -16,8 +16,8 @@ import torch
 from flax import nnx
 
 from bench import gate
+from bench.run_config import calibration_effect, calibration_path, competes, framework
 from bench.runners import PATHS, PLAIN_PATHS, RunConfig, form_timing, make_runner, torch_runner
-from bench.runners.config import calibration_effect, calibration_path, competes, framework
 from bench.runners.torch_precision import conv_fp32_precision
 from bench.runners.worker import Service
 from bench.runners.workload import (

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import environment
+from bench import environment, run_config
+from bench.run_config import NotApplicable, framework, unavailable
 from bench.runners import RunConfig, make_runner
-from bench.runners import config as run_config
-from bench.runners.config import NotApplicable, framework, unavailable
 from bench.runners.runtime_runner import EXPORT_DIR
 from bench.sweep import CaseSkipped, Sweep
 from bench.sweep.process_worker import ProcessWorker

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bench import records
-from bench.runners.config import PLAIN_PATHS, RUNTIME_PATHS
+from bench.run_config import PLAIN_PATHS, RUNTIME_PATHS
 
 BASELINE = "torch-eager"
 CASE = ["size", "batch", "precision"]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench import stats
 from bench.report.cases import BASELINE, GROUP, SPEEDUP, path_order
-from bench.runners.config import verdict_roles
+from bench.run_config import verdict_roles
 
 NAN = stats.Interval(math.nan, math.nan, math.nan)
 

@@ -36,7 +36,7 @@ from bench.report.verdicts import (
     rule,
     verdicts,
 )
-from bench.runners.config import CALIBRATION_REFERENCE
+from bench.run_config import CALIBRATION_REFERENCE
 
 RESULTS_TITLES = {
     "train": "Training, images per second",

@@ -13,7 +13,7 @@ import pandas as pd
 from bench import stats
 from bench.report.cases import BASELINE, CASE, path_order
 from bench.report.intervals import verdict_of
-from bench.runners.config import competes
+from bench.run_config import competes
 
 # What a task's throughput is counted in: images, or for a tiled whole image its pixels.
 THROUGHPUT = {

@@ -13,7 +13,7 @@ from bench import stats
 from bench.report.cases import CASE
 from bench.report.intervals import verdict_of
 from bench.report.tables import break_even_table
-from bench.runners.config import (
+from bench.run_config import (
     CALIBRATION_REFERENCE,
     PLAIN_PATHS,
     RUNTIME_PACKAGES,

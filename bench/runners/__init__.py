@@ -1,10 +1,10 @@
 """One runner per framework path, behind one small interface.
 
-A ``RunConfig`` (bench/runners/config.py) defines a case; ``build`` makes its
+A ``RunConfig`` (bench/run_config.py) defines a case; ``build`` makes its
 runner in this process (torch_runner, jax_runner, or runtime_runner for the
 inference runtimes, whose train_step refuses), loading the workload's
 canonical weights and seeded batch; the benchmarks run every case in fresh
-worker processes instead (bench/workers.py), each of which calls ``build``,
+worker processes instead (bench/sweep/process_worker.py), each of which calls ``build``,
 data-parallel ones too. ``make_runner`` is the keyword-argument convenience.
 This package imports no framework until a runner of that framework is built.
 """
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bench.runners.config import (
+from bench.run_config import (
     CUDA_ONLY_PATHS,
     JAX_PATHS,
     LEARNING_RATE,
@@ -117,6 +117,6 @@ def make_runner(
     if config.devices is not None:
         raise ValueError(
             "a data-parallel runner runs in worker processes, one per device: "
-            "bench.workers.Worker(RunConfig(..., devices=N))"
+            "bench.sweep.process_worker.ProcessWorker(RunConfig(..., devices=N))"
         )
     return build(config)

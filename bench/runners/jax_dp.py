@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 
 AXIS = "data"
 SPECS = {"replicated": P(), "batched": P(AXIS)}

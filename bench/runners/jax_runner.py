@@ -15,8 +15,8 @@ from flax import nnx
 
 from bench import memory
 from bench.device_names import cuda_index
+from bench.run_config import ADAM_BETAS, ADAM_EPS, RunConfig
 from bench.runners import form_timing
-from bench.runners.config import ADAM_BETAS, ADAM_EPS, RunConfig
 from bench.runners.styles import SingleDevice, style
 from bench.runners.workload import SEED, batch, workload
 from impls import convert, flax_unet

@@ -24,7 +24,7 @@ import numpy as np
 
 from bench import environment, keys, memory
 from bench.device_names import cuda_index
-from bench.runners.config import NotApplicable, RunConfig
+from bench.run_config import NotApplicable, RunConfig
 from bench.runners.workload import SEED, batch, workload
 from impls import convert
 from impls.files import atomic_output

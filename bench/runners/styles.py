@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.runners.config import PLAIN_PATHS, RunConfig
+from bench.run_config import PLAIN_PATHS, RunConfig
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 
 
 class AllReduceBatchNorm2d(nn.BatchNorm2d):

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from bench import memory
+from bench.run_config import ADAM_BETAS, ADAM_EPS, RunConfig, calibration_effect, freezing_applies
 from bench.runners import form_timing
-from bench.runners.config import ADAM_BETAS, ADAM_EPS, RunConfig, calibration_effect, freezing_applies
 from bench.runners.styles import SingleDevice, style
 from bench.runners.torch_precision import conv_fp32_precision, set_precision
 from bench.runners.workload import SEED, batch, workload
@@ -79,7 +79,7 @@ class TorchRunner:
             upconv = form_timing.fastest(upconv_seconds)
         elif upconv == "auto":
             # A compiled path's forms are timed compiled, after its cold first call (upconv_forms,
-            # bench/measure.py): compiling them first would warm inductor and shorten that figure.
+            # bench/sweep/cold.py): compiling them first would warm inductor and shorten that figure.
             upconv = "native"
         memory_format, memory_format_seconds = self._memory_format(upconv, len(images))
         self.memory_format = TORCH_MEMORY_FORMATS[memory_format]

@@ -2,7 +2,7 @@
 
 ``python -m bench.runners.worker JSON``, where JSON holds RunConfig's fields
 and the worker's own: ``address`` and ``authkey`` of the controller (the
-sweep's front end, bench/workers.py), ``compile_cache`` (a folder for this
+sweep's front end, bench/sweep/process_worker.py), ``compile_cache`` (a folder for this
 case's on-disk compile caches), ``log_dir``. Data-parallel torch workers run
 under torchrun, one per device; a jax worker drives all its host's devices.
 
@@ -35,7 +35,7 @@ from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
-from bench.runners.config import RUNTIME_PACKAGES, RunConfig
+from bench.run_config import RUNTIME_PACKAGES, RunConfig
 from bench.runners.runtime_runner import EXPORT_DIR
 from bench.runners.workload import SEED
 
@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
     from bench.runners import build, runner_module
 
     # The framework imported before the controller is reached: several workers started together
-    # (a replicate's, bench/measure.py) import side by side instead of one after another.
+    # (a replicate's, bench/sweep/rounds.py) import side by side instead of one after another.
     runner_module(config)
     if "address" not in options:
         warm_up(config)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench import cells
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from impls import convert
 from impls.losses import weight_map
 from impls.spec import UNetSpec

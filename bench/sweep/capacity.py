@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import environment
-from bench.runners.config import RunConfig, memory_kind
+from bench.run_config import RunConfig, memory_kind
 from bench.sweep.case import Prepared
 from impls import footprint
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import gate
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep.worker import Worker, WorkerError
 
 # Statuses of cases that did not run and did not fail: pytest skips them

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.runners.config import PLAIN_PATHS, RunConfig, compiles_nothing
+from bench.run_config import PLAIN_PATHS, RunConfig, compiles_nothing
 from bench.sweep.case import CaseFailure, Laps, Prepared, parity_failure
 from bench.sweep.cold import ColdCompiles
 from bench.sweep.form_choices import FormChoices

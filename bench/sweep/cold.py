@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from bench import environment, keys
+from bench.run_config import RunConfig
 from bench.runners import form_timing
-from bench.runners.config import RunConfig
 from bench.sweep.form_choices import FORM_VALUES, PINNED_FORMS, FormChoices, built_forms, own_forms
 from bench.sweep.kept_files import KeptFiles
 from bench.sweep.worker import StartWorker, Worker, time_round

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import keys, stats
 from bench.pytest_benchmark_glue import to_benchmark
-from bench.runners.config import RunConfig, unavailable
+from bench.run_config import RunConfig, unavailable
 from bench.sweep import capacity
 from bench.sweep.case import NOT_RUN, CaseFailure, CaseSkipped, Prepared, failure
 from bench.sweep.case_setup import CaseSetup

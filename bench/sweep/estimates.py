@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from bench import keys
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep.case import Prepared
 from bench.sweep.cold import ColdCompiles
 from bench.sweep.kept_files import KeptFiles

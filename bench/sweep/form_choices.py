@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import keys
-from bench.runners.config import (
+from bench.run_config import (
     COMPILED_TORCH_PATHS,
     FREEZINGS,
     MEMORY_FORMATS,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep.worker import Worker, WorkerError, status_of
 
 

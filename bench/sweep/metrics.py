@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, flops, stats
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep.case import Prepared
 from impls.tiling import tile_positions
 

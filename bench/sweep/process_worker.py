@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 
 from bench.environment import allocator
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep.worker import Worker, WorkerError, status_of
 
 START_TIMEOUT = 900.0  # seconds for a worker to start, build and connect

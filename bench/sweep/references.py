@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, gate, keys
-from bench.runners.config import RunConfig
+from bench.run_config import RunConfig
 from bench.sweep.kept_files import KeptFiles
 from bench.sweep.worker import StartWorker, Worker
 from impls import convert

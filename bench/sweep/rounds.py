@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench import stats
-from bench.runners.config import verdict_roles
+from bench.run_config import verdict_roles
 from bench.sweep.case import Prepared, parity_failure
 from bench.sweep.references import References
 from bench.sweep.worker import StartWorker, Worker, WorkerError, time_round

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.runners.config import NotApplicable, RunConfig
+from bench.run_config import NotApplicable, RunConfig
 
 OOM_TEXT = ("out of memory", "outofmemory", "resource_exhausted", "memoryerror", "unable to allocate")
 
