@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_KEY = "schema"
-SCHEMA = 2  # today's records; the sweep is to write {"schema": 2} into each
+SCHEMA = 2  # today's records: the sweep writes it into each (Sweep.record)
 FIRST_SCHEMA = 1  # a record without SCHEMA_KEY
 
 # A case's status: measured, failed, or not measured (and why).

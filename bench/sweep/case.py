@@ -8,12 +8,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import gate
+from bench import gate, records
 from bench.run_config import RunConfig
 from bench.sweep.worker import Worker, WorkerError
 
 # Statuses of cases that did not run and did not fail: pytest skips them
-NOT_RUN = ("skipped", "not-applicable", "not-installed")
+NOT_RUN = ("skipped", *records.BY_DESIGN)
 
 
 class CaseFailure(Exception):

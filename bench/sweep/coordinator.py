@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bench import keys, stats
+from bench import keys, records, stats
 from bench.pytest_benchmark_glue import to_benchmark
 from bench.run_config import RunConfig, unavailable
 from bench.sweep import capacity
@@ -92,6 +92,7 @@ class Sweep:
         return group if config in group else [config]
 
     def record(self, record: dict[str, Any]) -> None:
+        record[records.SCHEMA_KEY] = records.SCHEMA  # how bench/records.py reads it
         self.records.append(record)
         self._pending[record["id"]] = record
         if self.progress_file is not None:
