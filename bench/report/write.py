@@ -23,24 +23,26 @@ def write_csv(table: pd.DataFrame, file: Path, index: bool = False) -> None:
         table.to_csv(temporary, index=index)
 
 
-def _built(run_dir: Path) -> tuple[pd.DataFrame, dict, dict[str, str]]:
-    """The run's measured cases, its JSON section and its report files by name (report.md, the CSVs)."""
+def _built(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict[str, str]]:
+    """The run's measured cases, its scaling table, its JSON section and its report files by name
+    (report.md, the CSVs)."""
     run = read(Path(run_dir))
     measured, failures, section = tables(run)
     files = {"report.md": report_markdown(measured, failures, section, others(run))}
     # The rounds themselves stay in benchmark.json and progress.jsonl.
     files["cases.csv"] = measured.drop(columns=INTERNAL, errors="ignore").to_csv(index=False)
-    if not measured.empty and not scaling_table(measured).empty:
-        files["scaling.csv"] = scaling_table(measured).to_csv(index=False)
+    scaling = scaling_table(measured) if not measured.empty else measured
+    if not scaling.empty:
+        files["scaling.csv"] = scaling.to_csv(index=False)
     if not failures.empty:
         files["failures.csv"] = failures.to_csv(index=False)
-    return measured, section, files
+    return measured, scaling, section, files
 
 
 def run_files(run_dir: Path) -> dict[str, str]:
     """A run's report files by name, as ``write_run`` writes them. An UnreadableRun where the run's own
     files cannot be read."""
-    return _built(run_dir)[2]
+    return _built(run_dir)[3]
 
 
 def write_run(run_dir: Path) -> str:
@@ -48,13 +50,13 @@ def write_run(run_dir: Path) -> str:
     An UnreadableRun where the run's own files cannot be read; siblings that cannot be are left out
     of the index (write_index) and named there."""
     run_dir = Path(run_dir)
-    measured, section, files = _built(run_dir)
+    measured, scaling, section, files = _built(run_dir)
     for name, text in files.items():
         write_text(run_dir / name, text)
-    if "scaling.csv" in files:
+    if not scaling.empty:
         simulated = simulated_devices(section.get("environment", {}).get("device", ""))
         title = "SIMULATED devices on one CPU" if simulated else ""
-        plot_scaling(scaling_table(measured), run_dir / "scaling.png", title)
+        plot_scaling(scaling, run_dir / "scaling.png", title)
     for task in sorted(set(tasks(single_device(measured))) - {"tiled"}):
         plot(single_device(measured), run_dir / f"throughput-{task}.png", task)
     write_index(run_dir.parent)
