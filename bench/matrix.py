@@ -8,6 +8,7 @@ user sees; bench/plugin.py makes it pytest's usage error.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from bench.run_config import (
     calibration_path,
     paths_problem,
 )
-from bench.sweep import default_compile_cache, memory_problem, needed_bytes
+from bench.sweep import WARM_UP_SECONDS, default_compile_cache, memory_problem, needed_bytes
 from impls.checks import known
 from impls.files import check_folder
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
@@ -218,6 +219,9 @@ def _matrix(values: Any, max_time: float | None, min_rounds: int) -> tuple[list[
     _check_sizes(values, spec, sizes)
     case_timeout = _positive(values, "case_timeout", default["case_timeout"], "seconds")
     target_ci = _share("target_ci", values.target_ci, False, "a share between 0 and 1, e.g. 0.02")
+    warm_up = WARM_UP_SECONDS if values.warm_up is None else values.warm_up
+    if not 0 <= warm_up < math.inf:
+        raise OptionError(f"--warm-up {warm_up:g}: expected a number of seconds >= 0 (0: one block)")
     replicates = _positive(values, "replicates", default["replicates"], "workers")
     max_replicates = _positive(values, "max_replicates", max(replicates, MAX_REPLICATES), "workers")
     if max_replicates < replicates:
@@ -260,6 +264,7 @@ def _matrix(values: Any, max_time: float | None, min_rounds: int) -> tuple[list[
         "image_size": image_size,
         "case_timeout": case_timeout,
         "target_ci": target_ci,
+        "warm_up": warm_up,
         "replicates": replicates,
         "max_replicates": max_replicates,
         "group_budget": group_budget,

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench import stats
 from bench.run_config import FREEZINGS, LOSSES, MEMORY_FORMATS, PATHS, PRECISIONS, TASKS
-from bench.sweep import default_compile_cache
+from bench.sweep import WARM_UP_SECONDS, default_compile_cache
 from impls.spec import PADDINGS, UNetSpec
 
 DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
@@ -191,6 +191,13 @@ SAMPLING = (
         f"{DEFAULTS['cpu']['max_time']:g} s on a CPU, {DEFAULTS['cuda']['max_time']:g} s on a GPU)",
         float,
         0.02,
+    ),
+    Option(
+        "--warm-up",
+        f"seconds of untimed blocks, interleaved as the timed ones, before each worker set's rounds "
+        f"(default {WARM_UP_SECONDS:g}; one block at least): the first blocks after workers start "
+        "run slow",
+        float,
     ),
     Option(
         "--replicates",

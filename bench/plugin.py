@@ -60,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
         min_rounds=shared["min_rounds"],
         max_time=shared["max_time"],
         target_ci=shared["target_ci"],
+        warm_up=shared["warm_up"],
         replicates=shared["replicates"] if timing else 1,
         max_replicates=shared["max_replicates"],
         group_budget=shared["group_budget"],

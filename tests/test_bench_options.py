@@ -50,6 +50,7 @@ def test_help_lists_every_axis() -> None:
         "--compile-cache",
         "--memory-format",
         "--target-ci",
+        "--warm-up",
         "--max-minutes",
         "--margin",
         "--group-budget",
@@ -201,6 +202,9 @@ BAD = [
         "--paths: tensorrt needs a CUDA device; this run's device is cpu",
     ),
     (("--target-ci", "2"), "--target-ci 2: expected a share between 0 and 1"),
+    (("--warm-up", "-1"), "--warm-up -1: expected a number of seconds >= 0 (0: one block)"),
+    (("--warm-up", "nan"), "--warm-up nan: expected a number of seconds >= 0"),
+    (("--warm-up", "inf"), "--warm-up inf: expected a number of seconds >= 0"),
     (("--margin", "0"), "--margin 0: expected a share between 0 and 1, e.g. 0.05"),
     (("--run-spread", "-0.1"), "--run-spread -0.1: expected an sd on logs from 0 to 1"),
     (

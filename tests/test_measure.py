@@ -52,6 +52,7 @@ def make_sweep(tmp_path, monkeypatch) -> Callable[..., Sweep]:
             "compile_cache": tmp_path / "cache",
             "min_rounds": 4,
             "max_time": 0.05,
+            "warm_up": 0.0,  # one untimed block: the warm-up's length is not what is tested here
             "replicates": 1,  # each replicate restarts every worker: the test that needs more asks
             "max_replicates": 1,  # likewise: no worker is added for an undecided comparison unless asked
             "announce": lambda line: None,
@@ -111,6 +112,31 @@ def test_a_group_is_timed_in_rotated_blocks_with_its_workers_alive(make_sweep) -
     assert leftover_processes() == []
 
 
+@pytest.mark.parametrize(("warm_up", "blocks"), [(0.0, (1, 1)), (0.5, (2, 6))])
+def test_the_warm_up_runs_untimed_blocks_for_its_seconds_one_at_least(make_sweep, warm_up, blocks) -> None:
+    """Each untimed block calls every case once, 0.05 s a call here: 0.1 s a block."""
+    untimed: dict[str, int] = {}
+    timed: set[str] = set()
+
+    class Counted(Answering):
+        def answer(self, command, *args):
+            path = self.config.path
+            if command == "time_calls":
+                timed.add(path)
+            elif command == "call" and path not in timed:
+                untimed[path] = untimed.get(path, 0) + 1
+                time.sleep(0.05)
+
+    sweep = make_sweep(start_worker=Counted, warm_up=warm_up)
+    sweep.cases = _cases("torch-eager", "torch-plain")
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert untimed["torch-eager"] == untimed["torch-plain"]  # whole blocks
+    fewest, most = blocks
+    assert fewest <= untimed["torch-eager"] <= most, untimed
+
+
+@pytest.mark.timing
 def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
     sweep.cases = _cases("torch-eager")
     sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
@@ -194,7 +220,12 @@ def test_a_compiled_path_times_its_memory_format_compiled_in_cold_workers(make_s
     # the next run keeps the choice and its cold figure: no cold workers, no rounds of the other form
     calls.clear()
     again = Sweep(
-        compile_cache=sweep.compile_cache, cases=sweep.cases, min_rounds=2, max_time=0.01, start_worker=Timed
+        compile_cache=sweep.compile_cache,
+        cases=sweep.cases,
+        min_rounds=2,
+        max_time=0.01,
+        warm_up=0.0,
+        start_worker=Timed,
     )
     record = again.run(sweep.cases[0], FakeBenchmark())
     assert record["compile_cold_reused"] and record["forms"]["torch-eager"]["earlier_run"]
@@ -239,7 +270,9 @@ def test_a_compiled_path_whose_up_conv_form_and_freezing_lose_compiles_the_winne
     assert choice["chosen"] == {"upconv": winner, "freezing": "on"}
     assert choice["seconds"] == {"upconv": timed, "freezing": {"on": 1.0, "off": 2.0}}
     native = sweep.cases[0].replace(upconv="native", freezing="off")
-    given = Sweep(compile_cache=sweep.compile_cache / "given", cases=[native], start_worker=Freezing)
+    given = Sweep(
+        compile_cache=sweep.compile_cache / "given", cases=[native], warm_up=0.0, start_worker=Freezing
+    )
     built.clear()
     assert given.run(given.cases[0], FakeBenchmark())["settings"]["upconv"] == "native"
     assert set(built) == {("native", "off")}  # a form given is never timed
@@ -429,6 +462,7 @@ def _slowed(seconds: dict[tuple[str, str], float]) -> type[InProcessWorker]:
     return Slowed
 
 
+@pytest.mark.timing
 def test_the_case_timeout_bounds_all_of_a_cases_phases_together(make_sweep) -> None:
     """Set-up, rounds and a fresh worker, each 40% of --case-timeout: the case is a timeout (each
     phase under the limit used to pass), and well before twice the limit."""

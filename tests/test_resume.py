@@ -20,6 +20,7 @@ TINY = [
     "--batches=2",
     "--device=cpu",
     "--benchmark-max-time=0.05",
+    "--warm-up=0",
     "--replicates=1",
 ]
 
@@ -99,8 +100,8 @@ def test_make_bench_gpu_writes_one_run_of_both_sessions(tmp_path) -> None:
     # What is proved is where the sessions' cases go, not how they compare: one worker per case
     # (--max-replicates 1: no extra workers while torch-eager and jax are undecided, as they are on
     # a CPU), the forms pinned (no throw-away runners timing them) and the smallest U-Net.
-    matrix = "--sizes 16 --batches 2 --width 4 --depth 2 --benchmark-max-time 0.05 --replicates 1 "
-    matrix += "--max-replicates 1 --upconv native --memory-format contiguous "
+    matrix = "--sizes 16 --batches 2 --width 4 --depth 2 --benchmark-max-time 0.05 --warm-up 0 "
+    matrix += "--replicates 1 --max-replicates 1 --upconv native --memory-format contiguous "
     matrix += f"--compile-cache {tmp_path / 'cache'}"
     variables = [
         f"GPU_PYTHON={sys.executable}",

@@ -114,6 +114,7 @@ def sweep(tmp_path, monkeypatch) -> Sweep:
         compile_cache=tmp_path / "cache",
         min_rounds=2,
         max_time=0.05,
+        warm_up=0.0,
         replicates=1,
         announce=lambda line: None,
     )

@@ -90,6 +90,7 @@ def test_a_case_that_cannot_be_built_is_an_error_not_a_crash(tmp_path) -> None:
     assert leftover_processes() == []
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("path", ["torch-compile", "jax"])
 def test_the_cached_compile_is_clearly_below_the_cold_one(tmp_path, path: str) -> None:
     """Each in a fresh worker; the second finds what the first wrote. A cache that silently
@@ -144,6 +145,7 @@ def _benchmark_command(tmp_path: Path, paths: str, sizes: str) -> list[str]:
         "--depth=2",
         "--device=cpu",
         "--benchmark-max-time=0.05",
+        "--warm-up=0",
         "--replicates=1",  # fresh workers per replicate would only slow the sweep down here
         f"--results-dir={tmp_path / 'results'}",
         f"--compile-cache={tmp_path / 'cache'}",
@@ -298,11 +300,12 @@ def test_each_case_has_its_own_compile_folder() -> None:
     assert len({keys[k] for k in ("infer", "tiled", "train", "torch", "other device")}) == 5
 
 
+@pytest.mark.timing
 def test_a_second_run_reuses_the_measured_cold_compile(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("bench.environment.peak_tflops", lambda *a: 1.0)  # not what is tested here
     records = []
     for _ in range(2):
-        sweep = Sweep(compile_cache=tmp_path / "cache", timing=True, min_rounds=2, max_time=0.01)
+        sweep = Sweep(compile_cache=tmp_path / "cache", timing=True, min_rounds=2, max_time=0.01, warm_up=0.0)
         records.append(sweep.run(_case("jax", "infer"), FakeBenchmark()))
     first, second = records
     assert (first["compile_cold_reused"], second["compile_cold_reused"]) == (False, True)

@@ -299,9 +299,11 @@ def _options_line(section: dict) -> list[str]:
             f"; at least {options['replicates']} workers per path, more (up to {options['max_replicates']}) "
             f"while a comparison was inconclusive, within {options['group_budget']:g} s of sampling per group"
         )
+    # runs before --warm-up (a fixed 3 s) do not record it
+    warm_up = f"after {options['warm_up']:g} s of untimed blocks, " if "warm_up" in options else ""
     return [
-        f"Rounds: interleaved in blocks across each group's paths; in each worker, blocks were added until "
-        f"every median's 95% interval was within ±{options['target_ci']:.0%}"
+        f"Rounds: interleaved in blocks across each group's paths; in each worker, {warm_up}blocks were "
+        f"added until every median's 95% interval was within ±{options['target_ci']:.0%}"
         + (f" or the worker had its share of {budget:g} s of rounds per case" if budget else "")
         + f"{sampling}; margin {margin:.0%}, run-to-run spread {run_spread:.3f}; "
         + (f"no case started after {limit:g} minutes." if limit else "no --max-minutes."),

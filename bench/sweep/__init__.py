@@ -50,8 +50,10 @@ from bench.sweep.case import CaseFailure, CaseSkipped
 from bench.sweep.coordinator import Sweep
 from bench.sweep.kept_files import default_compile_cache
 from bench.sweep.process_worker import leftover_processes
+from bench.sweep.rounds import WARM_UP_SECONDS
 
 __all__ = [
+    "WARM_UP_SECONDS",
     "CaseFailure",
     "CaseSkipped",
     "Sweep",

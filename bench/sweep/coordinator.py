@@ -27,7 +27,7 @@ from bench.sweep.kept_files import KeptFiles, default_compile_cache
 from bench.sweep.metrics import DevicePeaks, extra_info
 from bench.sweep.process_worker import ProcessWorker
 from bench.sweep.references import References
-from bench.sweep.rounds import RoundRules, Rounds
+from bench.sweep.rounds import WARM_UP_SECONDS, RoundRules, Rounds
 from bench.sweep.worker import StartWorker, WorkerError
 
 
@@ -42,6 +42,7 @@ class Sweep:
     min_rounds: int = 5
     max_time: float = 1.0
     target_ci: float = 0.02
+    warm_up: float = WARM_UP_SECONDS  # seconds of untimed blocks before each worker set's rounds
     replicates: int = 3  # fresh worker processes per case, one after another, for the process's luck
     max_replicates: int = 12  # the most, while a comparison is undecided and the budget allows
     group_budget: float = 240.0  # seconds of sampling per group (rounds and fresh workers), after set-up

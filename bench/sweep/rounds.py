@@ -47,6 +47,7 @@ class RoundRules:
     min_rounds: int
     max_time: float
     target_ci: float
+    warm_up: float
     replicates: int  # fresh worker processes per case, one after another, for the process's luck
     max_replicates: int  # the most, while a comparison is undecided and the budget allows
     group_budget: float  # seconds of sampling per group (rounds and fresh workers), after set-up
@@ -196,10 +197,10 @@ class Rounds:
         return WorkerError("parity-failed", parity_failure(p.config, result, replicate))
 
     def _warm_up(self, prepared: list[Prepared]) -> dict[Prepared, WorkerError]:
-        """Untimed blocks, interleaved as the timed ones, for ``WARM_UP_SECONDS`` (one at least)."""
+        """Untimed blocks, interleaved as the timed ones, for ``warm_up`` seconds (one at least)."""
         failures: dict[Prepared, WorkerError] = {}
         started, live, block = time.perf_counter(), list(prepared), 0
-        while live and (block == 0 or time.perf_counter() - started < WARM_UP_SECONDS):
+        while live and (block == 0 or time.perf_counter() - started < self.rules.warm_up):
             for index in rotation(len(live), block):
                 p = live[index]
                 try:
