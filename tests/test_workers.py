@@ -45,6 +45,7 @@ def _run(sweep: Sweep, case: RunConfig) -> str:
         return failure.status
 
 
+@pytest.mark.timing  # its case timeout: under another test's load a case's set-up alone once took it
 def test_each_fault_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch) -> None:
     sweep = Sweep(
         progress_file=tmp_path / "progress.jsonl",
