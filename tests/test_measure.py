@@ -136,7 +136,6 @@ def test_the_warm_up_runs_untimed_blocks_for_its_seconds_one_at_least(make_sweep
     assert fewest <= untimed["torch-eager"] <= most, untimed
 
 
-@pytest.mark.timing
 def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
     sweep.cases = _cases("torch-eager")
     sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
@@ -462,7 +461,6 @@ def _slowed(seconds: dict[tuple[str, str], float]) -> type[InProcessWorker]:
     return Slowed
 
 
-@pytest.mark.timing
 def test_the_case_timeout_bounds_all_of_a_cases_phases_together(make_sweep) -> None:
     """Set-up, rounds and a fresh worker, each 40% of --case-timeout: the case is a timeout (each
     phase under the limit used to pass), and well before twice the limit."""
