@@ -18,12 +18,12 @@ from bench.sweep.worker import StartWorker, Worker, WorkerError, time_round
 
 T = TypeVar("T")
 
-# Untimed interleaved blocks before each replicate's rounds. In an A/A pilot of this session (torch
-# eager against an identical path, train 64 px; the run was made with the engine before this line and
-# not kept) the first block after the group's fresh workers started ran about 60% slower on every
-# path, and the slowdown lasted into the next block: the machine settling after several processes
-# start, which the first timed places of every replicate then paid (the identical path came out
-# 0.89x, all five workers alike). With this warm-up the next pilot's A/A came out 1.02x.
+# --warm-up's default: untimed interleaved blocks before each replicate's rounds. In an A/A pilot of
+# this session (torch eager against an identical path, train 64 px; the run was made with the engine
+# before this line and not kept) the first block after the group's fresh workers started ran about
+# 60% slower on every path, and the slowdown lasted into the next block: the machine settling after
+# several processes start, which the first timed places of every replicate then paid (the identical
+# path came out 0.89x, all five workers alike). With this warm-up the next pilot's A/A came out 1.02x.
 WARM_UP_SECONDS = 3.0
 # Timed blocks per worker at least, for its fastest round to be a clean one (stats.worker_figures):
 # rounds here run 20-50% slow now and then, in stretches, on any path.
