@@ -30,6 +30,7 @@ from bench.runners.workload import (
     workload,
 )
 from impls import convert, flax_unet, torch_unet
+from impls.checks import err
 from impls.spec import UNetSpec
 from tests.helpers import gate_check, gate_references, gate_runner
 
@@ -369,6 +370,30 @@ def test_the_model_and_batch_are_in_the_chosen_memory_format(
     monkeypatch.setattr(torch_runner, "time_memory_formats", untimed)
     twin = Service(runner.config, runner).outputs_in("fp64", "infer")
     assert twin["logits"].dtype == np.float32 and twin["logits"].shape[0] == BATCH
+
+
+def test_a_workers_twins_in_other_formats_and_precisions_are_built_once_each(monkeypatch) -> None:
+    """The parity gate's references come from one worker: each twin (a memory format, a precision)
+    is built at its first call and kept; the worker's own case is its own runner."""
+    import bench.runners
+
+    runner = _torch_runner(memory_format="contiguous")
+    service = Service(runner.config, runner)
+    built = []
+    real = bench.runners.build
+    monkeypatch.setattr(bench.runners, "build", lambda config, *a: built.append(config) or real(config, *a))
+    own = service.outputs_in("fp32", "infer", 1, "contiguous")["logits"]
+    assert np.array_equal(own, runner.outputs("infer", 1)["logits"]) and built == []
+    for seed in (0, 1):
+        other = service.outputs_in("fp32", "infer", seed, "channels_last")["logits"]
+        exact = service.outputs_in("fp64", "infer", seed, "channels_last")["logits"]
+    assert err(other, own) < 1e-5 and err(exact, own) < 1e-5
+    assert [(c.precision, c.memory_format) for c in built] == [
+        ("fp32", "channels_last"),
+        ("fp64", "channels_last"),
+    ]
+    with pytest.raises(ValueError, match="'bf16' next to 'fp32' with tf32 off only"):
+        Service(runner.config.replace(tf32=True), runner).outputs_in("bf16", "infer")
 
 
 def test_time_forms_takes_turns_and_keeps_each_forms_best(monkeypatch) -> None:

@@ -148,26 +148,34 @@ class Service:
 
     def __init__(self, config: RunConfig, runner: Any) -> None:
         self.config, self.runner = config, runner
+        self._twins: dict[RunConfig, Any] = {}
 
     def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
         """What the parity gate compares (``Runner.outputs``); for "tiled", the stitched logits of
         the whole image drawn with ``seed``."""
         return _outputs(self.runner, task, seed)
 
-    def outputs_in(self, precision: str, task: str, seed: int = SEED) -> dict[str, Any]:
+    def outputs_in(
+        self, precision: str, task: str, seed: int = SEED, memory_format: str | None = None
+    ) -> dict[str, Any]:
         """``outputs(task, seed)`` of the same case in another precision (fp64 or bf16, which set
-        the process-wide precision as this one does), from a second runner: the parity gate's
-        references come from one worker."""
+        the process-wide precision as this one does) or, for torch, another memory format (by
+        default this runner's), from a runner built once per twin: the parity gate's references
+        come from one worker."""
         from bench.runners import build
 
-        if precision not in ("fp64", "bf16") or self.config.tf32:
+        if precision != self.config.precision and (precision not in ("fp64", "bf16") or self.config.tf32):
             raise ValueError(
                 f"outputs_in: {precision!r} next to {self.config.precision!r} with tf32 off only"
             )
         twin = self.config.replace(precision=precision)
-        if self.config.framework == "torch":  # the same layout, chosen once
-            twin = twin.replace(memory_format=self.runner.settings["memory_format"])
-        return _outputs(build(twin, getattr(self.runner, "placement", None)), task, seed)
+        if self.config.framework == "torch":  # the same layout as this runner's unless asked
+            twin = twin.replace(memory_format=memory_format or self.runner.settings["memory_format"])
+        if twin == self.config:
+            return self.outputs(task, seed)
+        if twin not in self._twins:
+            self._twins[twin] = build(twin, getattr(self.runner, "placement", None))
+        return _outputs(self._twins[twin], task, seed)
 
     def call(self) -> None:
         """What one timed round runs: one train step, one forward, or one whole image in tiles."""

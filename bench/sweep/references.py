@@ -21,7 +21,7 @@ from impls import convert
 from impls.files import atomic_output, seal
 
 # The reference's own memory format first: its outputs are the reference; the other's error counts too.
-REFERENCE_FORMATS = ("contiguous", "channels_last")  # one worker: no cold compile to measure
+REFERENCE_FORMATS = ("contiguous", "channels_last")
 
 
 def save_reference(file: Path, reference: dict[str, Any], own_noise: dict[str, float]) -> None:
@@ -97,11 +97,7 @@ class References:
             self._references[key] = load_reference(saved)
         if key not in self._references:
             weights.parent.mkdir(parents=True, exist_ok=True)
-            pairs: list[tuple[dict, dict]] = []
-            for memory_format in REFERENCE_FORMATS:
-                pairs += self._eager_pairs(
-                    reference_config.replace(memory_format=memory_format), weights, deadline
-                )
+            pairs = self._eager_pairs(reference_config, weights, deadline)
             reference = pairs[0][1] if low_precision else pairs[0][0]  # fp32, contiguous, the timed batch
             self._references[key] = (reference, gate.noise(pairs, config.spec, self._start(config)))
             save_reference(saved, *self._references[key])
@@ -121,28 +117,29 @@ class References:
 
     def _eager_pairs(self, config: RunConfig, weights: Path, deadline: float) -> list[tuple[dict, dict]]:
         """torch eager's outputs in the case's precision beside their exact twins, on the batch of
-        each of gate.NOISE_SEEDS (the timed one first), in ``config``'s memory format: fp32 beside
-        fp64, bf16 or TF32 beside fp32."""
+        each of gate.NOISE_SEEDS (the timed one first), in each of REFERENCE_FORMATS in turn: fp32
+        beside fp64, bf16 or TF32 beside fp32. One worker computes them all, but TF32's, which is
+        process-wide: a second worker."""
         task = config.task
         tf32 = config.tf32 and config.device != "cpu"
-        with self.start_worker(config.replace(precision="fp32", tf32=False), deadline=deadline) as worker:
+
+        def outputs(worker: Worker, precision: str) -> list[dict]:
+            return [
+                worker.outputs_in(precision, task, seed, memory_format)
+                for memory_format in REFERENCE_FORMATS
+                for seed in gate.NOISE_SEEDS
+            ]
+
+        exact_config = config.replace(precision="fp32", tf32=False, memory_format=REFERENCE_FORMATS[0])
+        with self.start_worker(exact_config, deadline=deadline) as worker:
             if not self.files.whole(weights):
                 worker.call("write_initial_weights", str(weights))
                 seal(weights)
-            fp32 = [worker.outputs(task, seed) for seed in gate.NOISE_SEEDS]
+            fp32 = outputs(worker, "fp32")
             if config.precision != "bf16" and not tf32:
-                return [
-                    (own, worker.outputs_in("fp64", task, seed))
-                    for own, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
-                ]
+                return list(zip(fp32, outputs(worker, "fp64"), strict=True))
             if not tf32:
-                return [
-                    (worker.outputs_in("bf16", task, seed), exact)
-                    for exact, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
-                ]
-        # TF32: process-wide
-        with self.start_worker(config.replace(weights_file=str(weights)), deadline=deadline) as worker:
-            return [
-                (worker.outputs(task, seed), exact)
-                for exact, seed in zip(fp32, gate.NOISE_SEEDS, strict=True)
-            ]
+                return list(zip(outputs(worker, "bf16"), fp32, strict=True))
+        own_config = config.replace(weights_file=str(weights), memory_format=REFERENCE_FORMATS[0])
+        with self.start_worker(own_config, deadline=deadline) as worker:
+            return list(zip(outputs(worker, config.precision), fp32, strict=True))

@@ -96,9 +96,11 @@ class Worker(abc.ABC):
         timed one); a data-parallel run's logits gathered from the ranks in order."""
         return _gathered(self.request("outputs", task, seed))
 
-    def outputs_in(self, precision: str, task: str, seed: int = 0) -> dict[str, Any]:
-        """``outputs`` of the same case in another precision (bench/runners/worker.py)."""
-        return _gathered(self.request("outputs_in", precision, task, seed))
+    def outputs_in(
+        self, precision: str, task: str, seed: int = 0, memory_format: str | None = None
+    ) -> dict[str, Any]:
+        """``outputs`` of the same case in another precision or memory format (bench/runners/worker.py)."""
+        return _gathered(self.request("outputs_in", precision, task, seed, memory_format))
 
     def reset_state(self) -> None:
         self.request("reset_state")
