@@ -21,7 +21,10 @@ TINY = [
     "--device=cpu",
     "--benchmark-max-time=0.05",
     "--warm-up=0",
-    "--replicates=1",
+    "--replicates=1",  # one worker per case and the forms pinned: how the cases compare is not tested here
+    "--max-replicates=1",
+    "--upconv=native",
+    "--memory-format=contiguous",
 ]
 
 

@@ -95,7 +95,12 @@ def test_the_cached_compile_is_clearly_below_the_cold_one(tmp_path, path: str) -
     """Each in a fresh worker; the second finds what the first wrote. A cache that silently
     stays off (as JAX's did when its settings came after `import jax`) fails here."""
     seconds = []
-    case = _case(path).replace(upconv="native")  # "auto" may pick the other form, another graph, each time
+    # The forms pinned: "auto" times them in each worker and may pick the other one, another graph,
+    # each time (the sweep pins them for a case's workers). Depth 1: the same kinds of layer, a
+    # third less to compile.
+    case = RunConfig(
+        path, UNetSpec(width=4, depth=1), SIZE, BATCH, upconv="native", memory_format="contiguous"
+    )
     for _ in range(2):
         with ProcessWorker(case, compile_cache=tmp_path) as worker:
             seconds.append(worker.call("first_call"))
@@ -145,7 +150,12 @@ def _benchmark_command(tmp_path: Path, paths: str, sizes: str) -> list[str]:
         "--device=cpu",
         "--benchmark-max-time=0.05",
         "--warm-up=0",
-        "--replicates=1",  # fresh workers per replicate would only slow the sweep down here
+        # what is tested is where the cases go, not how they compare: one worker per case, the
+        # forms pinned (no throw-away runners timing them)
+        "--replicates=1",
+        "--max-replicates=1",
+        "--upconv=native",
+        "--memory-format=contiguous",
         f"--results-dir={tmp_path / 'results'}",
         f"--compile-cache={tmp_path / 'cache'}",
     ]
