@@ -136,6 +136,7 @@ def test_the_warm_up_runs_untimed_blocks_for_its_seconds_one_at_least(make_sweep
     assert fewest <= untimed["torch-eager"] <= most, untimed
 
 
+@pytest.mark.timing
 def test_rounds_stop_at_the_target_interval_or_the_time_limit(sweep) -> None:
     sweep.cases = _cases("torch-eager")
     sweep.max_time, sweep.target_ci = 30.0, 100.0  # any interval will do: met at once
@@ -461,10 +462,11 @@ def _slowed(seconds: dict[tuple[str, str], float]) -> type[InProcessWorker]:
     return Slowed
 
 
+@pytest.mark.timing
 def test_the_case_timeout_bounds_all_of_a_cases_phases_together(make_sweep) -> None:
     """Set-up, rounds and a fresh worker, each 40% of --case-timeout: the case is a timeout (each
     phase under the limit used to pass), and well before twice the limit."""
-    limit = 20.0
+    limit = 8.0  # the phases are sleeps, the runner in this process: seconds of it are waiting
     blocks = BLOCKS_PER_WORKER
     slowed = {("torch-plain", "first_call"): 0.4 * limit, ("torch-plain", "time_calls"): 0.4 * limit / blocks}
     sweep = make_sweep(start_worker=_slowed(slowed))
@@ -484,7 +486,7 @@ def test_the_case_timeout_bounds_all_of_a_cases_phases_together(make_sweep) -> N
 
 def test_the_other_paths_rounds_are_not_a_cases_time(make_sweep) -> None:
     """Interleaved with a path whose rounds take the whole limit between them, a fast case is ok."""
-    limit = 12.0
+    limit = 6.0
     sweep = make_sweep(
         start_worker=_slowed({("torch-eager+0%", "time_calls"): 1.2 * limit / BLOCKS_PER_WORKER})
     )
