@@ -19,12 +19,9 @@ $(STAMP): requirements.lock
 # pipeline (workers, runners, parity gate, compile) is exercised in CI's time.
 # (Width 8, not 4: at width 4 and 32 px one ReLU input within rounding of 0
 # moves torch-compile's whole gradient by 2e-4 against eager's, past the gate.)
-TEST_MATRIX = --benchmark-disable --width 8 --depth 2 --sizes 32 --batches 2 --precisions fp32 --image-size 96
 test: $(STAMP)
-	# two test processes (conftest.py keeps a shared fixture's tests together), then the
-	# tests that compare measured times, alone on the machine
-	$(BIN)/python -m pytest --numprocesses 2 --dist loadgroup -m "not timing" --durations 25 $(TEST_MATRIX)
-	$(BIN)/python -m pytest -m timing --durations 10 $(TEST_MATRIX)
+	$(BIN)/python -m pytest --benchmark-disable --width 8 --depth 2 --sizes 32 --batches 2 --precisions fp32 \
+		--image-size 96 --durations 30
 	# bf16 training through the gate on every path that enters a verdict
 	$(BIN)/python -m pytest --benchmark-disable --width 8 --depth 2 --sizes 32 --batches 2 --precisions bf16 \
 		--tasks train bench/test_unet.py::test_unet
@@ -69,7 +66,7 @@ lint: $(STAMP)
 lock:
 	rm -rf /tmp/unet-bench-lock && $(PYTHON) -m venv /tmp/unet-bench-lock
 	/tmp/unet-bench-lock/bin/pip install --quiet torch==2.13.0 jax==0.10.2 flax optax numpy safetensors \
-		ml_dtypes pandas psutil tabulate scipy matplotlib pytest pytest-benchmark pytest-xdist ruff \
+		ml_dtypes pandas psutil tabulate scipy matplotlib pytest pytest-benchmark ruff \
 		onnx onnxruntime onnxscript openvino jax2onnx==0.13.0
 	(echo '# Exact versions, made by `make lock`; every result records them.'; \
 		/tmp/unet-bench-lock/bin/pip freeze | sed 's/+cpu$$//') > requirements.lock

@@ -6,9 +6,3 @@
 import os
 
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-
-# make test runs the tests two at a time (pytest-xdist), whose processes carry PYTEST_XDIST_WORKER;
-# the pytest sessions that tests start are sessions of their own, which pytest-benchmark would take
-# for xdist workers and disable (refusing --benchmark-only).
-for name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
-    del os.environ[name]
