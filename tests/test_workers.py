@@ -97,7 +97,7 @@ def test_the_cached_compile_is_clearly_below_the_cold_one(tmp_path, path: str) -
     seconds = []
     # The forms pinned: "auto" times them in each worker and may pick the other one, another graph,
     # each time (the sweep pins them for a case's workers). Depth 1: the same kinds of layer, a
-    # third less to compile.
+    # quarter less to compile.
     case = RunConfig(
         path, UNetSpec(width=4, depth=1), SIZE, BATCH, upconv="native", memory_format="contiguous"
     )

@@ -168,10 +168,13 @@ class Service:
             raise ValueError(
                 f"outputs_in: {precision!r} next to {self.config.precision!r} with tf32 off only"
             )
-        twin = self.config.replace(precision=precision)
-        if self.config.framework == "torch":  # the same layout as this runner's unless asked
-            twin = twin.replace(memory_format=memory_format or self.runner.settings["memory_format"])
-        if twin == self.config:
+        own = self.config
+        if own.framework == "torch":  # the layout this runner runs in ("auto" chose it), unless asked
+            own = own.replace(memory_format=self.runner.settings["memory_format"])
+            twin = own.replace(precision=precision, memory_format=memory_format or own.memory_format)
+        else:
+            twin = own.replace(precision=precision)
+        if twin == own:
             return self.outputs(task, seed)
         if twin not in self._twins:
             self._twins[twin] = build(twin, getattr(self.runner, "placement", None))
