@@ -110,9 +110,7 @@ def _kink_sides(spec: UNetSpec, weights: dict[str, np.ndarray], x: np.ndarray) -
     torch_model(torch.from_numpy(x))
 
     flax_model = to_flax(weights, abstract_flax(spec))
-    _, captured = nnx.capture(flax_model, nnx.Intermediate, method_outputs=nnx.Intermediate)(
-        jnp.asarray(nchw_to_nhwc(x))
-    )
+    captured = _captured_forward(flax_model, jnp.asarray(nchw_to_nhwc(x)))
     outputs = {path[:-1]: nhwc_to_nchw(v.get_value()[0]) for path, v in nnx.to_flat_state(captured)}
     for name in sides[0]:
         block, _, layer = name.partition(".")
@@ -122,6 +120,19 @@ def _kink_sides(spec: UNetSpec, weights: dict[str, np.ndarray], x: np.ndarray) -
         else:
             sides[1][name] = _pool_choice(outputs[(block,)])
     return sides
+
+
+@nnx.jit
+def _captured_forward(model: nnx.Module, x: jnp.ndarray) -> nnx.State:
+    """Every module's output in a forward, jitted: eagerly, each op compiles on its own (seconds)."""
+    return nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)[1]
+
+
+@nnx.jit
+def flax_forward(model: nnx.Module, x: jnp.ndarray) -> jnp.ndarray:
+    """The model's forward in its mode, jitted as the runners run it (eagerly, each op compiles on
+    its own: seconds per network)."""
+    return model(x)
 
 
 def conditioned_batch(
@@ -200,6 +211,12 @@ def _flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jnp.ndarray, y: j
     (loss, logits), grads = nnx.value_and_grad(_flax_loss, has_aux=True)(model, x, y)
     optimizer.update(model, grads)
     return loss, logits, grads
+
+
+def flax_optimizer(model: nnx.Module, learning_rate: float) -> nnx.Optimizer:
+    """Adam over the model's parameters, its state made in one jitted call (eagerly, each
+    parameter shape compiles its own zeros)."""
+    return nnx.jit(lambda model: nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param))(model)
 
 
 def flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.ndarray):

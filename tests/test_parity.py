@@ -11,10 +11,8 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
-from flax import nnx
 
 from impls import convert, flax_unet, torch_unet
 from impls.checks import err
@@ -23,6 +21,8 @@ from tests.helpers import (
     assert_close,
     batch,
     conditioned_batch,
+    flax_forward,
+    flax_optimizer,
     flax_step,
     nchw_to_nhwc,
     nhwc_to_nchw,
@@ -79,12 +79,12 @@ def test_float32(spec: UNetSpec) -> None:
     t.eval()
     f.eval()
     eval_t = t(torch.from_numpy(x)).detach().numpy()
-    eval_f = nhwc_to_nchw(f(jnp.asarray(nchw_to_nhwc(x))))
+    eval_f = nhwc_to_nchw(flax_forward(f, jnp.asarray(nchw_to_nhwc(x))))
     assert eval_t.shape == (BATCH, spec.num_classes, *spec.output_size(*x.shape[2:]))
     assert err(eval_f, eval_t) <= 1e-5, "eval-mode forward"
 
     t_opt = torch.optim.Adam(t.parameters(), lr=LR_FLOAT32)
-    f_opt = nnx.Optimizer(f, optax.adam(LR_FLOAT32), wrt=nnx.Param)
+    f_opt = flax_optimizer(f, LR_FLOAT32)
     loss_t, logits_t, grads_t = torch_step(t, t_opt, x, y)
     loss_f, logits_f, grads_f = flax_step(f, f_opt, x, y)
     assert err(logits_f, logits_t) <= 1e-5, "train-mode forward (batch statistics)"
@@ -117,7 +117,7 @@ def test_float64_adam_weights(spec: UNetSpec) -> None:
         weights = random_weights(spec, seed=4, dtype=np.float64)
         t, f = _pair(spec, weights, torch.float64, jnp.float64)
         t_opt = torch.optim.Adam(t.parameters(), lr=LR_FLOAT64)
-        f_opt = nnx.Optimizer(f, optax.adam(LR_FLOAT64), wrt=nnx.Param)
+        f_opt = flax_optimizer(f, LR_FLOAT64)
         for step in range(ADAM_STEPS):
             x, y = batch(spec, BATCH, seed=20 + step, dtype=np.float64)
             torch_step(t, t_opt, x, y)
