@@ -228,6 +228,11 @@ def flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.
 
 # -- the parity gate as the sweep applies it, in this process
 
+# test_gate.py's network, size and batch; test_runners.py's TF32 test compiles torch-compile's train
+# step on them too, so that inductor's FX graph cache serves both from one compile.
+GATE_SPEC = UNetSpec(width=8, depth=2)
+GATE_SIZE, GATE_BATCH = 32, 2
+
 
 def gate_runner(path: str, spec: UNetSpec, batch: int, size: int, precision: str = "fp32", **options):
     return make_runner(path, spec, batch=batch, size=size, precision=precision, device="cpu", **options)

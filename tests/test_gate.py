@@ -1,5 +1,6 @@
 """The parity gate against wrong functions: each mutant below is a bug a path could have, and each
-must fail the gate, in both precisions, while the paths as they are pass it (test_runners.py).
+must fail the gate, in both precisions, while the paths as they are pass it (test_runners.py;
+torch-compile's here, where its zeroed-gradient mutants share its one compile).
 
 Model-level mutants on torch eager, jax and onnxruntime (the exported file holds the mutant);
 the other paths' own outputs mutated as the mutant would mutate them.
@@ -20,11 +21,9 @@ from bench import gate
 from bench.run_config import framework
 from bench.runners import jax_runner, workload
 from impls import convert, flax_unet, torch_unet
-from impls.spec import UNetSpec
-from tests.helpers import gate_check, gate_references, gate_runner
+from tests.helpers import GATE_BATCH, GATE_SIZE, GATE_SPEC, gate_check, gate_references, gate_runner
 
-SPEC = UNetSpec(width=8, depth=2)
-SIZE, BATCH = 32, 2
+SPEC, SIZE, BATCH = GATE_SPEC, GATE_SIZE, GATE_BATCH
 # One tensor of each kind, for the mutants that need a compilation each (jax).
 SAMPLED = ("down0.conv1.weight", "down1.norm2.weight", "down2.norm1.bias", "up0.upconv.weight", "head.bias")
 TRAINING = [("torch-eager", "fp32"), ("torch-eager", "bf16"), ("jax", "fp32"), ("jax", "bf16")]
@@ -51,6 +50,13 @@ def _fails(outputs: dict, references: dict, task: str, precision: str) -> gate.G
 
 def _outputs(path: str, task: str, precision: str) -> dict:
     return gate_runner(path, SPEC, BATCH, SIZE, precision, upconv="native").outputs(task)
+
+
+@functools.cache
+def _own_outputs(path: str, task: str, precision: str) -> dict:
+    """A path's outputs as it is (no mutant patched in), computed once: a compiled path compiles once
+    for every test that reads them. Read only."""
+    return _outputs(path, task, precision)
 
 
 def _trainable() -> list[str]:
@@ -214,7 +220,7 @@ def test_jax_with_a_gradient_zeroed_fails_the_gate(
 )
 def test_other_paths_with_any_gradient_zeroed_fail_the_gate(references, path: str, precision: str) -> None:
     """A path's own outputs, each gradient in turn zeroed."""
-    outputs = _outputs(path, "train", precision)
+    outputs = _own_outputs(path, "train", precision)
     assert gate_check(outputs, references, "train", precision, SPEC).passed
     for name in _trainable():
         mutant = {
@@ -232,3 +238,11 @@ def test_an_optimizer_that_is_not_the_cases_adam_fails_the_gate(references, path
     result = _fails(runner.outputs("train"), references, "train", "fp32")
     assert len([n for n in result.failed if n.startswith("adam/")]) > len(_trainable()) // 2
     assert not [n for n in result.failed if n == "logits" or n.startswith("gradients/")]
+
+
+def test_torch_compile_passes_the_parity_gate_forward_and_backward(references) -> None:
+    """The compiled forward and train step as they are pass (their train step's outputs are the ones
+    the zeroed-gradient mutants above are made of)."""
+    for task in ("infer", "train"):
+        result = gate_check(_own_outputs("torch-compile", task, "fp32"), references, task, "fp32", SPEC)
+        assert result.passed, result.describe()
