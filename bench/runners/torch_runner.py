@@ -88,13 +88,8 @@ class TorchRunner:
         convert.to_torch(self.work.weights, self.model)
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.placement.wrap(self.model)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
-            lr=config.learning_rate,
-            betas=ADAM_BETAS,
-            eps=ADAM_EPS,
-            **self.adam,
-        )
+        if self.compile_mode is not None or config.task == "train":
+            _ = self.optimizer  # made now, before any compiled code refers to it
         self._input_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.images, self.labels, self.pixel_weights = self._device_batch(
             self.work.images, self.work.labels, self.work.pixel_weights
@@ -192,6 +187,18 @@ class TorchRunner:
         return self.placement.agree(form_timing.fastest(seconds)), seconds
 
     # -- the step functions; compiled whole when the path compiles --------------
+
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Adam:
+        """The case's Adam, made at first use on an eager path that infers: torch.optim's first
+        Adam imports torch._dynamo, 1.6 s of such a worker's start here, for a step it never takes."""
+        return torch.optim.Adam(
+            self.model.parameters(),
+            lr=self.config.learning_rate,
+            betas=ADAM_BETAS,
+            eps=ADAM_EPS,
+            **self.adam,
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -297,6 +304,8 @@ class TorchRunner:
     def reset_state(self) -> None:
         """Initial weights and a fresh Adam, in place, so compiled code stays valid."""
         convert.to_torch(self.work.weights, self.model)
+        if "optimizer" not in self.__dict__:  # not made yet: nothing to reset
+            return
         with torch.no_grad():
             for state in self.optimizer.state.values():
                 for value in state.values():
