@@ -55,8 +55,11 @@ def _outputs(path: str, task: str, precision: str) -> dict:
 @functools.cache
 def _own_outputs(path: str, task: str, precision: str) -> dict:
     """A path's outputs as it is (no mutant patched in), computed once: a compiled path compiles once
-    for every test that reads them. Read only."""
-    return _outputs(path, task, precision)
+    for every test that reads them. Read only. Its memory format pinned: the same graphs as other
+    tests compile on this network (test_runners' TF32 test, test_runtimes' freezing)."""
+    return gate_runner(
+        path, SPEC, BATCH, SIZE, precision, upconv="native", memory_format="contiguous"
+    ).outputs(task)
 
 
 def _trainable() -> list[str]:

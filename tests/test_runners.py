@@ -157,10 +157,9 @@ def test_tf32_inside_the_backward_is_what_was_asked_for(path: str, tf32: bool, d
     """Read from a hook on a conv weight's gradient, which runs inside the backward pass (compiled,
     for torch-compile): the precision is set for the whole process, not around the forward.
     (On a CPU the flags act on nothing, but they are set and read the same way.)"""
-    # test_gate's network: with TF32 off, torch-compile's train step is the one compiled there
-    runner = make_runner(
-        path, GATE_SPEC, batch=GATE_BATCH, size=GATE_SIZE, precision="fp32", device=device, tf32=tf32
-    )
+    # test_gate's network and forms: with TF32 off, torch-compile's train step is the one compiled there
+    gate_case = dict(batch=GATE_BATCH, size=GATE_SIZE, upconv="native", memory_format="contiguous")
+    runner = make_runner(path, GATE_SPEC, precision="fp32", device=device, tf32=tf32, **gate_case)
     seen = []
 
     def hook(grad: torch.Tensor) -> torch.Tensor:

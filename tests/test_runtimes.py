@@ -19,6 +19,7 @@ from bench.sweep.worker import status_of
 from impls.checks import err
 from impls.spec import UNetSpec
 from tests.fakes import FakeBenchmark
+from tests.helpers import GATE_BATCH, GATE_SIZE, GATE_SPEC
 
 SPEC = UNetSpec(width=4, depth=2)
 SIZE, BATCH = 16, 2
@@ -180,10 +181,14 @@ def test_freezing_is_a_setting_of_compiled_inference_on_a_cpu_only() -> None:
         infer.replace(freezing="yes")
 
 
-def test_frozen_compiled_inference_computes_torch_eagers_forward(eager_logits) -> None:
-    runner = _runner("torch-compile", upconv="native", memory_format="contiguous", freezing="on")
+def test_frozen_compiled_inference_computes_torch_eagers_forward() -> None:
+    # test_gate's network and forms: the forward without freezing is the one compiled there
+    gate_case = dict(batch=GATE_BATCH, size=GATE_SIZE, precision="fp32", device="cpu", task="infer")
+    forms = dict(upconv="native", memory_format="contiguous")
+    runner = make_runner("torch-compile", GATE_SPEC, freezing="on", **forms, **gate_case)
     assert runner.settings["freezing"] == "on"
-    assert err(runner.outputs("infer")["logits"], eager_logits) < 1e-5
+    eager = make_runner("torch-eager", GATE_SPEC, **forms, **gate_case).outputs("infer")["logits"]
+    assert err(runner.outputs("infer")["logits"], eager) < 1e-5
     seconds = runner.freezing_forms()  # the frozen forward reused, the other compiled
     assert set(seconds) == {"on", "off"} and all(s > 0 for s in seconds.values())
     train = _runner("torch-compile", task="train", upconv="native", memory_format="contiguous")
