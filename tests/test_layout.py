@@ -205,3 +205,15 @@ def test_the_sweeps_process_imports_no_framework() -> None:
     code = f"import sys, {modules}; print(sorted({{'torch', 'jax'}} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+MODULE_LINES = 450  # issue 22's budget: a module a newcomer reads in one sitting
+
+
+def test_no_module_of_bench_is_over_its_line_budget() -> None:
+    long = {
+        str(path.relative_to(ROOT)): count
+        for path in sorted((ROOT / "bench").rglob("*.py"))
+        if (count := len(path.read_text().splitlines())) > MODULE_LINES
+    }
+    assert not long, f"over {MODULE_LINES} lines, split by concern: {long}"

@@ -192,12 +192,9 @@ class TorchRunner:
     def optimizer(self) -> torch.optim.Adam:
         """The case's Adam, made at first use on an eager path that infers: torch.optim's first
         Adam imports torch._dynamo, 1.6 s of such a worker's start here, for a step it never takes."""
+        config = self.config
         return torch.optim.Adam(
-            self.model.parameters(),
-            lr=self.config.learning_rate,
-            betas=ADAM_BETAS,
-            eps=ADAM_EPS,
-            **self.adam,
+            self.model.parameters(), lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, **self.adam
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
