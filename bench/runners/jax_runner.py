@@ -281,15 +281,9 @@ def time_upconv_forms(
     for form in ("native", "matmul"):
         # Weights from numpy, not Flax's initialiser: its truncated normal compiles for seconds on a
         # CPU, per kernel shape, and the values do not change a convolution's time.
-        structure = functools.partial(
-            flax_unet.transposed_upconv,
-            cin,
-            cout,
-            matmul=form == "matmul",
-            dtype=compute_dtype,
-            param_dtype=jnp.float32,
-        )
-        graphdef, shapes = nnx.split(nnx.eval_shape(lambda structure=structure: structure(rngs=nnx.Rngs(0))))
+        options = dict(matmul=form == "matmul", dtype=compute_dtype, param_dtype=jnp.float32)
+        module = functools.partial(flax_unet.transposed_upconv, cin, cout, **options)
+        graphdef, shapes = nnx.split(nnx.eval_shape(module, rngs=nnx.Rngs(0)))
         params = jax.tree.map(lambda s: rng.normal(0.0, 0.1, s.shape).astype(s.dtype), shapes)
 
         def loss(params, x, graphdef=graphdef):
