@@ -67,6 +67,6 @@ lock:
 	rm -rf /tmp/unet-bench-lock && $(PYTHON) -m venv /tmp/unet-bench-lock
 	/tmp/unet-bench-lock/bin/pip install --quiet torch==2.13.0 jax==0.10.2 flax optax numpy safetensors \
 		ml_dtypes pandas psutil tabulate scipy matplotlib pytest pytest-benchmark ruff \
-		onnx onnxruntime onnxscript openvino jax2onnx==0.13.0
+		onnx onnxruntime onnxscript openvino jax2onnx==0.13.0 monai
 	(echo '# Exact versions, made by `make lock`; every result records them.'; \
 		/tmp/unet-bench-lock/bin/pip freeze | sed 's/+cpu$$//') > requirements.lock

@@ -5,11 +5,12 @@ arrays in PyTorch's layouts, so the PyTorch model's state_dict (less
 ``num_batches_tracked``) *is* the canonical dict. Flax differs in three ways,
 each handled here and nowhere else:
 
-- convs: PyTorch OIHW, Flax HWIO;
+- convs: PyTorch OIHW, Flax HWIO (3D: OIDHW and DHWIO);
 - transposed convs: PyTorch (in, out, kh, kw); Flax's ``ConvTranspose`` with
-  ``transpose_kernel=False`` wants (kh, kw, in, out) flipped on both spatial
-  axes (it runs the equivalent dilated conv, which correlates, not convolves);
-- BatchNorm: weight/bias/running_mean/running_var are scale/bias/mean/var.
+  ``transpose_kernel=False`` wants (kh, kw, in, out) flipped on every spatial
+  axis (it runs the equivalent dilated conv, which correlates, not convolves);
+- BatchNorm: weight/bias/running_mean/running_var are scale/bias/mean/var
+  (instance norm: weight/bias are scale/bias).
 """
 
 from __future__ import annotations
@@ -127,19 +128,21 @@ def _is_transposed_kernel(name: str, spec: UNetSpec) -> bool:
 
 
 def _to_flax_layout(name: str, array: np.ndarray, spec: UNetSpec) -> np.ndarray:
-    if array.ndim != 4:
+    if array.ndim == 1:
         return array
+    taps = tuple(range(2, array.ndim))
     if _is_transposed_kernel(name, spec):
-        return array.transpose(2, 3, 0, 1)[::-1, ::-1]
-    return array.transpose(2, 3, 1, 0)
+        return array.transpose(*taps, 0, 1)[(slice(None, None, -1),) * len(taps)]
+    return array.transpose(*taps, 1, 0)
 
 
 def _from_flax_layout(name: str, array: np.ndarray, spec: UNetSpec) -> np.ndarray:
-    if array.ndim != 4:
+    if array.ndim == 1:
         return array
+    channels, taps = (array.ndim - 2, array.ndim - 1), tuple(range(array.ndim - 2))
     if _is_transposed_kernel(name, spec):
-        return array[::-1, ::-1].transpose(2, 3, 0, 1)
-    return array.transpose(3, 2, 0, 1)
+        return array[(slice(None, None, -1),) * len(taps)].transpose(*channels, *taps)
+    return array.transpose(*reversed(channels), *taps)
 
 
 def from_flax_state(state: nnx.State, spec: UNetSpec) -> dict[str, np.ndarray]:

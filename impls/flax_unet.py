@@ -1,4 +1,4 @@
-"""The U-Net in Flax NNX (NHWC), built from a UNetSpec.
+"""The U-Net in Flax NNX (NHWC; NDHWC in 3D), built from a UNetSpec.
 
 Mirrors ``torch_unet.py`` block for block and name for name, so that the
 canonical weight ``down1.conv2.weight`` lives at ``model.down1.conv2.kernel``.
@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from impls.spec import KERNEL, UNetSpec
+from impls.spec import KERNEL, LAYOUTS, LEAKY_RELU_SLOPE, UNetSpec
 
 # PyTorch's BatchNorm momentum 0.1 weighs the new batch; Flax's weighs the old value.
 BN_MOMENTUM = 0.9
@@ -23,7 +23,7 @@ BN_EPS = 1e-5
 
 
 class BatchNorm(nnx.Module):
-    """BatchNorm over NHWC with PyTorch's semantics.
+    """BatchNorm over channels-last maps (NHWC, NDHWC) with PyTorch's semantics.
 
     Unlike ``nnx.BatchNorm`` it updates ``var`` with the unbiased batch
     variance, as ``torch.nn.BatchNorm2d`` does, computes the variance in two
@@ -68,6 +68,27 @@ class BatchNorm(nnx.Module):
         return y.astype(out_dtype)
 
 
+class InstanceNorm(nnx.Module):
+    """Instance norm over channels-last maps with PyTorch's semantics (``nn.InstanceNorm3d(affine=True)``):
+    each sample's and channel's mean and biased variance over the spatial axes, the variance in two
+    passes, in the parameters' precision (the input's dtype returned); no running statistics."""
+
+    def __init__(self, channels: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs | None = None) -> None:
+        del rngs  # nnx.InstanceNorm's signature; nothing here is random
+        self.scale = nnx.Param(jnp.ones((channels,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
+        self.epsilon = BN_EPS
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out_dtype = x.dtype
+        x = x.astype(jnp.promote_types(x.dtype, self.scale.dtype))
+        axes = tuple(range(1, x.ndim - 1))
+        mean = x.mean(axes, keepdims=True)
+        var = jnp.square(x - mean).mean(axes, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        return y.astype(out_dtype)
+
+
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """``y + bias`` added in float32 at least, returned in ``y``'s dtype. As autocast's convolutions
     do (the bias joins their float32 accumulator): then the bias gradient, a sum over every pixel
@@ -102,6 +123,10 @@ def _flax_batch_norm(channels: int, *, param_dtype, rngs: nnx.Rngs) -> nnx.Batch
     return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPS, param_dtype=param_dtype, rngs=rngs)
 
 
+def _flax_instance_norm(channels: int, *, param_dtype, rngs: nnx.Rngs) -> nnx.InstanceNorm:
+    return nnx.InstanceNorm(channels, epsilon=BN_EPS, param_dtype=param_dtype, rngs=rngs)
+
+
 @dataclass(frozen=True)
 class Layers:
     """The layers a U-Net is built from, each taking Flax's arguments and holding the same
@@ -110,14 +135,15 @@ class Layers:
     conv: type
     conv_transpose: type
     batch_norm: Callable[..., nnx.Module]  # (channels, *, param_dtype, rngs)
+    instance_norm: Callable[..., nnx.Module]  # (channels, *, param_dtype, rngs)
 
 
 # The project's: PyTorch's function in every precision (float32 bias adds, BatchNorm's unbiased
 # running variance). Flax's own, as a plainly written NNX U-Net uses them: the same function in fp32
 # inference, but nnx.BatchNorm updates its running variance with the biased estimate, so a U-Net of
 # them does not train the same function (jax-plain infers with them and trains with the project's).
-PROJECT_LAYERS = Layers(Conv, ConvTranspose, BatchNorm)
-FLAX_LAYERS = Layers(nnx.Conv, nnx.ConvTranspose, _flax_batch_norm)
+PROJECT_LAYERS = Layers(Conv, ConvTranspose, BatchNorm, InstanceNorm)
+FLAX_LAYERS = Layers(nnx.Conv, nnx.ConvTranspose, _flax_batch_norm, _flax_instance_norm)
 
 
 def conv3x3(
@@ -129,7 +155,7 @@ def conv3x3(
     return layers.conv(
         in_ch,
         out_ch,
-        (KERNEL, KERNEL),
+        (KERNEL,) * spec.dims,
         padding=padding,
         use_bias=spec.conv_bias,
         dtype=dtype,
@@ -143,22 +169,37 @@ def norm(
 ) -> nnx.Module | Callable:
     if spec.norm == "none":
         return nnx.identity
-    return layers.batch_norm(channels, param_dtype=param_dtype, rngs=rngs)
+    layer = layers.instance_norm if spec.norm == "instance" else layers.batch_norm
+    return layer(channels, param_dtype=param_dtype, rngs=rngs)
 
 
-def center_crop(x: jax.Array, h: int, w: int) -> jax.Array:
-    top, left = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
-    return x[:, top : top + h, left : left + w, :]
+def leaky_relu(x: jax.Array) -> jax.Array:
+    # One function object (not a partial per model), so that equal models have equal graphdefs.
+    return jax.nn.leaky_relu(x, LEAKY_RELU_SLOPE)
 
 
-def pad_to(x: jax.Array, h: int, w: int) -> jax.Array:
-    """Zero-pad to (h, w): half the difference on the top and left, the rest after."""
-    dy, dx = h - x.shape[1], w - x.shape[2]
-    return jnp.pad(x, ((0, 0), (dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2), (0, 0)))
+def activation(spec: UNetSpec) -> Callable[[jax.Array], jax.Array]:
+    return leaky_relu if spec.activation == "leaky_relu" else jax.nn.relu
+
+
+def center_crop(x: jax.Array, *sides: int) -> jax.Array:
+    """The centre of a channels-last map's spatial axes, ``sides`` long."""
+    starts = [(have - want) // 2 for have, want in zip(x.shape[1:-1], sides, strict=True)]
+    return x[(slice(None), *(slice(start, start + side) for start, side in zip(starts, sides, strict=True)))]
+
+
+def pad_to(x: jax.Array, *sides: int) -> jax.Array:
+    """Zero-pad the spatial axes to ``sides``: half the difference before (top, left, front), the
+    rest after."""
+    pads = [
+        ((want - have) // 2, want - have - (want - have) // 2)
+        for have, want in zip(x.shape[1:-1], sides, strict=True)
+    ]
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)))
 
 
 class DoubleConv(nnx.Module):
-    """(3x3 conv -> norm -> ReLU) twice: ``down{i}``."""
+    """(3x3 conv -> norm -> activation) twice: ``down{i}``."""
 
     def __init__(
         self, spec: UNetSpec, in_ch: int, out_ch: int, *, layers: Layers, dtype, param_dtype, rngs: nnx.Rngs
@@ -169,37 +210,49 @@ class DoubleConv(nnx.Module):
         # out_ch in, not in_ch: a common bug
         self.conv2 = conv3x3(spec, out_ch, out_ch, **conv)
         self.norm2 = norm(spec, out_ch, layers=layers, param_dtype=param_dtype, rngs=rngs)
+        self.activation = activation(spec)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.relu(self.norm1(self.conv1(x)))
-        return jax.nn.relu(self.norm2(self.conv2(x)))
+        x = self.activation(self.norm1(self.conv1(x)))
+        return self.activation(self.norm2(self.conv2(x)))
+
+
+# jax.image.resize's name for linear interpolation in each dimensionality (the same method).
+_INTERPOLATION = {2: "bilinear", 3: "trilinear"}
 
 
 class BilinearUpconv(Conv):
-    """Bilinear x2 (half-pixel centres), then this 1x1 conv: the ``"bilinear"`` up-conv."""
+    """Bilinear (trilinear in 3D) x2 with half-pixel centres, then this 1x1 conv: the
+    ``"bilinear"`` up-conv."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> None:
-        super().__init__(in_ch, out_ch, (1, 1), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(self, in_ch: int, out_ch: int, *, dims: int, dtype, param_dtype, rngs: nnx.Rngs) -> None:
+        super().__init__(in_ch, out_ch, (1,) * dims, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.method = _INTERPOLATION[dims]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        n, h, w, c = x.shape
+        n, *sides, c = x.shape
         # antialias filters only when downsampling; off, jax2onnx converts it
-        return super().__call__(jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear", antialias=False))
+        resized = jax.image.resize(x, (n, *(2 * side for side in sides), c), self.method, antialias=False)
+        return super().__call__(resized)
 
 
 class MatmulConvTranspose(ConvTranspose):
-    """The 2x2 stride-2 transposed conv as a per-pixel matrix product and a depth-to-space.
+    """The stride-2 transposed conv as a per-pixel matrix product and a depth-to-space.
 
-    Exact: the output's 2x2 blocks do not overlap, so output pixel (2i+a, 2j+b)
+    Exact: the output's 2x2 (2x2x2) blocks do not overlap, so output pixel (2i+a, 2j+b)
     is input pixel (i, j) times kernel tap (a, b). Same parameters as
     ``nnx.ConvTranspose`` (whose kernel is stored flipped, see convert.py).
     """
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        n, h, w, _ = x.shape
-        kernel = self.kernel[...][::-1, ::-1].astype(self.dtype or x.dtype)
-        y = jnp.einsum("nhwc,abco->nhawbo", x.astype(kernel.dtype), kernel)
-        y = y.reshape(n, 2 * h, 2 * w, kernel.shape[-1])
+        n, *sides, _ = x.shape
+        dims = len(sides)
+        kernel = self.kernel[...][(slice(None, None, -1),) * dims].astype(self.dtype or x.dtype)
+        axes, taps = "dhw"[-dims:], "abe"[:dims]
+        # 2D: "nhwc,abco->nhawbo"; each output axis is (input position, tap)
+        pattern = f"n{axes}c,{taps}co->n{''.join(a + t for a, t in zip(axes, taps, strict=True))}o"
+        y = jnp.einsum(pattern, x.astype(kernel.dtype), kernel)
+        y = y.reshape(n, *(2 * side for side in sides), kernel.shape[-1])
         return add_bias(y, self.bias[...])
 
 
@@ -212,8 +265,9 @@ def transposed_upconv(
     param_dtype,
     rngs: nnx.Rngs,
     layers: Layers = PROJECT_LAYERS,
+    dims: int = 2,
 ) -> nnx.ConvTranspose:
-    """The 2x2 stride-2 up-convolution, as ``layers``' transposed conv or as MatmulConvTranspose.
+    """The 2x2 (2x2x2) stride-2 up-convolution, as ``layers``' transposed conv or as MatmulConvTranspose.
 
     transpose_kernel=False: the kernel is that of the equivalent dilated conv,
     i.e. PyTorch's weight flipped spatially (convert.py).
@@ -222,8 +276,8 @@ def transposed_upconv(
     return layer(
         in_ch,
         out_ch,
-        (2, 2),
-        strides=(2, 2),
+        (2,) * dims,
+        strides=(2,) * dims,
         padding="VALID",
         transpose_kernel=False,
         dtype=dtype,
@@ -249,9 +303,11 @@ class Up(DoubleConv):
     ) -> None:
         layer = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if spec.upsample == "transpose":
-            self.upconv = transposed_upconv(in_ch, out_ch, matmul=upconv_matmul, layers=layers, **layer)
+            self.upconv = transposed_upconv(
+                in_ch, out_ch, matmul=upconv_matmul, layers=layers, dims=spec.dims, **layer
+            )
         else:
-            self.upconv = BilinearUpconv(in_ch, out_ch, **layer)
+            self.upconv = BilinearUpconv(in_ch, out_ch, dims=spec.dims, **layer)
         # skip (out_ch) + upsampled (out_ch) = in_ch
         super().__init__(spec, in_ch, out_ch, layers=layers, **layer)
         self.pad_to_skip = spec.pad_to_skip
@@ -259,9 +315,9 @@ class Up(DoubleConv):
     def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
         x = self.upconv(x)
         if self.pad_to_skip:
-            x = pad_to(x, skip.shape[1], skip.shape[2])
+            x = pad_to(x, *skip.shape[1:-1])
         else:
-            skip = center_crop(skip, x.shape[1], x.shape[2])
+            skip = center_crop(skip, *x.shape[1:-1])
         return super().__call__(jnp.concatenate([skip, x], axis=-1))
 
 
@@ -277,7 +333,7 @@ class UNet(nnx.Module):
         for i in reversed(range(spec.depth)):
             channels = (spec.channels(i + 1), spec.channels(i))
             setattr(self, f"up{i}", Up(spec, *channels, upconv_matmul=upconv_matmul, layers=layers, **layer))
-        self.head = layers.conv(spec.width, spec.num_classes, (1, 1), **layer)
+        self.head = layers.conv(spec.width, spec.num_classes, (1,) * spec.dims, **layer)
 
     def train(self, **attributes) -> UNet:
         """BatchNorm on batch statistics; returns self, as torch's Module.train() does."""
@@ -291,12 +347,13 @@ class UNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if not any(map(jax.export.is_symbolic_dim, x.shape)):  # symbolic sizes: impls/export.py checks them
-            self.spec.check_input(x.shape, layout="NHWC")
+            self.spec.check_input(x.shape, layout=LAYOUTS[self.spec.dims][1])
         skips = []
         for i in range(self.spec.depth):
             x = getattr(self, f"down{i}")(x)
             skips.append(x)
-            x = nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))  # by keyword, as jax2onnx's takes it
+            pool = (2,) * self.spec.dims
+            x = nnx.max_pool(x, window_shape=pool, strides=pool)  # by keyword, as jax2onnx's takes it
         x = getattr(self, f"down{self.spec.depth}")(x)
         for i in reversed(range(self.spec.depth)):
             x = getattr(self, f"up{i}")(x, skips[i])
@@ -340,17 +397,19 @@ def abstract(spec: UNetSpec, dtype: jnp.dtype = jnp.float32, **options) -> UNet:
 
 
 def predictor(model: UNet) -> Callable[[np.ndarray], np.ndarray]:
-    """For impls.tiling: a float32 NCHW numpy batch to NCHW logits, in eval mode.
+    """For impls.tiling: a float32 channels-first numpy batch (NCHW, NCDHW) to logits in the same
+    layout, in eval mode.
 
-    The Flax model is NHWC; this thin adapter transposes on the way in and out
-    and jits the forward. It predicts with the weights the model has now.
+    The Flax model is channels-last; this thin adapter moves the channel axis on
+    the way in and out and jits the forward. It predicts with the weights the
+    model has now.
     """
     graphdef, state = nnx.split(model.eval())
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        logits = forward(state, jnp.asarray(batch.transpose(0, 2, 3, 1)))
-        return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
+        logits = forward(state, jnp.asarray(np.moveaxis(batch, 1, -1)))
+        return np.ascontiguousarray(np.moveaxis(np.asarray(logits, np.float32), -1, 1))
 
     return predict
 
@@ -358,7 +417,7 @@ def predictor(model: UNet) -> Callable[[np.ndarray], np.ndarray]:
 def weighted_cross_entropy(
     logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
 ) -> jax.Array:
-    """mean over pixels of w(x) * CE(x); NHWC logits, (N, H, W) labels and weights.
+    """mean over pixels of w(x) * CE(x); NHWC (NDHWC) logits, (N, H, W) ((N, D, H, W)) labels and weights.
 
     Computed in float32 at least (bfloat16 logits are promoted).
     """

@@ -13,8 +13,17 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 PADDINGS = ("same", "valid")
-NORMS = ("batch", "none")
+NORMS = ("batch", "instance", "none")
 UPSAMPLES = ("transpose", "bilinear")
+ACTIVATIONS = ("relu", "leaky_relu")
+DIMS = (2, 3)
+# nnU-Net's and PyTorch's default negative slope.
+LEAKY_RELU_SLOPE = 0.01
+# Layouts of an input batch, per dims: channels first (PyTorch's) and last (Flax's).
+LAYOUTS = {2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+# Fields added after 2D specs were written to disk: left out of the serialised spec at their
+# defaults, so that every 2D spec, cache key and weights file stays byte-identical.
+_OMITTED_AT_DEFAULT = ("dims", "activation")
 
 # Conv kernel side and the pixels an unpadded one removes from a side.
 KERNEL = 3
@@ -26,9 +35,9 @@ SEARCH_LIMIT = 1 << 16
 
 
 class ConvLayer(NamedTuple):
-    """One convolution of the network, for one square image: channels in and out, taps per output
-    pixel (9 for a 3x3 conv; 1 for the 2x2 stride-2 up-conv, the bilinear path's 1x1 and the
-    head), and the side of its output."""
+    """One convolution of the network, for one square image (cubic volume in 3D): channels in and
+    out, taps per output pixel (9 for a 3x3 conv, 27 for a 3x3x3 one; 1 for the stride-2
+    up-conv, the bilinear path's 1x1 and the head), and the side of its output."""
 
     cin: int
     cout: int
@@ -47,6 +56,11 @@ class UNetSpec:
     does: pools drop an odd last row or column, and an up-sampled map smaller
     than its skip is zero-padded to it (half the difference on the top and
     left, the rest on the bottom and right).
+
+    ``dims=3`` is the volumetric U-Net (Çiçek et al. 2016): 3x3x3 convs, 2x2x2
+    pools and up-convolutions, the same rules on every axis. ``norm="instance"``
+    is nnU-Net's (affine, eps 1e-5, statistics of each sample, none kept);
+    ``activation="leaky_relu"`` has slope 0.01.
     """
 
     in_channels: int = 1
@@ -58,15 +72,24 @@ class UNetSpec:
     upsample: Literal["transpose", "bilinear"] = "transpose"
     conv_bias: bool = True
     pad_to_skip: bool = False
+    dims: int = 2
+    activation: Literal["relu", "leaky_relu"] = "relu"
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width", "depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"UNetSpec.{name}={value!r}: expected an integer >= 1")
-        for name, allowed in (("padding", PADDINGS), ("norm", NORMS), ("upsample", UPSAMPLES)):
+        choices = (
+            ("padding", PADDINGS),
+            ("norm", NORMS),
+            ("upsample", UPSAMPLES),
+            ("activation", ACTIVATIONS),
+            ("dims", DIMS),
+        )
+        for name, allowed in choices:
             value = getattr(self, name)
-            if value not in allowed:
+            if isinstance(value, bool) or value not in allowed:
                 raise ValueError(
                     f"UNetSpec.{name}={value!r}: expected one of {', '.join(map(repr, allowed))}"
                 )
@@ -93,7 +116,7 @@ class UNetSpec:
         def double_conv(side: int, cin: int, cout: int) -> int:
             for c in (cin, cout):
                 side -= shrink
-                layers.append(ConvLayer(c, cout, KERNEL * KERNEL, side))
+                layers.append(ConvLayer(c, cout, KERNEL**self.dims, side))
             return side
 
         for i in range(self.depth):
@@ -158,8 +181,9 @@ class UNetSpec:
         elif self.padding == "same":
             rule = f"padding='same' needs a multiple of 2**depth = {2**self.depth}"
         else:
+            pool = "x".join("2" * self.dims)
             rule = (
-                "padding='valid' needs an even size at every 2x2 max-pool and a positive one "
+                f"padding='valid' needs an even size at every {pool} max-pool and a positive one "
                 "after every unpadded conv"
             )
         return f"{axis} {side} is not a valid input size ({rule}); nearest valid: {nearest}"
@@ -174,31 +198,37 @@ class UNetSpec:
             )
         return out
 
-    def output_size(self, h: int, w: int) -> tuple[int, int]:
-        """Output (height, width) for an input of (h, w); ValueError if invalid."""
-        out = (self._side_out(h), self._side_out(w))
-        errors = [
-            self._side_error(axis, side)
-            for axis, side, o in (("height", h, out[0]), ("width", w, out[1]))
-            if o is None
-        ]
+    def output_size(self, *sides: int) -> tuple[int, ...]:
+        """Output sides for an input's spatial sides, (h, w) in 2D and (d, h, w) in 3D; ValueError if
+        invalid."""
+        axes = ("depth", "height", "width")[-self.dims :]
+        if len(sides) != self.dims:
+            raise ValueError(
+                f"UNetSpec(dims={self.dims}): expected {self.dims} sides ({', '.join(axes)}), got {sides}"
+            )
+        out = tuple(self._side_out(side) for side in sides)
+        errors = [self._side_error(a, side) for a, side, o in zip(axes, sides, out, strict=True) if o is None]
         if errors:
             raise ValueError(f"UNetSpec(depth={self.depth}, padding={self.padding!r}): " + "; ".join(errors))
         return out  # type: ignore[return-value]
 
-    def check_input(self, shape: tuple[int, ...], *, layout: str = "NCHW") -> tuple[int, int]:
-        """Validate an input shape given in ``layout``; return the output (h, w).
+    def check_input(self, shape: tuple[int, ...], *, layout: str | None = None) -> tuple[int, ...]:
+        """Validate an input shape given in ``layout`` (default channels first: NCHW, or NCDHW in 3D);
+        return the output's spatial sides.
 
         ``layout`` only changes where the channel axis is read and how the
         message names it, so that every framework reports the same problem.
         """
         shape = tuple(int(s) for s in shape)
-        if layout not in ("NCHW", "NHWC"):
-            raise ValueError(f"layout={layout!r}: expected 'NCHW' or 'NHWC'")
-        if len(shape) != 4:
+        layouts = LAYOUTS[self.dims]
+        layout = layout or layouts[0]
+        if layout not in layouts:
+            expected = " or ".join(map(repr, layouts))
+            raise ValueError(f"layout={layout!r}: expected {expected} (dims={self.dims})")
+        if len(shape) != len(layout):
             raise ValueError(
-                f"input shape {shape}: expected a 4-D {layout} batch, got {len(shape)} dimensions"
-                + ("; add a batch axis, e.g. x[None]" if len(shape) == 3 else "")
+                f"input shape {shape}: expected a {len(layout)}-D {layout} batch, got {len(shape)} dimensions"
+                + ("; add a batch axis, e.g. x[None]" if len(shape) == len(layout) - 1 else "")
             )
         c_axis = layout.index("C")
         channels = shape[c_axis]
@@ -207,8 +237,7 @@ class UNetSpec:
                 f"input shape {shape} ({layout}): expected {self.in_channels} channel(s) "
                 f"on axis {c_axis}, got {channels}"
             )
-        h, w = shape[layout.index("H")], shape[layout.index("W")]
-        return self.output_size(h, w)
+        return self.output_size(*(shape[layout.index(axis)] for axis in "DHW"[-self.dims :]))
 
     # -- canonical weight table -------------------------------------------
 
@@ -219,37 +248,42 @@ class UNetSpec:
         ``up{depth-1}..up0``, then ``head``.
         """
         shapes: dict[str, tuple[int, ...]] = {}
+        kernel, pair, single = ((KERNEL,) * self.dims, (2,) * self.dims, (1,) * self.dims)
+        norm_leaves = {
+            "batch": ("weight", "bias", "running_mean", "running_var"),
+            "instance": ("weight", "bias"),
+        }
 
         def double_conv(prefix: str, in_ch: int, out_ch: int) -> None:
             for j, cin in ((1, in_ch), (2, out_ch)):
-                shapes[f"{prefix}.conv{j}.weight"] = (out_ch, cin, KERNEL, KERNEL)
+                shapes[f"{prefix}.conv{j}.weight"] = (out_ch, cin, *kernel)
                 if self.conv_bias:
                     shapes[f"{prefix}.conv{j}.bias"] = (out_ch,)
-                if self.norm == "batch":
-                    for leaf in ("weight", "bias", "running_mean", "running_var"):
-                        shapes[f"{prefix}.norm{j}.{leaf}"] = (out_ch,)
+                for leaf in norm_leaves.get(self.norm, ()):
+                    shapes[f"{prefix}.norm{j}.{leaf}"] = (out_ch,)
 
         for i in range(self.depth + 1):
             double_conv(f"down{i}", self.channels(i - 1) if i else self.in_channels, self.channels(i))
         for i in reversed(range(self.depth)):
             cin, cout = self.channels(i + 1), self.channels(i)
-            upconv = (cin, cout, 2, 2) if self.upsample == "transpose" else (cout, cin, 1, 1)
+            upconv = (cin, cout, *pair) if self.upsample == "transpose" else (cout, cin, *single)
             shapes[f"up{i}.upconv.weight"] = upconv
             shapes[f"up{i}.upconv.bias"] = (cout,)
             double_conv(f"up{i}", cin, cout)  # skip (cout) + upsampled (cout) channels in
-        shapes["head.weight"] = (self.num_classes, self.width, 1, 1)
+        shapes["head.weight"] = (self.num_classes, self.width, *single)
         shapes["head.bias"] = (self.num_classes,)
         return shapes
 
     def zero_gradient_biases(self) -> set[str]:
-        """Canonical biases whose effect BatchNorm removes (true gradient exactly 0).
+        """Canonical biases whose effect the norm removes (true gradient exactly 0).
 
-        Every conv bias right before BatchNorm, and with unpadded convs the
-        up-conv bias too: the conv that follows turns it into a per-channel
-        constant that the next BatchNorm subtracts. (With padding the border
-        pixels see zeros instead, so that constant is not uniform.)
+        Every conv bias right before a norm (BatchNorm or instance norm: each
+        subtracts a per-channel mean), and with unpadded convs the up-conv bias
+        too: the conv that follows turns it into a per-channel constant that the
+        next norm subtracts. (With padding the border pixels see zeros instead,
+        so that constant is not uniform.)
         """
-        if self.norm != "batch":
+        if self.norm == "none":
             return set()
         names = {n for n in self.param_shapes() if ".conv" in n and n.endswith(".bias")}
         if self.padding == "valid":
@@ -258,8 +292,18 @@ class UNetSpec:
 
     # -- serialisation ----------------------------------------------------
 
+    def to_dict(self) -> dict[str, object]:
+        """The fields, less those added for 3D where they hold their defaults (old files stay
+        byte-identical)."""
+        defaults = UNetSpec()
+        return {
+            name: value
+            for name, value in dataclasses.asdict(self).items()
+            if name not in _OMITTED_AT_DEFAULT or value != getattr(defaults, name)
+        }
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> UNetSpec:

@@ -32,7 +32,7 @@ def random_weights(spec: UNetSpec, seed: int = 0, dtype: type = np.float32) -> d
             value = rng.uniform(0.5, 2.0, shape)
         elif ".norm" in name and name.endswith(".weight"):
             value = rng.uniform(0.5, 1.5, shape)
-        elif len(shape) == 4:
+        elif len(shape) > 2:  # kernels, 2D or 3D
             transposed = name.endswith("upconv.weight") and spec.upsample == "transpose"
             fan_in = shape[0] if transposed else np.prod(shape[1:])  # one tap per output pixel
             value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
@@ -53,16 +53,17 @@ def assert_refused(call: Callable[[], object], *parts: str, error: type[Exceptio
 
 
 def input_sides(spec: UNetSpec, count: int = 2) -> list[int]:
-    """The ``count`` smallest valid input sides that leave a bottleneck of at least 4 pixels.
+    """The ``count`` smallest valid input sides that leave a bottleneck of at least 4 pixels
+    (2 voxels in 3D, where 2x2x2 already holds 8).
 
     A tinier bottleneck makes BatchNorm normalise over a handful of values, and
     float32 training then amplifies rounding differences chaotically.
     """
     sides = []
-    side = 4 * 2**spec.depth
+    side = (4 if spec.dims == 2 else 2) * 2**spec.depth
     while len(sides) < count:
         try:
-            spec.output_size(side, side)
+            spec.check_side(side)
             sides.append(side)
         except ValueError:
             pass
@@ -71,20 +72,24 @@ def input_sides(spec: UNetSpec, count: int = 2) -> list[int]:
 
 
 def batch(spec: UNetSpec, n: int, seed: int = 0, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """A random NCHW input whose height and width differ, and integer labels for its output."""
-    h, w = input_sides(spec)
+    """A random channels-first input (NCHW, NCDHW) whose sides all differ, and integer labels for
+    its output."""
+    sides = input_sides(spec, spec.dims)
     rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, 1.0, (n, spec.in_channels, h, w)).astype(dtype)
-    out_h, out_w = spec.output_size(h, w)
-    labels = rng.integers(0, spec.num_classes, (n, out_h, out_w))
+    x = rng.normal(0.0, 1.0, (n, spec.in_channels, *sides)).astype(dtype)
+    labels = rng.integers(0, spec.num_classes, (n, *spec.output_size(*sides)))
     return x, labels
 
 
 def _pool_choice(x: np.ndarray) -> np.ndarray:
-    """Per 2x2 window of an NCHW map: the index of its max, or -1 where the max is 0."""
-    n, c, h, w = x.shape
-    windows = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
-    windows = windows.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    """Per 2x2 (2x2x2) window of a channels-first map: the index of its max, or -1 where the max is 0."""
+    n, c, *sides = x.shape
+    dims = len(sides)
+    x = x[(slice(None), slice(None), *(slice(0, side // 2 * 2) for side in sides))]
+    windows = x.reshape(n, c, *(m for side in sides for m in (side // 2, 2)))
+    # (n, c, s0, t0, s1, t1, ...) -> (n, c, s0, s1, ..., t0, t1, ...)
+    order = (0, 1, *range(2, 2 + 2 * dims, 2), *range(3, 3 + 2 * dims, 2))
+    windows = windows.transpose(order).reshape(n, c, *(side // 2 for side in sides), 2**dims)
     return np.where(windows.max(-1) > 0, windows.argmax(-1), -1)
 
 
@@ -110,12 +115,12 @@ def _kink_sides(spec: UNetSpec, weights: dict[str, np.ndarray], x: np.ndarray) -
     torch_model(torch.from_numpy(x))
 
     flax_model = to_flax(weights, abstract_flax(spec))
-    captured = _captured_forward(flax_model, jnp.asarray(nchw_to_nhwc(x)))
-    outputs = {path[:-1]: nhwc_to_nchw(v.get_value()[0]) for path, v in nnx.to_flat_state(captured)}
+    captured = _captured_forward(flax_model, jnp.asarray(channels_last(x)))
+    outputs = {path[:-1]: channels_first(v.get_value()[0]) for path, v in nnx.to_flat_state(captured)}
     for name in sides[0]:
         block, _, layer = name.partition(".")
         if layer:
-            pre_relu = (block, layer) if spec.norm == "batch" else (block, layer.replace("norm", "conv"))
+            pre_relu = (block, layer) if spec.norm != "none" else (block, layer.replace("norm", "conv"))
             sides[1][name] = outputs[pre_relu] > 0
         else:
             sides[1][name] = _pool_choice(outputs[(block,)])
@@ -155,12 +160,14 @@ def conditioned_batch(
     raise AssertionError("no batch in 20 on which the frameworks agree at every kink")
 
 
-def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+def channels_last(x: np.ndarray) -> np.ndarray:
+    """NCHW to NHWC, NCDHW to NDHWC."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
 
 
-def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+def channels_first(x: np.ndarray) -> np.ndarray:
+    """NHWC to NCHW, NDHWC to NCDHW."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1))
 
 
 def assert_close(
@@ -220,10 +227,10 @@ def flax_optimizer(model: nnx.Module, learning_rate: float) -> nnx.Optimizer:
 
 
 def flax_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.ndarray):
-    """As torch_step, for Flax; x is NCHW and logits come back NCHW."""
+    """As torch_step, for Flax; x is channels-first and the logits come back so."""
     model.train()
-    loss, logits, grads = _flax_step(model, optimizer, jnp.asarray(nchw_to_nhwc(x)), jnp.asarray(y))
-    return float(loss), nhwc_to_nchw(logits), from_flax_state(grads, model.spec)
+    loss, logits, grads = _flax_step(model, optimizer, jnp.asarray(channels_last(x)), jnp.asarray(y))
+    return float(loss), channels_first(logits), from_flax_state(grads, model.spec)
 
 
 # -- the parity gate as the sweep applies it, in this process

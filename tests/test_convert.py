@@ -21,7 +21,7 @@ from impls.checks import err
 from impls.flax_unet import BatchNorm
 from impls.spec import UNetSpec
 from tests import reference_numpy
-from tests.helpers import assert_refused, nchw_to_nhwc, nhwc_to_nchw, random_weights
+from tests.helpers import assert_refused, channels_first, channels_last, random_weights
 
 SPECS = [
     UNetSpec(in_channels=3, num_classes=2, width=5, depth=2),
@@ -30,6 +30,12 @@ SPECS = [
     ),
     UNetSpec(in_channels=2, num_classes=2, width=4, depth=1, norm="none"),
 ]
+SPECS_3D = [
+    UNetSpec(
+        in_channels=2, width=3, depth=2, dims=3, norm="instance", upsample="bilinear", activation="leaky_relu"
+    ),
+    UNetSpec(width=2, depth=1, dims=3, padding="valid", conv_bias=False),
+]
 DTYPES = [
     (np.float32, torch.float32, jnp.float32),
     (np.float64, torch.float64, jnp.float64),
@@ -37,7 +43,9 @@ DTYPES = [
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.padding}-{s.upsample}-{s.norm}")
+@pytest.mark.parametrize(
+    "spec", SPECS + SPECS_3D, ids=lambda s: f"{s.dims}d-{s.padding}-{s.upsample}-{s.norm}"
+)
 @pytest.mark.parametrize("dtypes", DTYPES, ids=lambda d: np.dtype(d[0]).name)
 def test_round_trip_torch_flax_torch_is_bit_exact(spec: UNetSpec, dtypes: tuple) -> None:
     np_dtype, torch_dtype, jax_dtype = dtypes
@@ -94,7 +102,8 @@ def test_conv_kernel_goes_oihw_to_hwio() -> None:
     x = np.random.default_rng(0).normal(size=(2, 3, 7, 11)).astype(np.float32)
     assert (
         err(
-            nhwc_to_nchw(f.down0.conv1(jnp.asarray(nchw_to_nhwc(x)))), t.down0.conv1(torch.tensor(x)).detach()
+            channels_first(f.down0.conv1(jnp.asarray(channels_last(x)))),
+            t.down0.conv1(torch.tensor(x)).detach(),
         )
         < 1e-6
     )
@@ -104,13 +113,51 @@ def test_transposed_conv_kernel_is_flipped() -> None:
     t, f, weights = _loaded_pair(SPECS[0])
     x = np.random.default_rng(0).normal(size=(2, 10, 3, 5)).astype(np.float32)
     want = t.up0.upconv(torch.tensor(x)).detach().numpy()
-    got = nhwc_to_nchw(f.up0.upconv(jnp.asarray(nchw_to_nhwc(x))))
+    got = channels_first(f.up0.upconv(jnp.asarray(channels_last(x))))
     assert got.shape == want.shape == (2, 5, 6, 10)
     assert err(got, want) < 1e-6
     # The trap is real: the same kernel without the flip computes something else.
     unflipped = weights["up0.upconv.weight"].transpose(2, 3, 0, 1)
     f.up0.upconv.kernel[...] = jnp.asarray(unflipped)
-    assert err(nhwc_to_nchw(f.up0.upconv(jnp.asarray(nchw_to_nhwc(x)))), want) > 0.1
+    assert err(channels_first(f.up0.upconv(jnp.asarray(channels_last(x)))), want) > 0.1
+
+
+def test_3d_kernels_go_oidhw_to_dhwio_and_the_transposed_one_is_flipped_on_every_axis() -> None:
+    t, f, weights = _loaded_pair(UNetSpec(in_channels=3, width=5, depth=1, dims=3))
+    np.testing.assert_array_equal(
+        f.down0.conv1.kernel[...], weights["down0.conv1.weight"].transpose(2, 3, 4, 1, 0)
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 5, 7, 6)).astype(np.float32)
+    got = channels_first(f.down0.conv1(jnp.asarray(channels_last(x))))
+    assert err(got, t.down0.conv1(torch.tensor(x)).detach()) < 1e-6
+    x = rng.normal(size=(2, 10, 3, 5, 4)).astype(np.float32)
+    want = t.up0.upconv(torch.tensor(x)).detach().numpy()
+    got = channels_first(f.up0.upconv(jnp.asarray(channels_last(x))))
+    assert got.shape == want.shape == (2, 5, 6, 10, 8)
+    assert err(got, want) < 1e-6
+    # Each of the three flips is needed: without the depth axis's the function differs.
+    kernel = weights["up0.upconv.weight"].transpose(2, 3, 4, 0, 1)
+    f.up0.upconv.kernel[...] = jnp.asarray(kernel[:, ::-1, ::-1])
+    assert err(channels_first(f.up0.upconv(jnp.asarray(channels_last(x)))), want) > 0.1
+
+
+def test_instance_norm_is_torchs_per_sample_and_channel() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=(2, 3, 4, 5, 4)).astype(np.float32)  # NDHWC, 60 voxels a channel
+    scale, bias = rng.uniform(0.5, 1.5, 4).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    ours = flax_unet.InstanceNorm(4, param_dtype=jnp.float32)
+    ours.scale[...], ours.bias[...] = jnp.asarray(scale), jnp.asarray(bias)
+    reference = torch.nn.InstanceNorm3d(4, affine=True)  # eps 1e-5, biased variance, no statistics
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(scale))
+        reference.bias.copy_(torch.tensor(bias))
+    want = reference(torch.tensor(channels_first(x))).detach().numpy()
+    assert err(channels_first(ours(jnp.asarray(x))), want) < 1e-6
+    # The statistics are each sample's: the same affine after a batch-wide normalisation differs.
+    batch_wide = BatchNorm(4, param_dtype=jnp.float32)
+    batch_wide.scale[...], batch_wide.bias[...] = jnp.asarray(scale), jnp.asarray(bias)
+    assert err(channels_first(batch_wide(jnp.asarray(x))), want) > 1e-2
 
 
 def test_batchnorm_momentum_and_unbiased_running_var() -> None:
@@ -126,7 +173,7 @@ def test_batchnorm_momentum_and_unbiased_running_var() -> None:
     reference.running_var.copy_(torch.tensor(var0))
 
     out_ref = reference(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy()
-    out = nhwc_to_nchw(ours(jnp.asarray(x)))
+    out = channels_first(ours(jnp.asarray(x)))
     flax_own(jnp.asarray(x))
     assert err(out, out_ref) < 1e-6
     batch_var = x.reshape(-1, 4).var(axis=0, ddof=1)
@@ -144,7 +191,7 @@ def test_batchnorm_epsilon() -> None:
     t = convert.to_torch(weights, torch_unet.build(spec)).eval()
     f = convert.to_flax(weights, flax_unet.abstract(spec)).eval()
     x = np.random.default_rng(1).normal(size=(1, 1, 8, 8)).astype(np.float32)
-    assert err(nhwc_to_nchw(f(jnp.asarray(nchw_to_nhwc(x)))), t(torch.tensor(x)).detach()) < 1e-5
+    assert err(channels_first(f(jnp.asarray(channels_last(x)))), t(torch.tensor(x)).detach()) < 1e-5
 
 
 def test_new_flax_model_starts_in_train_mode() -> None:
@@ -184,7 +231,7 @@ def test_independent_reader_agrees_with_both_models(tmp_path, spec: UNetSpec) ->
     f = convert.to_flax(convert.load(path)[0], flax_unet.abstract(spec)).eval()
     assert reference.shape == (2, spec.num_classes, *spec.output_size(*x.shape[2:]))
     assert err(t(torch.tensor(x32)).detach(), reference) < 1e-5
-    assert err(nhwc_to_nchw(f(jnp.asarray(nchw_to_nhwc(x32)))), reference) < 1e-5
+    assert err(channels_first(f(jnp.asarray(channels_last(x32)))), reference) < 1e-5
 
 
 # -- strictness ------------------------------------------------------------------

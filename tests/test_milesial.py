@@ -18,7 +18,7 @@ from impls import convert, flax_unet, torch_unet
 from impls.checks import err
 from impls.spec import UNetSpec
 from tests import milesial_reference
-from tests.helpers import assert_refused, nchw_to_nhwc, nhwc_to_nchw
+from tests.helpers import assert_refused, channels_first, channels_last
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_both_models_compute_what_the_original_computes(
     with torch.no_grad():
         assert err(ours(torch.tensor(x)).numpy(), want) <= 1e-5
     flax_model = convert.to_flax(weights, flax_unet.abstract(spec)).eval()
-    assert err(nhwc_to_nchw(flax_model(jnp.asarray(nchw_to_nhwc(x)))), want) <= 1e-5
+    assert err(channels_first(flax_model(jnp.asarray(channels_last(x)))), want) <= 1e-5
 
 
 def test_a_state_dict_in_memory_and_the_command_line(original, checkpoint, tmp_path) -> None:

@@ -27,6 +27,8 @@ def test_defaults() -> None:
         upsample="transpose",
         conv_bias=True,
         pad_to_skip=False,
+        dims=2,
+        activation="relu",
     )
 
 
@@ -38,9 +40,12 @@ def test_defaults() -> None:
         ("width", -64, "integer >= 1"),
         ("depth", True, "integer >= 1"),
         ("padding", "reflect", "'same', 'valid'"),
-        ("norm", "group", "'batch', 'none'"),
+        ("norm", "group", "'batch', 'instance', 'none'"),
         ("upsample", "nearest", "'transpose', 'bilinear'"),
         ("conv_bias", 1, "True or False"),
+        ("dims", 1, "2, 3"),
+        ("dims", True, "2, 3"),
+        ("activation", "gelu", "'relu', 'leaky_relu'"),
     ],
 )
 def test_bad_field_names_field_value_and_allowed(field: str, value: object, allowed: str) -> None:
@@ -52,6 +57,71 @@ def test_bad_field_names_field_value_and_allowed(field: str, value: object, allo
 
 def test_paper_case() -> None:
     assert UNetSpec(padding="valid").output_size(572, 572) == (388, 388)
+
+
+def test_the_3d_papers_case() -> None:
+    """Çiçek et al. 2016: 132x132x116 in, 44x44x28 out, at depth 3 with valid convs."""
+    spec = UNetSpec(dims=3, depth=3, padding="valid")
+    assert spec.output_size(132, 132, 116) == (44, 44, 28)
+    assert spec.check_input((1, 1, 132, 132, 116)) == (44, 44, 28)
+    assert spec.check_input((1, 132, 132, 116, 1), layout="NDHWC") == (44, 44, 28)
+    assert spec.param_shapes()["down0.conv1.weight"] == (64, 1, 3, 3, 3)
+    assert spec.param_shapes()["up2.upconv.weight"] == (512, 256, 2, 2, 2)
+    assert spec.param_shapes()["head.weight"] == (2, 64, 1, 1, 1)
+    assert spec.conv_layers(132)[0].taps == 27
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "match"),
+    [
+        (
+            (1, 1, 132, 132, 117),
+            None,
+            r"width 117 is not a valid input size \(padding='valid' needs an even size "
+            r"at every 2x2x2 max-pool.*nearest valid: 116 and 124",
+        ),
+        ((1, 1, 130, 132, 116), None, "depth 130 .*nearest valid: 124 and 132"),
+        ((1, 1, 132, 132), None, "expected a 5-D NCDHW batch, got 4 dimensions; add a batch axis"),
+        ((1, 132, 132, 116, 1), "NHWC", "layout='NHWC': expected 'NCDHW' or 'NDHWC' \\(dims=3\\)"),
+        ((1, 132, 132, 116, 2), "NDHWC", r"expected 1 channel\(s\) on axis 4, got 2"),
+    ],
+)
+def test_3d_input_errors_name_the_axis_and_the_nearest_sizes(
+    shape: tuple, layout: str | None, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        UNetSpec(dims=3, depth=3, padding="valid").check_input(shape, layout=layout)
+
+
+def test_output_size_takes_one_side_per_axis() -> None:
+    with pytest.raises(
+        ValueError, match=r"UNetSpec\(dims=3\): expected 3 sides \(depth, height, width\), got \(32, 32\)"
+    ):
+        UNetSpec(dims=3).output_size(32, 32)
+    with pytest.raises(ValueError, match=r"expected 2 sides \(height, width\), got \(32, 32, 32\)"):
+        UNetSpec().output_size(32, 32, 32)
+
+
+def test_instance_norm_has_affine_weights_and_no_statistics_and_zeroes_its_conv_biases() -> None:
+    spec = UNetSpec(dims=3, width=4, depth=1, norm="instance", padding="valid")
+    table = spec.param_shapes()
+    assert [n for n in table if n.startswith("down0.norm1")] == ["down0.norm1.weight", "down0.norm1.bias"]
+    assert spec.zero_gradient_biases() == {n for n in table if ".conv" in n and n.endswith(".bias")} | {
+        "up0.upconv.bias"
+    }
+    assert UNetSpec(norm="none").zero_gradient_biases() == set()
+
+
+def test_the_serialised_2d_spec_is_what_it_was_before_3d() -> None:
+    """Fields added for 3D are left out at their defaults: 2D files, keys and reports stay byte-identical."""
+    assert UNetSpec().to_json() == (
+        '{"conv_bias": true, "depth": 4, "in_channels": 1, "norm": "batch", "num_classes": 2, '
+        '"pad_to_skip": false, "padding": "same", "upsample": "transpose", "width": 64}'
+    )
+    volumetric = UNetSpec(dims=3, norm="instance", activation="leaky_relu")
+    assert '"dims": 3' in volumetric.to_json() and '"activation": "leaky_relu"' in volumetric.to_json()
+    assert UNetSpec.from_json(volumetric.to_json()) == volumetric
+    assert UNetSpec.from_json(UNetSpec(width=8).to_json()).dims == 2
 
 
 @pytest.mark.parametrize(
@@ -131,11 +201,24 @@ def test_output_size_matches_the_models(padding: str, depth: int) -> None:
     assert flax_out.shape == (1, *out, 3)
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_3d_output_size_matches_the_models(padding: str) -> None:
+    spec = UNetSpec(width=2, depth=2, padding=padding, num_classes=3, dims=3, norm="instance")
+    sides = (12, 8, 20) if padding == "same" else (_valid_pair(spec)[0], *_valid_pair(spec))
+    out = spec.output_size(*sides)
+    model = torch_unet.build(spec).eval()
+    assert model(torch.zeros(1, 1, *sides)).shape == (1, 3, *out)
+    flax_out = nnx.eval_shape(
+        lambda model, x: model(x), flax_unet.abstract(spec).eval(), jnp.zeros((1, *sides, 1))
+    )
+    assert flax_out.shape == (1, *out, 3)
+
+
 def _valid_pair(spec: UNetSpec) -> tuple[int, int]:
     sides = []
     for side in range(1, 400):
         try:
-            spec.output_size(side, side)
+            spec.check_side(side)
             sides.append(side)
         except ValueError:
             continue
@@ -148,6 +231,8 @@ def _valid_pair(spec: UNetSpec) -> tuple[int, int]:
         UNetSpec(width=4, depth=2),
         UNetSpec(width=4, depth=3, norm="none", conv_bias=False, upsample="bilinear", in_channels=3),
         UNetSpec(width=2, depth=1, padding="valid", conv_bias=False),
+        UNetSpec(width=2, depth=2, dims=3, norm="instance", upsample="bilinear", activation="leaky_relu"),
+        UNetSpec(width=2, depth=2, dims=3, padding="valid", conv_bias=False),
     ],
 )
 def test_param_shapes_is_the_torch_state_dict_and_the_flax_state(spec: UNetSpec) -> None:

@@ -141,3 +141,107 @@ def test_a_predictor_of_the_wrong_shape_is_refused() -> None:
     message = "predict returned shape (4, 1, 32, 32) for tiles of shape (4, 1, 32, 32): expected (4, 2, 32"
     with pytest.raises(ValueError, match=re.escape(message)):
         tiling.predict_tiled(lambda x: x, np.zeros((1, 40, 40), np.float32), SAME, tile=32)
+
+
+# -- volumes ---------------------------------------------------------------------
+
+VALID_3D = UNetSpec(width=2, depth=1, padding="valid", dims=3)  # border 8: a 22^3 tile gives 6^3 out
+SAME_3D = UNetSpec(in_channels=2, num_classes=2, width=2, depth=2, dims=3)
+
+
+@pytest.mark.parametrize("framework", [0, 1], ids=["torch", "flax"])
+def test_valid_tiling_of_a_volume_equals_one_pass(framework: int) -> None:
+    weights = random_weights(VALID_3D, seed=3)
+    predict = (
+        torch_unet.predictor(convert.to_torch(weights, torch_unet.build(VALID_3D))),
+        flax_unet.predictor(convert.to_flax(weights, flax_unet.abstract(VALID_3D))),
+    )[framework]
+    volume = np.random.default_rng(5).normal(size=(1, 11, 15, 9)).astype(np.float32)
+    tiled = tiling.predict_tiled(predict, volume, VALID_3D, tile=22, batch=4)
+    assert tiled.shape == (VALID_3D.num_classes, 11, 15, 9)
+    positions = tiling.tile_positions(volume.shape[1:], VALID_3D, 22)
+    assert len(positions) == 2 * 3 * 2  # steps of 6 voxels
+    border, out = 8, 6
+    pads = [
+        (border, border + last + out - n) for last, n in zip(positions[-1], volume.shape[1:], strict=True)
+    ]
+    one_pass = predict(np.pad(volume, ((0, 0), *pads), mode="reflect")[None])[0][:, :11, :15, :9]
+    assert err(tiled, one_pass) <= 1e-5
+
+
+def _position_dependent(batch: np.ndarray) -> np.ndarray:
+    """A 'network' whose output depends on where in the tile a voxel is: overlapping tiles
+    disagree, so the blend's weights decide the result."""
+    ramps = np.meshgrid(*(np.linspace(-1.0, 1.0, n) for n in batch.shape[2:]), indexing="ij")
+    return batch * (1.5 + ramps[0] * ramps[1]) + ramps[2] - 0.5 * ramps[0]
+
+
+def test_the_gaussian_blend_is_monais_sliding_window_and_fails_when_its_sigma_is_off(monkeypatch) -> None:
+    """MONAI's sliding_window_inference (overlap 0.5, mode "gaussian", sigma_scale 1/8), on a volume
+    that is no whole number of steps on any axis: the same within 1e-5 (1e-7 here); 1.1x sigma,
+    constant weights or no floor under the weights differ by far more."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    volume = np.random.default_rng(7).normal(size=(2, 37, 29, 45)).astype(np.float32)
+    monai = sliding_window_inference(
+        torch.from_numpy(volume[None]),
+        roi_size=(16, 16, 16),
+        sw_batch_size=4,
+        predictor=lambda patches: torch.from_numpy(_position_dependent(patches.numpy())),
+        overlap=0.5,
+        mode="gaussian",
+        sigma_scale=tiling.GAUSSIAN_SIGMA_SCALE,
+    )[0].numpy()
+
+    def ours(**options) -> np.ndarray:
+        return tiling.predict_tiled(_position_dependent, volume, SAME_3D, tile=16, overlap=0.5, **options)
+
+    assert err(ours(), monai) <= 1e-5
+    assert err(ours(blend="constant"), monai) > 1e-2  # 0.18 here
+    with monkeypatch.context() as patch:
+        patch.setattr(tiling, "GAUSSIAN_FLOOR", 0.0)  # MONAI's floor of 1e-3 matters too (0.31)
+        assert err(ours(), monai) > 1e-2
+    monkeypatch.setattr(tiling, "GAUSSIAN_SIGMA_SCALE", tiling.GAUSSIAN_SIGMA_SCALE * 1.1)
+    assert err(ours(), monai) > 1e-2  # 0.09 here
+
+
+def test_mirroring_averages_every_flip_of_each_tile() -> None:
+    volume = np.random.default_rng(8).normal(size=(2, 16, 16, 16)).astype(np.float32)
+    mirrored = tiling.predict_tiled(_position_dependent, volume, SAME_3D, tile=16, mirror=True)
+    flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]  # the batch's spatial axes
+    want = np.mean([np.flip(_position_dependent(np.flip(volume[None], a)), a)[0] for a in flips], axis=0)
+    assert err(mirrored, want) <= 1e-6
+    assert err(tiling.predict_tiled(_position_dependent, volume, SAME_3D, tile=16), want) > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("shape", "options", "match"),
+    [
+        (
+            (2, 20, 20),
+            dict(tile=16),
+            r"image: expected a non-empty \(C, D, H, W\) array, got shape \(2, 20, 20\)",
+        ),
+        ((2, 20, 20, 20), dict(tile=(16, 16)), r"expected one side or a \(depth, height, width\) triple"),
+        (
+            (2, 20, 20, 20),
+            dict(tile=(16, 16, 18)),
+            "width 18 is not a valid input size .*nearest valid: 16 and 20",
+        ),
+        ((2, 20, 20, 20), dict(tile=16, mirror=1), "mirror=1: expected True or False"),
+        ((2, 20, 20, 20), dict(tile=16, overlap=1.0), r"overlap=1\.0: expected a fraction in \[0, 1\)"),
+    ],
+)
+def test_bad_volume_arguments(shape: tuple, options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        tiling.predict_tiled(lambda x: x, np.zeros(shape, np.float32), SAME_3D, **options)
+
+
+def test_non_finite_voxels_are_refused() -> None:
+    volume = np.zeros((2, 20, 20, 20), np.float32)
+    volume[1, 2, 3, 4] = np.inf
+    with pytest.raises(
+        ValueError, match=re.escape("the first at (channel, slice, row, column) (1, 2, 3, 4)")
+    ):
+        tiling.predict_tiled(lambda x: x, volume, SAME_3D, tile=16)
