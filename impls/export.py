@@ -1,7 +1,8 @@
 """A canonical checkpoint exported to ONNX, AOTInductor or jax.export, verified at export time.
 
 ``python -m impls.export CHECKPOINT.safetensors --to onnx|aoti|jax OUT [--batch N] [--size H W]
-[--dynamic] [--via torch|flax]``, and the same as functions (``to_onnx``, ``to_aoti``, ``to_jax``,
+[--dynamic] [--via torch|flax]`` (``--size D H W`` for a 3D checkpoint, whose files take NCDHW or
+NDHWC volumes), and the same as functions (``to_onnx``, ``to_aoti``, ``to_jax``,
 or ``export(..., to=...)``):
 
 - ``onnx``: the PyTorch model through ``torch.onnx.export(..., dynamo=True)``, opset 18; with
@@ -37,7 +38,7 @@ import numpy as np
 from impls import convert, footprint
 from impls.checks import err, whole
 from impls.files import atomic_output, check_named_output
-from impls.spec import UNetSpec
+from impls.spec import LAYOUTS, UNetSpec
 
 if TYPE_CHECKING:
     import jax
@@ -48,9 +49,13 @@ VIAS = ("torch", "flax")
 OPSET = 18
 # fp32 forward, as the parity tests bound eval-mode forwards between frameworks
 TOLERANCE = 1e-5
-# The input side used when none is given: the valid side nearest to this
+# The input side used when none is given: the valid side nearest to this (a volume's, in 3D)
 DEFAULT_SIDE = 256
+DEFAULT_SIDE_3D = 64
 SEED = 0
+# Each spatial axis's name, and its symbol in a dynamic export's shapes.
+AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
+_SYMBOLS = {"depth": "d", "height": "h", "width": "w"}
 
 
 class ExportError(ValueError):
@@ -64,7 +69,7 @@ class Export:
     path: Path
     route: str  # which route made it: "onnx (torch.onnx, dynamo)", "aoti (...)", ...
     spec: UNetSpec
-    layout: str  # "NCHW" or "NHWC", in and out
+    layout: str  # "NCHW" or "NHWC" (3D: "NCDHW" or "NDHWC"), in and out
     input_shape: str  # as the file declares it: "(1, 1, 64, 64)" or "(batch, 1, 16*h, 16*w)"
     checks: tuple[tuple[tuple[int, ...], float], ...]  # (input shape, err) for each seeded input
 
@@ -106,33 +111,41 @@ def _sides(spec: UNetSpec, *, torch_route: bool) -> _Sides:
 
 
 def _default_side(spec: UNetSpec) -> int:
+    wanted = DEFAULT_SIDE if spec.dims == 2 else DEFAULT_SIDE_3D
     try:
-        spec.check_side(DEFAULT_SIDE)
-        return DEFAULT_SIDE
+        spec.check_side(wanted)
+        return wanted
     except ValueError:
-        return min(spec.nearest_valid_sizes(DEFAULT_SIDE), key=lambda s: (abs(s - DEFAULT_SIDE), s))
+        return min(spec.nearest_valid_sizes(wanted), key=lambda s: (abs(s - wanted), s))
 
 
-def _input_size(spec: UNetSpec, size: int | tuple[int, int] | None, checkpoint: Path) -> tuple[int, int]:
-    """(h, w) from ``size`` (a side, a pair or None for the default), refused unless the spec takes
-    it, with the nearest valid sides named."""
+def _input_size(spec: UNetSpec, size: int | tuple[int, ...] | None, checkpoint: Path) -> tuple[int, ...]:
+    """The spatial sides, (h, w) or (d, h, w), from ``size`` (one side, one per axis or None for the
+    default), refused unless the spec takes them, with the nearest valid sides named."""
+    axes = AXES[spec.dims]
     if size is None:
-        side = _default_side(spec)
-        return side, side
-    h, w = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
-    whole("size height", h)
-    whole("size width", w)
+        return (_default_side(spec),) * spec.dims
+    sides = tuple(size) if isinstance(size, (tuple, list)) else (size,) * spec.dims
+    if len(sides) != spec.dims:
+        raise ValueError(
+            f"size {sides} for {checkpoint}: its {spec.dims}D U-Net takes one side or "
+            f"{spec.dims} ({' '.join(axis[0].upper() for axis in axes)})"
+        )
+    for axis, side in zip(axes, sides, strict=True):
+        whole(f"size {axis}", side)
     try:
-        spec.output_size(h, w)
+        spec.output_size(*sides)
     except ValueError as error:
-        raise ValueError(f"size {h}x{w} for {checkpoint}: {error}") from None
-    return int(h), int(w)
+        raise ValueError(f"size {'x'.join(map(str, sides))} for {checkpoint}: {error}") from None
+    return tuple(int(side) for side in sides)
 
 
-def _second_size(spec: UNetSpec, sides: _Sides, h: int, w: int) -> tuple[int, int]:
-    """Another valid size, to check a dynamic export at: one period up in height, two in width."""
+def _second_size(spec: UNetSpec, sides: _Sides, size: tuple[int, ...]) -> tuple[int, ...]:
+    """Another valid size, to check a dynamic export at: one period up on the first axis, two on
+    the others."""
     step = 2**spec.depth if spec.pad_to_skip else sides.period
-    return h + step + (1 if spec.pad_to_skip else 0), w + 2 * step
+    first, *rest = size
+    return (first + step + (1 if spec.pad_to_skip else 0), *(side + 2 * step for side in rest))
 
 
 def seeded_input(shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
@@ -186,17 +199,19 @@ class _Job:
     weights: dict[str, np.ndarray]
     spec: UNetSpec
     batch: int
-    size: tuple[int, int]
+    size: tuple[int, ...]
     dynamic: bool
 
-    def inputs(self, sides: _Sides | None, layout: str = "NCHW") -> list[tuple[int, ...]]:
+    def layout(self, *, channels_last: bool = False) -> str:
+        return LAYOUTS[self.spec.dims][channels_last]
+
+    def inputs(self, sides: _Sides | None, *, channels_last: bool = False) -> list[tuple[int, ...]]:
         """The seeded inputs' shapes: the one given, and with ``dynamic`` a second batch and size."""
-        h, w = self.size
-        shapes = [(self.batch, h, w)]
+        shapes = [(self.batch, *self.size)]
         if self.dynamic and sides is not None:
-            shapes.append((self.batch + 1, *_second_size(self.spec, sides, h, w)))
+            shapes.append((self.batch + 1, *_second_size(self.spec, sides, self.size)))
         c = self.spec.in_channels
-        return [(n, c, hh, ww) if layout == "NCHW" else (n, hh, ww, c) for n, hh, ww in shapes]
+        return [(n, *size, c) if channels_last else (n, c, *size) for n, *size in shapes]
 
 
 def _job(
@@ -204,7 +219,7 @@ def _job(
     out: str | Path,
     *,
     batch: int,
-    size: int | tuple[int, int] | None,
+    size: int | tuple[int, ...] | None,
     dynamic: bool,
     torch_route: bool,
     route: str,
@@ -217,24 +232,25 @@ def _job(
     if not isinstance(dynamic, bool):
         raise ValueError(f"dynamic={dynamic!r}: expected True or False")
     weights, spec = convert.load(checkpoint)
-    h, w = _input_size(spec, size, checkpoint)
+    size = _input_size(spec, size, checkpoint)
+    shown = "x".join(map(str, size))
     if dynamic:
         sides = _sides(spec, torch_route=torch_route)
         least = sides.offset + sides.period * sides.least
-        if min(h, w) < least:
+        if min(size) < least:
             why = (
                 " (torch.export takes no size of 1 as symbolic: the bottleneck must be at least 2 pixels)"
                 if torch_route
                 else ""
             )
             raise ValueError(
-                f"size {h}x{w} for {checkpoint}: a dynamic export of {spec} is made at a side of at "
-                f"least {least}{why}; give --size {least} {least} or larger"
+                f"size {shown} for {checkpoint}: a dynamic export of {spec} is made at a side of at "
+                f"least {least}{why}; give --size {' '.join([str(least)] * spec.dims)} or larger"
             )
     out = check_named_output(out, checkpoint, suffix=SUFFIXES[route], force=force)
-    job = _Job(checkpoint, out, weights, spec, batch, (h, w), dynamic)
+    job = _Job(checkpoint, out, weights, spec, batch, size, dynamic)
     shapes = job.inputs(_sides(spec, torch_route=torch_route) if dynamic else None)
-    what = f"an export at batch {batch}, {h}x{w}"
+    what = f"an export at batch {batch}, {shown}"
     needed = needed_bytes(spec, shapes, route, via="torch" if torch_route else "flax")
     problem = footprint.too_large(needed, footprint.available_bytes(), what)
     if problem:  # rather than started and killed, with whatever else the kernel picks
@@ -244,12 +260,13 @@ def _job(
 
 def needed_bytes(spec: UNetSpec, shapes: list[tuple[int, ...]], route: str, *, via: str = "torch") -> int:
     """An upper estimate of an export's peak memory (impls/footprint.py), checked at ``shapes``
-    (NCHW); jax2onnx's route (``via="flax"``), not measured apart, as the larger of its two parts."""
+    (channels first); jax2onnx's route (``via="flax"``), not measured apart, as the larger of its
+    two parts."""
     kinds = [f"export-{route}", *(["export-jax"] if route == "onnx" and via == "flax" else [])]
     return max(
-        footprint.estimate_bytes(spec, (h, w), n, task="infer", kind=kind)
+        footprint.estimate_bytes(spec, tuple(size), n, task="infer", kind=kind)
         for kind in kinds
-        for n, _, h, w in shapes
+        for n, _, *size in shapes
     )
 
 
@@ -264,7 +281,7 @@ def _metadata(spec: UNetSpec, layout: str, sides: str) -> dict[str, str]:
 
 def _sides_text(spec: UNetSpec, job: _Job, sides: _Sides | None) -> str:
     if sides is None:
-        return f"{job.size[0]}x{job.size[1]} only"
+        return f"{'x'.join(map(str, job.size))} only"
     if sides.period == 1:
         return f"any side >= {sides.least}"
     first = sides.offset + sides.period * sides.least
@@ -291,18 +308,20 @@ def _torch_reference(model, torch, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _torch_dims(job: _Job, sides: _Sides, torch, *, derived: bool) -> dict:
-    """dynamic_shapes for torch.export: symbolic batch, height and width.
+    """dynamic_shapes for torch.export: symbolic batch and sides (height and width; and depth in 3D).
 
     ``derived``: each side as ``offset + period * k``, so that the valid sizes are the only ones
     it can express (ONNX names the dimension after it). Else plain symbols, whose rule the
     model checks with torch._check, kept as runtime asserts (AOTInductor runs them)."""
     Dim = torch.export.Dim
-    batch = Dim("batch", min=1)
-    if not derived or sides.period == 1:
-        least = sides.offset + sides.period * sides.least
-        return {"x": {0: batch, 2: Dim("height", min=least), 3: Dim("width", min=least)}}
-    h, w = Dim("h", min=sides.least), Dim("w", min=sides.least)
-    return {"x": {0: batch, 2: sides.period * h + sides.offset, 3: sides.period * w + sides.offset}}
+    axes = AXES[job.spec.dims]
+    dims = {0: Dim("batch", min=1)}
+    for index, axis in enumerate(axes, start=2):
+        if not derived or sides.period == 1:
+            dims[index] = Dim(axis, min=sides.offset + sides.period * sides.least)
+        else:
+            dims[index] = sides.period * Dim(_SYMBOLS[axis], min=sides.least) + sides.offset
+    return {"x": dims}
 
 
 def _size_checked(model, sides: _Sides, torch):
@@ -380,11 +399,12 @@ def _save_onnx(proto, path: Path, metadata: dict[str, str]) -> None:
 
 
 def _name_dims(proto) -> None:
-    """torch.export's symbols (s77, 16*s39) in the graph's shapes renamed batch, h and w, as the
-    dynamic shapes named them (torch.onnx keeps the names only of symbols it makes itself)."""
+    """torch.export's symbols (s77, 16*s39) in the graph's shapes renamed batch, h and w (and d), as
+    the dynamic shapes named them (torch.onnx keeps the names only of symbols it makes itself)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {}
-    for index, name in ((0, "batch"), (2, "h"), (3, "w")):
+    axes = AXES[len(dims) - 2]
+    for index, name in ((0, "batch"), *enumerate((_SYMBOLS[axis] for axis in axes), start=2)):
         symbols = re.findall(r"\bs\d+\b", dims[index].dim_param)
         if len(symbols) == 1:
             names[symbols[0]] = name
@@ -441,12 +461,12 @@ def _onnx_from_torch(job: _Job) -> Export:
     if sides:
         _name_dims(proto)
     with atomic_output(job.out, job.checkpoint) as temporary:
-        _save_onnx(proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides)))
+        _save_onnx(proto, temporary, _metadata(job.spec, job.layout(), _sides_text(job.spec, job, sides)))
         checks = _check_onnx(
             job, temporary, shapes, lambda shape: _torch_reference(model, torch, shape), "ONNX model"
         )
         declared = _onnx_input_shape(temporary)
-    return Export(job.out, "onnx (torch.onnx, dynamo)", job.spec, "NCHW", declared, checks)
+    return Export(job.out, "onnx (torch.onnx, dynamo)", job.spec, job.layout(), declared, checks)
 
 
 def _aoti(job: _Job) -> Export:
@@ -456,7 +476,7 @@ def _aoti(job: _Job) -> Export:
     example = torch.from_numpy(seeded_input(_example_shape(shapes[0], sides)))
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
-    metadata = _metadata(job.spec, "NCHW", _sides_text(job.spec, job, sides))
+    metadata = _metadata(job.spec, job.layout(), _sides_text(job.spec, job, sides))
     with _quiet("torch.export", "torch._dynamo", "torch._inductor"), _legacy_tf32_readable(torch):
         if sides:
             program = _torch_export(
@@ -488,11 +508,14 @@ def _aoti(job: _Job) -> Export:
                 for shape in shapes
             )
     if sides:
-        c = job.spec.in_channels
-        declared = f"(batch, {c}, height, width), height and width {_sides_text(job.spec, job, sides)}"
+        *first, last = axes = AXES[job.spec.dims]
+        declared = (
+            f"(batch, {job.spec.in_channels}, {', '.join(axes)}), {', '.join(first)} and {last} "
+            f"{_sides_text(job.spec, job, sides)}"
+        )
     else:
         declared = str(shapes[0])
-    return Export(job.out, "aoti (torch.export + AOTInductor)", job.spec, "NCHW", declared, checks)
+    return Export(job.out, "aoti (torch.export + AOTInductor)", job.spec, job.layout(), declared, checks)
 
 
 def _first_line(error: BaseException) -> str:
@@ -504,7 +527,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _flax_forward(job: _Job, *, upconv_matmul: bool = False):
-    """The Flax model in eval mode, as a jitted function of an NHWC batch, and the model."""
+    """The Flax model in eval mode, as a jitted function of a channels-last batch, and the model."""
     import jax
     from flax import nnx
 
@@ -518,9 +541,10 @@ def _flax_forward(job: _Job, *, upconv_matmul: bool = False):
 def _symbolic_input(job: _Job, sides: _Sides, jnp) -> jax.ShapeDtypeStruct:
     import jax
 
+    symbols = [_SYMBOLS[axis] for axis in AXES[job.spec.dims]]
     shape = jax.export.symbolic_shape(
-        f"batch, {sides.symbol('h')}, {sides.symbol('w')}, {job.spec.in_channels}",
-        constraints=[f"h >= {sides.least}", f"w >= {sides.least}"],
+        f"batch, {', '.join(sides.symbol(symbol) for symbol in symbols)}, {job.spec.in_channels}",
+        constraints=[f"{symbol} >= {sides.least}" for symbol in symbols],
     )
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
@@ -531,7 +555,7 @@ def _jax(job: _Job) -> Export:
 
     forward, _ = _flax_forward(job)
     sides = _sides(job.spec, torch_route=False) if job.dynamic else None
-    shapes = job.inputs(sides, layout="NHWC")
+    shapes = job.inputs(sides, channels_last=True)
     spec_in = _symbolic_input(job, sides, jnp) if sides else jax.ShapeDtypeStruct(shapes[0], jnp.float32)
     try:
         exported = jax.export.export(forward, platforms=("cpu", "cuda"))(spec_in)
@@ -551,7 +575,8 @@ def _jax(job: _Job) -> Export:
             for shape in shapes
         )
     declared = "(" + ", ".join(map(str, reloaded.in_avals[0].shape)) + ")"
-    return Export(job.out, "jax (jax.export, StableHLO for cpu and cuda)", job.spec, "NHWC", declared, checks)
+    route = "jax (jax.export, StableHLO for cpu and cuda)"
+    return Export(job.out, route, job.spec, job.layout(channels_last=True), declared, checks)
 
 
 def _onnx_from_flax(job: _Job) -> Export:
@@ -566,12 +591,12 @@ def _onnx_from_flax(job: _Job) -> Export:
 
     forward, model = _flax_forward(job, upconv_matmul=True)
     shapes = job.inputs(None)
-    n, c, h, w = shapes[0]
+    n, c, *sides = shapes[0]
     try:
         with _quiet("jax2onnx"):
             proto = to_onnx(
                 model,
-                [jax.ShapeDtypeStruct((n, h, w, c), jnp.float32)],
+                [jax.ShapeDtypeStruct((n, *sides, c), jnp.float32)],
                 opset=OPSET,
                 inputs_as_nchw=[0],
                 outputs_as_nchw=[0],
@@ -582,13 +607,13 @@ def _onnx_from_flax(job: _Job) -> Export:
         raise ExportError(f"{job.out}: jax2onnx failed for {job.spec}: {_first_line(error)}") from error
 
     def reference(shape: tuple[int, ...]) -> np.ndarray:
-        return np.asarray(forward(seeded_input(shape).transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+        return np.moveaxis(np.asarray(forward(np.moveaxis(seeded_input(shape), 1, -1))), -1, 1)
 
     with atomic_output(job.out, job.checkpoint) as temporary:
-        _save_onnx(proto, temporary, _metadata(job.spec, "NCHW", _sides_text(job.spec, job, None)))
+        _save_onnx(proto, temporary, _metadata(job.spec, job.layout(), _sides_text(job.spec, job, None)))
         checks = _check_onnx(job, temporary, shapes, reference, "ONNX model (from Flax)")
         declared = _onnx_input_shape(temporary)
-    return Export(job.out, "onnx (Flax through jax2onnx)", job.spec, "NCHW", declared, checks)
+    return Export(job.out, "onnx (Flax through jax2onnx)", job.spec, job.layout(), declared, checks)
 
 
 # -- the functions -------------------------------------------------------------------------
@@ -599,7 +624,7 @@ def to_onnx(
     out: str | Path,
     *,
     batch: int = 1,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     dynamic: bool = False,
     via: str = "torch",
     force: bool = False,
@@ -616,6 +641,12 @@ def to_onnx(
         )
     options = dict(batch=batch, size=size, dynamic=dynamic, force=force)
     job = _job(checkpoint, out, torch_route=via == "torch", route="onnx", **options)
+    if via == "flax" and job.spec.dims == 3:
+        raise ValueError(
+            f"{checkpoint}: via='flax' takes 2D U-Nets only: jax2onnx 0.13.0 moves the channel axis "
+            "of 4-D inputs alone (inputs_as_nchw) and fails on this 3D network's graph; take the ONNX "
+            "file from via='torch', which exports 3D checkpoints (fixed or dynamic sizes)"
+        )
     if dynamic and job.spec.pad_to_skip:
         raise ValueError(
             f"{checkpoint}: {job.spec} with dynamic=True to ONNX: its pools drop odd rows, which "
@@ -631,7 +662,7 @@ def to_aoti(
     out: str | Path,
     *,
     batch: int = 1,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     dynamic: bool = False,
     force: bool = False,
 ) -> Export:
@@ -645,7 +676,7 @@ def to_jax(
     out: str | Path,
     *,
     batch: int = 1,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     dynamic: bool = False,
     force: bool = False,
 ) -> Export:
@@ -660,7 +691,7 @@ def export(
     out: str | Path,
     *,
     batch: int = 1,
-    size: int | tuple[int, int] | None = None,
+    size: int | tuple[int, ...] | None = None,
     dynamic: bool = False,
     via: str | None = None,
     force: bool = False,
@@ -710,9 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--size",
         type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help=f"input height and width (default: the valid side nearest {DEFAULT_SIDE})",
+        nargs="+",
+        metavar="SIDE",
+        help="input height and width (H W), or depth, height and width for a 3D checkpoint (D H W), "
+        "or one side for all; "
+        f"default: the valid side nearest {DEFAULT_SIDE} ({DEFAULT_SIDE_3D} in 3D)",
     )
     parser.add_argument(
         "--dynamic", action="store_true", help="symbolic batch and spatial sizes (the spec's valid sizes)"
@@ -729,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             args.to,
             args.out,
             batch=args.batch,
-            size=None if args.size is None else tuple(args.size),
+            size=None if args.size is None else args.size[0] if len(args.size) == 1 else tuple(args.size),
             dynamic=args.dynamic,
             via=args.via,
             force=args.force,

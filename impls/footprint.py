@@ -44,11 +44,14 @@ WEIGHT_COPIES = {"train": 4, "infer": 1}
 FEATURE_ELEMENT_BYTES = 4
 
 
-def feature_bytes(spec: UNetSpec, size: int | tuple[int, int]) -> int:
-    """Bytes of every conv's output for one image of side ``size`` (or height and width), in fp32."""
-    h, w = (size, size) if isinstance(size, int) else size
-    rows, columns = spec.conv_layers(h), spec.conv_layers(w)
-    elements = sum(row.cout * row.side * column.side for row, column in zip(rows, columns, strict=True))
+def feature_bytes(spec: UNetSpec, size: int | tuple[int, ...]) -> int:
+    """Bytes of every conv's output for one image of side ``size`` (or one side per axis: height and
+    width, and depth first in 3D), in fp32."""
+    sides = (size,) * spec.dims if isinstance(size, int) else tuple(size)
+    per_axis = [spec.conv_layers(side) for side in sides]
+    elements = sum(
+        layers[0].cout * math.prod(layer.side for layer in layers) for layers in zip(*per_axis, strict=True)
+    )
     return elements * FEATURE_ELEMENT_BYTES
 
 
@@ -59,7 +62,7 @@ def weight_bytes(spec: UNetSpec) -> int:
 
 def estimate_bytes(
     spec: UNetSpec,
-    size: int | tuple[int, int],
+    size: int | tuple[int, ...],
     batch: int,
     *,
     task: str,

@@ -99,6 +99,19 @@ class UNetSpec:
         if self.pad_to_skip and self.padding != "same":
             raise ValueError("UNetSpec.pad_to_skip=True: expected padding='same' (unpadded convs crop skips)")
 
+    def __repr__(self) -> str:
+        # As the dataclass's own, less the fields to_dict leaves out: messages that name a 2D spec
+        # read as before 3D.
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._fields_shown().items())
+        return f"UNetSpec({fields})"
+
+    def _fields_shown(self) -> dict[str, object]:
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in _OMITTED_AT_DEFAULT or getattr(self, field.name) != field.default
+        }
+
     # -- channels ----------------------------------------------------------
 
     def channels(self, level: int) -> int:
@@ -295,12 +308,7 @@ class UNetSpec:
     def to_dict(self) -> dict[str, object]:
         """The fields, less those added for 3D where they hold their defaults (old files stay
         byte-identical)."""
-        defaults = UNetSpec()
-        return {
-            name: value
-            for name, value in dataclasses.asdict(self).items()
-            if name not in _OMITTED_AT_DEFAULT or value != getattr(defaults, name)
-        }
+        return self._fields_shown()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

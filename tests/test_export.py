@@ -27,6 +27,7 @@ SAME = UNetSpec(width=4, depth=2)  # valid sides 4, 8, 12, ...
 DEEP = UNetSpec(width=4, depth=3)  # 8, 16, 24, ...: torch.onnx alone failed dynamic exports from depth 3 on
 SAME_ANY_SIZE = UNetSpec(width=4, depth=2, pad_to_skip=True)  # as a milesial import
 PAPER = UNetSpec(width=4, depth=2, padding="valid", upsample="bilinear", conv_bias=False)  # 44, 48, ...
+VOLUME = UNetSpec(width=2, depth=2, dims=3, norm="instance", activation="leaky_relu")  # 4, 8, 12, ... a side
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
     paths = {}
-    for name, spec in (("same", SAME), ("deep", DEEP), ("paper", PAPER), ("skip", SAME_ANY_SIZE)):
+    named = (("same", SAME), ("deep", DEEP), ("paper", PAPER), ("skip", SAME_ANY_SIZE), ("volume", VOLUME))
+    for name, spec in named:
         paths[name] = folder / f"{name}.safetensors"
         convert.save(paths[name], random_weights(spec, seed=3), spec)
     return paths
@@ -175,6 +177,33 @@ def test_dynamic_jax_export_reloads_without_the_project(checkpoints, tmp_path) -
     got = np.load(tmp_path / "y.npy").transpose(0, 3, 1, 2)
     assert err(got, _torch_logits(checkpoints["paper"], x)) <= 1e-5  # and the same as PyTorch's
     assert str(export.load_jax(out).in_avals[0].shape) == "(batch, 4*h, 4*w, 1)"
+
+
+# -- volumes -----------------------------------------------------------------------------------
+
+
+def test_a_3d_checkpoint_exports_dynamic_on_every_route_that_takes_one(checkpoints, tmp_path) -> None:
+    """ONNX (torch route), AOTInductor and jax.export take NCDHW or NDHWC volumes of symbolic batch
+    and sides; each file run at a batch and size other than the ones it was checked at."""
+    x = _x(3, 1, 12, 8, 16)
+    want = _torch_logits(checkpoints["volume"], x)
+
+    onnx_file = export.to_onnx(checkpoints["volume"], tmp_path / "v.onnx", size=8, dynamic=True)
+    assert onnx_file.layout == "NCDHW" and onnx_file.input_shape == "(batch, 1, 4*d, 4*h, 4*w)"
+    assert [shape for shape, _ in onnx_file.checks] == [(1, 1, 8, 8, 8), (2, 1, 12, 16, 16)]
+    session = onnxruntime.InferenceSession(str(tmp_path / "v.onnx"), providers=["CPUExecutionProvider"])
+    assert err(session.run(None, {"x": x})[0], want) <= 1e-5
+
+    jax_file = export.to_jax(checkpoints["volume"], tmp_path / "v.stablehlo", size=(8, 8, 12), dynamic=True)
+    assert jax_file.layout == "NDHWC" and jax_file.input_shape == "(batch, 4*d, 4*h, 4*w, 1)"
+    got = np.asarray(export.load_jax(tmp_path / "v.stablehlo").call(np.moveaxis(x, 1, -1)))
+    assert err(np.moveaxis(got, -1, 1), want) <= 1e-5
+
+    aoti_file = export.to_aoti(checkpoints["volume"], tmp_path / "v.pt2", size=8, dynamic=True)
+    assert aoti_file.input_shape.startswith("(batch, 1, depth, height, width), depth, height and width 4*k")
+    package = torch._inductor.aoti_load_package(str(tmp_path / "v.pt2"))
+    with torch.no_grad():
+        assert err(package(torch.from_numpy(x)).numpy(), want) <= 1e-5
 
 
 def test_an_export_that_differs_is_refused_and_not_written(checkpoints, tmp_path, monkeypatch) -> None:
@@ -348,6 +377,18 @@ BAD = {
     "--dynamic ONNX of a spec that takes any size": (
         lambda c, t: [str(c["skip"]), "--to", "onnx", str(t / "o.onnx"), "--size", "9", "10", "--dynamic"],
         ["pad_to_skip=True) with dynamic=True to ONNX", "ONNX keeps no asserts", "dynamic to aoti or jax"],
+    ),
+    "a volume's size with two sides": (
+        lambda c, t: [str(c["volume"]), "--to", "jax", str(t / "o"), "--size", "8", "8"],
+        ["size (8, 8) for ", "its 3D U-Net takes one side or 3 (D H W)"],
+    ),
+    "a volume's side the spec rejects": (
+        lambda c, t: [str(c["volume"]), "--to", "onnx", str(t / "o.onnx"), "--size", "8", "10", "8"],
+        ["size 8x10x8 for ", "height 10 is not a valid input size", "nearest valid: 8 and 12"],
+    ),
+    "a volume through jax2onnx": (
+        lambda c, t: [str(c["volume"]), "--to", "onnx", str(t / "o.onnx"), "--via", "flax", "--size", "8"],
+        ["via='flax' takes 2D U-Nets only", "take the ONNX file from via='torch', which exports 3D"],
     ),
     "--dynamic below the sizes torch.export takes": (
         lambda c, t: [str(c["same"]), "--to", "onnx", str(t / "o.onnx"), "--size", "4", "8", "--dynamic"],

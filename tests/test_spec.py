@@ -122,6 +122,11 @@ def test_the_serialised_2d_spec_is_what_it_was_before_3d() -> None:
     assert '"dims": 3' in volumetric.to_json() and '"activation": "leaky_relu"' in volumetric.to_json()
     assert UNetSpec.from_json(volumetric.to_json()) == volumetric
     assert UNetSpec.from_json(UNetSpec(width=8).to_json()).dims == 2
+    assert repr(UNetSpec(width=8)) == (
+        "UNetSpec(in_channels=1, num_classes=2, width=8, depth=4, padding='same', norm='batch', "
+        "upsample='transpose', conv_bias=True, pad_to_skip=False)"
+    )
+    assert repr(volumetric).endswith("pad_to_skip=False, dims=3, activation='leaky_relu')")
 
 
 @pytest.mark.parametrize(
