@@ -1,4 +1,5 @@
-"""Synthetic microscopy-like images of touching cells, with their instance labels.
+"""Synthetic microscopy-like images of touching cells, with their instance labels (and volumes of
+touching blobs, for 3D U-Nets).
 
 Real data cannot be downloaded here, so this seeded generator stands in: cells
 are ellipses of varied size, shape, orientation and brightness, placed so that
@@ -7,6 +8,10 @@ cells show a faint dip between them, as in the paper's HeLa images. Uneven
 illumination, blur and noise are added. Labels follow the paper: instances,
 and a foreground target in which touching cells are parted by a background
 line one pixel wide, which the border-weighted loss teaches the network to draw.
+
+With ``dims=3`` the same recipe makes volumes: cells are ellipsoids of random
+orientation, touching cells are parted by a surface one voxel thick, and the
+illumination varies along all three axes.
 """
 
 from __future__ import annotations
@@ -15,13 +20,21 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 
 @dataclass(frozen=True)
 class CellImages:
-    images: np.ndarray  # (N, 1, H, W) float32, roughly zero mean and unit variance
-    instances: np.ndarray  # (N, H, W) int32: 0 background, 1..n cells, touching cells parted
-    foreground: np.ndarray  # (N, H, W) int32: instances > 0
+    images: np.ndarray  # (N, 1, H, W) float32, roughly zero mean and unit variance; (N, 1, D, H, W)
+    instances: np.ndarray  # (N, H, W) int32: 0 background, 1..n cells, touching cells parted; (N, D, H, W)
+    foreground: np.ndarray  # (N, H, W) int32: instances > 0; (N, D, H, W)
+
+
+# Per dimensionality: how many cells in a reference square (cube) of this side, and their major
+# radius, in pixels (voxels). Fixed before any training: the workload's difficulty.
+REFERENCE_SIDE = {2: 96, 3: 48}
+CELLS = {2: (14, 26), 3: (20, 32)}
+RADIUS = {2: (5.0, 12.0), 3: (5.0, 10.0)}
 
 
 def _ellipse(shape: tuple[int, int], rng: np.random.Generator, radius: tuple[float, float]):
@@ -44,10 +57,23 @@ def _ellipse(shape: tuple[int, int], rng: np.random.Generator, radius: tuple[flo
     return box, r < 1, r
 
 
+def _ellipsoid(shape: tuple[int, int, int], rng: np.random.Generator, radius: tuple[float, float]):
+    """A random ellipsoid within its bounding box, as ``_ellipse`` in 3D: radii a, and b and c
+    each 0.6-1 of a, in a random orientation."""
+    centre = rng.uniform(0, shape)
+    a = rng.uniform(*radius)
+    radii = np.array([a, a * rng.uniform(0.6, 1.0), a * rng.uniform(0.6, 1.0)])
+    rotation = Rotation.random(rng=rng).as_matrix()
+    box = tuple(slice(max(int(c - a), 0), min(int(c + a) + 2, n)) for c, n in zip(centre, shape, strict=True))
+    offsets = np.stack(np.mgrid[box], axis=-1) - centre
+    r = np.linalg.norm((offsets @ rotation) / radii, axis=-1)
+    return box, r < 1, r
+
+
 def _part_touching(instances: np.ndarray) -> np.ndarray:
     """Set to background each cell pixel next to a cell of a higher label.
 
-    That one-pixel line leaves no two cells 8-connected.
+    That one-pixel line (one-voxel surface) leaves no two cells 8-connected (26-connected).
     """
     border = (instances > 0) & (ndimage.grey_dilation(instances, size=3) != instances)
     return np.where(border, 0, instances)
@@ -58,24 +84,30 @@ def generate(
     size: int,
     *,
     seed: int,
-    cells: tuple[float, float] = (14, 26),
-    radius: tuple[float, float] = (5.0, 12.0),
+    dims: int = 2,
+    cells: tuple[float, float] | None = None,
+    radius: tuple[float, float] | None = None,
 ) -> CellImages:
-    """``count`` images of ``size`` x ``size`` pixels, reproducible from ``seed``.
+    """``count`` images of ``size`` x ``size`` pixels (volumes of ``size``**3 voxels with
+    ``dims=3``), reproducible from ``seed``.
 
-    ``cells`` bounds the number of cells per 96 x 96 pixels (scaled with the
-    area, drawn uniformly); ``radius`` bounds their major radius in pixels.
+    ``cells`` bounds the number of cells per REFERENCE_SIDE square (cube) (scaled
+    with the area or volume, drawn uniformly); ``radius`` bounds their major
+    radius in pixels. Both default to CELLS and RADIUS.
     """
     rng = np.random.default_rng(seed)
-    scale = (size / 96) ** 2
-    images = np.empty((count, 1, size, size), np.float32)
-    instances = np.empty((count, size, size), np.int32)
+    cells, radius = cells or CELLS[dims], radius or RADIUS[dims]
+    blob = _ellipse if dims == 2 else _ellipsoid
+    shape = (size,) * dims
+    scale = (size / REFERENCE_SIDE[dims]) ** dims
+    images = np.empty((count, 1, *shape), np.float32)
+    instances = np.empty((count, *shape), np.int32)
     for k in range(count):
-        label = np.zeros((size, size), np.int32)
-        intensity = np.zeros((size, size), np.float32)
+        label = np.zeros(shape, np.int32)
+        intensity = np.zeros(shape, np.float32)
         n = max(1, round(rng.uniform(*cells) * scale))
         for i in range(1, n + 1):
-            box, mask, r = _ellipse((size, size), rng, radius)
+            box, mask, r = blob(shape, rng, radius)
             if rng.uniform() < 0.5:  # fills around earlier cells: they touch; else it overlaps them
                 mask &= label[box] == 0
             brightness = rng.uniform(0.5, 1.0)
@@ -83,9 +115,11 @@ def generate(
             label[box][mask] = i
             intensity[box][mask] = profile[mask]
         label = _part_touching(label)
-        y, x = np.mgrid[:size, :size] / size
-        gx, gy = rng.uniform(-0.5, 0.5, 2)
-        illumination = 1 + 0.4 * (gx * (x - 0.5) + gy * (y - 0.5)) * 2
+        grid = np.mgrid[tuple(slice(size) for _ in shape)] / size
+        gradient = rng.uniform(-0.5, 0.5, dims)  # along the last axis first (x, then y, then z)
+        illumination = (
+            1 + 0.4 * sum(g * (axis - 0.5) for g, axis in zip(gradient, grid[::-1], strict=True)) * 2
+        )
         image = ndimage.gaussian_filter(intensity, 1.0) * illumination + 0.1
         image = image + rng.normal(0, 0.08, image.shape)
         images[k, 0] = (image - image.mean()) / (image.std() + 1e-6)
@@ -104,9 +138,9 @@ def dice(predicted: np.ndarray, target: np.ndarray) -> float:
 
 
 def touching_pairs(instances: np.ndarray, gap: int = 2) -> set[tuple[int, int]]:
-    """Pairs of cells at most ``gap`` pixels apart (the parting line is one pixel)."""
+    """Pairs of cells at most ``gap`` pixels (voxels) apart (the parting line is one pixel)."""
     pairs = set()
-    near = np.ones((2 * gap + 1, 2 * gap + 1), bool)
+    near = np.ones((2 * gap + 1,) * instances.ndim, bool)
     for label, box in enumerate(ndimage.find_objects(instances), start=1):
         if box is None:
             continue
@@ -117,13 +151,13 @@ def touching_pairs(instances: np.ndarray, gap: int = 2) -> set[tuple[int, int]]:
 
 
 def separated_fraction(predicted: np.ndarray, instances: np.ndarray) -> tuple[int, int]:
-    """(touching pairs that come out separated, touching pairs) for one image.
+    """(touching pairs that come out separated, touching pairs) for one image (or volume).
 
-    The predicted foreground's connected components (8-connected) are matched
-    to the true cells at IoU > 0.5; a pair is separated when both of its cells
-    are matched, to different components.
+    The predicted foreground's connected components (8-connected; 26 in 3D) are
+    matched to the true cells at IoU > 0.5; a pair is separated when both of its
+    cells are matched, to different components.
     """
-    components, _ = ndimage.label(predicted.astype(bool), structure=np.ones((3, 3)))
+    components, _ = ndimage.label(predicted.astype(bool), structure=np.ones((3,) * predicted.ndim))
     match = {}
     for label in np.unique(instances[instances > 0]):
         cell = instances == label

@@ -14,13 +14,16 @@ from impls.spec import UNetSpec
 
 
 def _conv_flops(spec: UNetSpec, size: int) -> list[int]:
-    """Forward FLOPs of every conv for one square image, in the order they run."""
-    return [2 * layer.taps * layer.cin * layer.cout * layer.side**2 for layer in spec.conv_layers(size)]
+    """Forward FLOPs of every conv for one square image (cubic volume), in the order they run."""
+    return [
+        2 * layer.taps * layer.cin * layer.cout * layer.side**spec.dims for layer in spec.conv_layers(size)
+    ]
 
 
 def gflop_per_image(spec: UNetSpec, size: int, task: str) -> float:
-    """GFLOP for one ``size`` x ``size`` image: ``task`` "infer" (forward) or "train" (step)."""
-    spec.check_input((1, spec.in_channels, size, size))
+    """GFLOP for one ``size`` x ``size`` image (``size``**3 volume in 3D): ``task`` "infer"
+    (forward) or "train" (step)."""
+    spec.check_input((1, spec.in_channels, *(size,) * spec.dims))
     flops = _conv_flops(spec, size)
     forward = sum(flops)
     if task == "infer":

@@ -158,7 +158,7 @@ def _case(record: dict) -> tuple[UNetSpec, int, int, str, str, tuple[str, str], 
             export["batch"],
             export["route"],
         )
-        estimate = export_needed_bytes(spec, [(batch, spec.in_channels, size, size)], route)
+        estimate = export_needed_bytes(spec, [(batch, spec.in_channels, *(size,) * spec.dims)], route)
         return spec, size, batch, "export", route, (f"export-{route}", "infer"), estimate
     config = RunConfig(**record["case"])
     fitted_as = (memory_kind(config.path), "train" if config.task == "train" else "infer")

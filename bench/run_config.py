@@ -289,7 +289,7 @@ class RunConfig:
         if self.task == "tiled" and self.image_size is None:
             raise ValueError("task 'tiled' needs image_size, the side of the whole image")
         self.spec.check_input(
-            (self.batch // (self.devices or 1), self.spec.in_channels, self.size, self.size)
+            (self.batch // (self.devices or 1), self.spec.in_channels, *(self.size,) * self.spec.dims)
         )
 
     @property
@@ -300,13 +300,18 @@ class RunConfig:
     def id(self) -> str:
         parts = (self.scaling, self.devices and f"{self.devices}dev")
         parallel = "".join(f"-{part}" for part in parts if part)
-        return f"{self.task}-{self.path}-{self.size}px-b{self.batch}-{self.precision}{parallel}"
+        return f"{self.task}-{self.path}-{self.size_label}-b{self.batch}-{self.precision}{parallel}"
 
     @property
     def group(self) -> str:
         """The cases that compete: the same task, shape, precision and device, any path."""
         parallel = f" {self.scaling} scaling" if self.devices else ""
-        return f"{self.task} {self.size}px b{self.batch} {self.precision} {self.device}{parallel}"
+        return f"{self.task} {self.size_label} b{self.batch} {self.precision} {self.device}{parallel}"
+
+    @property
+    def size_label(self) -> str:
+        """The input side as ids and groups name it: 128px, or 32vox for a volume of 32^3 voxels."""
+        return f"{self.size}px" if self.spec.dims == 2 else f"{self.size}vox"
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

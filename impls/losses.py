@@ -1,5 +1,7 @@
 """The paper's pixel-weighted loss: the weight map (numpy; each model file has its weighted cross-entropy).
 
+For volumes (a 3D U-Net) the same formula holds with d1, d2 the Euclidean distances in 3D, in voxels.
+
 Ronneberger et al. 2015, eq. (2): w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2)),
 where w_c balances the classes and d1, d2 are the distances from background
 pixel x to the nearest and the second-nearest cell. The border term is large
@@ -41,16 +43,17 @@ def _two_nearest(instances: np.ndarray, margin: float) -> tuple[np.ndarray, np.n
     d1 = np.full(instances.shape, np.inf, np.float32)
     d2 = np.full(instances.shape, np.inf, np.float32)
     pad = math.ceil(margin)
-    height, width = instances.shape
     for label, box in enumerate(ndimage.find_objects(instances), start=1):
         if box is None:
             continue
-        rows = slice(max(box[0].start - pad, 0), min(box[0].stop + pad, height))
-        cols = slice(max(box[1].start - pad, 0), min(box[1].stop + pad, width))
-        outside = instances[rows, cols] != label
+        window = tuple(
+            slice(max(axis.start - pad, 0), min(axis.stop + pad, n))
+            for axis, n in zip(box, instances.shape, strict=True)
+        )
+        outside = instances[window] != label
         d = ndimage.distance_transform_edt(outside).astype(np.float32)
         d[d > margin] = np.inf
-        w1, w2 = d1[rows, cols], d2[rows, cols]
+        w1, w2 = d1[window], d2[window]
         w2[...] = np.minimum(w2, np.maximum(w1, d))
         w1[...] = np.minimum(w1, d)
     return d1, d2
@@ -59,7 +62,8 @@ def _two_nearest(instances: np.ndarray, margin: float) -> tuple[np.ndarray, np.n
 def weight_map(
     instances: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0, ignore_label: int | None = None
 ) -> np.ndarray:
-    """The paper's weight map for an (H, W) integer instance image (0 background, 1..n cells).
+    """The paper's weight map for an (H, W) integer instance image (0 background, 1..n cells), or a
+    (D, H, W) volume of them (distances in voxels, in 3D).
 
     ``w0`` (>= 0; 0 leaves the class balance alone) and ``sigma`` (> 0, in
     pixels) are the paper's border weight and width. Negative labels are
@@ -93,10 +97,12 @@ def weight_map(
 
 def _labels(instances: np.ndarray, ignore_label: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(the labels with ``ignore_label``'s pixels set to 0, those pixels or None), after refusing all
-    but an (H, W) integer image whose only negative label is ``ignore_label``."""
+    but an (H, W) or (D, H, W) integer image whose only negative label is ``ignore_label``."""
     instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise ValueError(f"instances: expected an (H, W) image, got shape {instances.shape}")
+    if instances.ndim not in (2, 3):
+        raise ValueError(
+            f"instances: expected an (H, W) image or a (D, H, W) volume, got shape {instances.shape}"
+        )
     if not np.issubdtype(instances.dtype, np.integer):
         hint = "; a mask is not instances: label its cells first, e.g. scipy.ndimage.label"
         raise ValueError(

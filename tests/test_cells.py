@@ -22,6 +22,23 @@ def test_generator_is_seeded_and_parts_touching_cells() -> None:
     assert sum(len(cells.touching_pairs(i)) for i in a.instances) >= 6
 
 
+def test_volumes_are_seeded_and_part_touching_blobs() -> None:
+    a, b = cells.generate(2, 32, seed=5, dims=3), cells.generate(2, 32, seed=5, dims=3)
+    np.testing.assert_array_equal(a.instances, b.instances)
+    assert a.images.shape == (2, 1, 32, 32, 32) and a.instances.shape == (2, 32, 32, 32)
+    assert not np.array_equal(a.images, cells.generate(2, 32, seed=6, dims=3).images)
+    for instances in a.instances:
+        grown = ndimage.grey_dilation(instances, size=3)
+        # no cell voxel has a voxel of another cell among its 26 neighbours
+        assert not ((instances > 0) & (grown != instances) & (grown > 0)).any()
+        assert 0.1 < (instances > 0).mean() < 0.4
+    assert sum(len(cells.touching_pairs(i)) for i in a.instances) >= 6
+    separated, touching = cells.separated_fraction(a.instances[0] > 0, a.instances[0])
+    assert separated == touching > 0
+    merged = ndimage.binary_closing(a.instances[0] > 0, np.ones((3, 3, 3)))  # closes the parting surfaces
+    assert cells.separated_fraction(merged, a.instances[0])[0] < touching / 2
+
+
 def test_measures_on_the_truth_and_on_merged_cells() -> None:
     instances = cells.generate(1, 96, seed=0).instances[0]
     separated, touching = cells.separated_fraction(instances > 0, instances)

@@ -19,13 +19,15 @@ from impls.spec import UNetSpec
         (UNetSpec(width=4, depth=2, padding="valid", upsample="bilinear", in_channels=3), 44),
         (UNetSpec(width=2, depth=1, norm="none", conv_bias=False, num_classes=5), 10),
         (UNetSpec(), 64),
+        (UNetSpec(width=2, depth=2, dims=3, norm="instance"), 16),
+        (UNetSpec(width=2, depth=1, dims=3, padding="valid", upsample="bilinear"), 20),
     ],
 )
 def test_gflop_matches_torch_flop_counter(spec: UNetSpec, size: int) -> None:
     model = torch_unet.build(spec)
     batch = 2
-    x = torch.randn(batch, spec.in_channels, size, size)
-    labels = torch.randint(0, spec.num_classes, (batch, *spec.output_size(size, size)))
+    x = torch.randn(batch, spec.in_channels, *(size,) * spec.dims)
+    labels = torch.randint(0, spec.num_classes, (batch, *spec.output_size(*(size,) * spec.dims)))
     with FlopCounterMode(display=False) as forward:
         model(x)
     with FlopCounterMode(display=False) as step:

@@ -40,6 +40,18 @@ def test_truncated_map_matches_the_formula(seed: int) -> None:
     assert got.max() > 5  # the gaps between touching cells are heavily weighted
 
 
+def test_a_volume_of_identical_slices_has_its_slices_map_and_a_volume_matches_the_formula() -> None:
+    """Cells that run through every slice are nearest within the slice, so the 3D map of such a
+    volume is the 2D map of each slice; on a volume of blobs, the map is the formula in 3D."""
+    image = cells.generate(1, 64, seed=2).instances[0]
+    volume = np.repeat(image[None], 5, axis=0)
+    np.testing.assert_allclose(weight_map(volume), np.repeat(weight_map(image)[None], 5, axis=0), rtol=1e-6)
+    blobs = cells.generate(1, 32, seed=3, dims=3).instances[0]
+    got = weight_map(blobs, w0=10.0, sigma=3.0)
+    assert np.abs(got - _untruncated(blobs, 10.0, 3.0)).max() <= 1e-4 * 10.0
+    assert got.max() > 5  # the surfaces between touching blobs are heavily weighted
+
+
 def test_class_balance_averages_one_and_border_needs_two_cells() -> None:
     instances = np.zeros((40, 40), np.int32)
     instances[5:15, 5:15] = 1
@@ -56,7 +68,11 @@ def test_class_balance_averages_one_and_border_needs_two_cells() -> None:
 @pytest.mark.parametrize(
     ("instances", "kwargs", "match"),
     [
-        (np.zeros((4, 4, 1), np.int32), {}, r"instances: expected an \(H, W\) image, got shape \(4, 4, 1\)"),
+        (
+            np.zeros((4, 4, 1, 1), np.int32),
+            {},
+            r"instances: expected an \(H, W\) image or a \(D, H, W\) volume, got shape \(4, 4, 1, 1\)",
+        ),
         (np.zeros((4, 4), np.float32), {}, r"expected an integer image \(0 background, .*\), got float32$"),
         (np.zeros((4, 4), bool), {}, "got bool; a mask is not instances: label its cells first"),
         (np.zeros((4, 4), np.int32), dict(sigma=0), "sigma=0: expected a finite number of pixels > 0"),

@@ -140,6 +140,17 @@ def test_a_network_without_its_batchnorms_fails_the_gate(references) -> None:
     assert result.errors["logits"] > 100 * gate.FP32_TOLERANCE
 
 
+def test_a_volumetric_case_has_its_own_id_group_and_workload() -> None:
+    volume = dataclasses.replace(SPEC, dims=3, norm="instance")
+    config = RunConfig("jax", volume, 16, BATCH)
+    assert config.id == "train-jax-16vox-b2-fp32" and config.group == "train 16vox b2 fp32 cpu"
+    work = workload(config)
+    assert work.images.shape == (BATCH, 1, 16, 16, 16) and work.labels.shape == (BATCH, 16, 16, 16)
+    assert work.pixel_weights.shape == (BATCH, 16, 16, 16) and work.pixel_weights.max() > 2
+    with pytest.raises(ValueError, match="depth 18 is not a valid input size"):
+        RunConfig("jax", volume, 18, BATCH)
+
+
 def test_train_step_trains_and_infer_does_not() -> None:
     runner = make_runner("jax", SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu")
     before = runner.outputs("infer")["logits"]

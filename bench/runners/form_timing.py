@@ -40,4 +40,4 @@ def largest_upconv(spec: UNetSpec, size: int) -> tuple[int, int, int] | None:
     input's side (about); None for a network with no transposed conv."""
     if spec.upsample != "transpose":
         return None
-    return spec.channels(1), spec.channels(0), spec.output_size(size, size)[0] // 2 + 1
+    return spec.channels(1), spec.channels(0), spec.check_side(size) // 2 + 1

@@ -102,7 +102,7 @@ class JaxRunner:
             "compute_dtype": "bfloat16" if compute_dtype else "float32",
             "param_dtype": np.dtype(param_dtype).name,
             "tf32": tf32,
-            "memory_format": "NHWC (XLA chooses layouts)",
+            "memory_format": ("NHWC" if config.spec.dims == 2 else "NDHWC") + " (XLA chooses layouts)",
             "matmul_precision": "process-wide: " + jax.config.jax_default_matmul_precision,
             "optimizer": f"optax.adam({config.learning_rate})",
             "loss": config.loss,
@@ -144,10 +144,9 @@ class JaxRunner:
     # -- the interface --------------------------------------------------------
 
     def _to_device(self, array: np.ndarray) -> jax.Array:
-        """A host batch to the device(s); NCHW becomes NHWC."""
-        return jax.device_put(
-            array.transpose(0, 2, 3, 1) if array.ndim == 4 else array, self.placement.batched
-        )
+        """A host batch to the device(s); images become channels-last (NCHW to NHWC, NCDHW to NDHWC)."""
+        maps = array.ndim == self.spec.dims + 2  # images, not labels or pixel weights
+        return jax.device_put(np.moveaxis(array, 1, -1) if maps else array, self.placement.batched)
 
     def _device_batch(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> tuple:
         """A host batch as the step takes it (no pixel weights unless the loss is weighted)."""
@@ -262,7 +261,8 @@ def train_step(
 
 
 def _nchw(logits: jax.Array) -> np.ndarray:
-    return np.asarray(logits, np.float32).transpose(0, 3, 1, 2)
+    """Channels-last logits to channels-first (NCHW, NCDHW) on the host."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(logits, np.float32), -1, 1))
 
 
 @functools.cache
@@ -275,13 +275,13 @@ def time_upconv_forms(
     if shape is None:
         return {"native": 0.0}
     cin, cout, side = shape
-    x = jax.device_put(jnp.ones((batch, side, side, cin), jnp.float32), device)
+    x = jax.device_put(jnp.ones((batch, *(side,) * spec.dims, cin), jnp.float32), device)
     runs = {}
     rng = np.random.default_rng(SEED)
     for form in ("native", "matmul"):
         # Weights from numpy, not Flax's initialiser: its truncated normal compiles for seconds on a
         # CPU, per kernel shape, and the values do not change a convolution's time.
-        options = dict(matmul=form == "matmul", dtype=compute_dtype, param_dtype=jnp.float32)
+        options = dict(matmul=form == "matmul", dtype=compute_dtype, param_dtype=jnp.float32, dims=spec.dims)
         module = functools.partial(flax_unet.transposed_upconv, cin, cout, **options)
         graphdef, shapes = nnx.split(nnx.eval_shape(module, rngs=nnx.Rngs(0)))
         params = jax.tree.map(lambda s: rng.normal(0.0, 0.1, s.shape).astype(s.dtype), shapes)

@@ -195,7 +195,7 @@ class TensorRt:
 
         weights, spec = convert.load(checkpoint)
         model = convert.to_torch(weights, torch_unet.build(spec)).eval().to(self.config.device)
-        x = torch.zeros(self.config.batch, spec.in_channels, self.config.size, self.config.size)
+        x = torch.zeros(self.config.batch, spec.in_channels, *(self.config.size,) * spec.dims)
         x = x.to(self.config.device)
         # fp32: explicit typing keeps the model's dtypes, and TF32 is off unless asked for (TensorRT
         # lets fp32 layers use it by default). bf16: torch-tensorrt's rule-based autocast.
@@ -281,8 +281,9 @@ class RuntimeRunner:
             self.engine.build(checkpoint, self.file)
             self.settings["export"] = "torch-tensorrt compile, saved as an ExportedProgram"
             return
-        size = (self.config.size, self.config.size)
-        made = export.export(checkpoint, self.engine.route, self.file, batch=self.config.batch, size=size)
+        made = export.export(
+            checkpoint, self.engine.route, self.file, batch=self.config.batch, size=self.config.size
+        )
         self.settings["export"] = made.summary()
 
     def _ready(self) -> Loaded:

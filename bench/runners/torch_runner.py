@@ -29,6 +29,16 @@ COMPILE_MODES = {
     "torch-compile-reduce-overhead": "reduce-overhead",
 }
 TORCH_MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def torch_memory_format(name: str, dims: int) -> torch.memory_format:
+    """The memory format ``name`` ("channels_last", "contiguous") for maps of ``dims`` spatial axes:
+    channels_last is torch.channels_last_3d for volumes."""
+    if name == "channels_last" and dims == 3:
+        return torch.channels_last_3d
+    return TORCH_MEMORY_FORMATS[name]
+
+
 MEMORY_FORMAT_TIMED = "eager whole step (train step or forward), on throw-away runners, formats interleaved"
 PEAK_AFTER_TIMING = "; reset after the memory-format timing (throw-away runners)"
 
@@ -82,7 +92,7 @@ class TorchRunner:
             # bench/sweep/cold.py): compiling them first would warm inductor and shorten that figure.
             upconv = "native"
         memory_format, memory_format_seconds = self._memory_format(upconv, len(images))
-        self.memory_format = TORCH_MEMORY_FORMATS[memory_format]
+        self.memory_format = torch_memory_format(memory_format, config.spec.dims)
 
         self.model = torch_unet.build(config.spec, dtype, upconv_matmul=upconv == "matmul")
         convert.to_torch(self.work.weights, self.model)
@@ -101,7 +111,7 @@ class TorchRunner:
             self._train = torch.compile(self._train_fn, mode=self.compile_mode)
             self._infer = self._compiled_infer(self.freezing == "on")
         self.load = None  # the calibration load's own timing calls the bare step
-        self.load = self._calibration_load(len(images))
+        self.load = self._calibration_load(len(images), memory_format)
         peak_method = (
             "torch.cuda.max_memory_allocated since the worker started" if self.cuda else memory.CPU_METHOD
         )
@@ -132,12 +142,13 @@ class TorchRunner:
             **self.placement.settings,
         }
 
-    def _calibration_load(self, batch: int) -> CalibrationLoad | None:
+    def _calibration_load(self, batch: int, memory_format: str) -> CalibrationLoad | None:
         """A calibration path's extra work, its repeats as given or timed here against the call."""
         effect = calibration_effect(self.config.path)
         if effect is None:
             return None
-        load = CalibrationLoad(self.config, batch, self.device, self.memory_format, self._autocast)
+        layout = torch_memory_format(memory_format, 2)  # its load is a 2D conv
+        load = CalibrationLoad(self.config, batch, self.device, layout, self._autocast)
         repeats = self.config.calibration_repeats
         if repeats == "auto":
             call = self._train_once if self.config.task == "train" else self.infer
@@ -224,7 +235,8 @@ class TorchRunner:
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-        return tensor.to(memory_format=self.memory_format) if tensor.ndim == 4 else tensor
+        maps = tensor.ndim == self.config.spec.dims + 2  # images, not labels or pixel weights
+        return tensor.to(memory_format=self.memory_format) if maps else tensor
 
     def _device_batch(self, images: np.ndarray, labels: np.ndarray, pixel_weights: np.ndarray) -> tuple:
         """A host batch as the step takes it: this rank's share, on the device, in the step's dtypes
@@ -412,7 +424,9 @@ def time_upconv_forms(
     if shape is None:
         return {"native": 0.0}
     cin, cout, side = shape
-    x = torch.randn(timing.batch, cin, side, side, device=device).to(memory_format=torch.channels_last)
+    dims = timing.spec.dims
+    layout = torch_memory_format("channels_last", dims)
+    x = torch.randn(timing.batch, cin, *(side,) * dims, device=device).to(memory_format=layout)
     x.requires_grad_(timing.backward)
 
     def run(module: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -428,8 +442,8 @@ def time_upconv_forms(
 
     runs = {}
     for form in ("native", "matmul"):
-        module = torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul")
-        module = module.to(device, memory_format=torch.channels_last)
+        module = torch_unet.transposed_upconv(cin, cout, matmul=form == "matmul", dims=dims)
+        module = module.to(device, memory_format=layout)
         if timing.compile_mode is not None:
             module = torch.compile(module, mode=timing.compile_mode)
         runs[form] = functools.partial(run, module)

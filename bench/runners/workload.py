@@ -28,9 +28,9 @@ SEED = 0
 @dataclass(frozen=True)
 class Workload:
     weights: dict[str, np.ndarray]  # canonical, float32
-    images: np.ndarray  # (batch, in_channels, size, size) float32, NCHW
-    labels: np.ndarray  # (batch, out_h, out_w) int32 class indices
-    pixel_weights: np.ndarray  # (batch, out_h, out_w) float32: the paper's weight map
+    images: np.ndarray  # (batch, in_channels, size, size) float32, NCHW (a cube of sides: NCDHW)
+    labels: np.ndarray  # (batch, out_h, out_w) int32 class indices (out_d first in 3D)
+    pixel_weights: np.ndarray  # (batch, out_h, out_w) float32: the paper's weight map (3D: voxels')
 
 
 # BatchNorm as in a trained network, not at PyTorch's 1, 0, 0, 1: at those, inference-mode BatchNorm
@@ -71,15 +71,16 @@ def batchnorm_statistics(
 
     side = 4 * 2**spec.depth
     side = side if side in spec.nearest_valid_sizes(side + 1) else spec.nearest_valid_sizes(side)[-1]
-    images = np.repeat(cells.generate(2, side, seed=SEED).images, spec.in_channels, axis=1)
+    images = np.repeat(cells.generate(2, side, seed=SEED, dims=spec.dims).images, spec.in_channels, axis=1)
     model = convert.to_torch(weights, torch_unet.build(spec, torch.float64)).train()
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def record(name: str, x: torch.Tensor) -> None:
-        found[name] = (x.mean((0, 2, 3)).numpy(), x.var((0, 2, 3), unbiased=True).numpy())
+        axes = (0, *range(2, x.ndim))
+        found[name] = (x.mean(axes).numpy(), x.var(axes, unbiased=True).numpy())
 
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
             module.register_forward_pre_hook(lambda m, inputs, name=name: record(name, inputs[0]))
     with torch.no_grad():
         model(torch.from_numpy(images.astype(np.float64)))
@@ -115,22 +116,24 @@ def weights(config: RunConfig) -> dict[str, np.ndarray]:
     return loaded
 
 
-def crop(maps: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Centre-crop (..., H, W) maps to (h, w): labels of an unpadded network's output."""
-    top, left = (maps.shape[-2] - h) // 2, (maps.shape[-1] - w) // 2
-    return maps[..., top : top + h, left : left + w]
+def crop(maps: np.ndarray, *sides: int) -> np.ndarray:
+    """Centre-crop (..., H, W) maps to (h, w) (or (..., D, H, W) to (d, h, w)): labels of an
+    unpadded network's output."""
+    starts = [(have - want) // 2 for have, want in zip(maps.shape[-len(sides) :], sides, strict=True)]
+    return maps[(..., *(slice(start, start + side) for start, side in zip(starts, sides, strict=True)))]
 
 
 @functools.cache
 def batch(
     spec: UNetSpec, batch: int, size: int, seed: int = SEED
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images, labels, pixel weights) of the seeded synthetic batch: the timed one at SEED."""
-    out_h, out_w = spec.check_input((batch, spec.in_channels, size, size))
-    data = cells.generate(batch, size, seed=seed)
+    """(images, labels, pixel weights) of the seeded synthetic batch (of volumes, for a 3D spec): the
+    timed one at SEED."""
+    out = spec.check_input((batch, spec.in_channels, *(size,) * spec.dims))
+    data = cells.generate(batch, size, seed=seed, dims=spec.dims)
     images = np.repeat(data.images, spec.in_channels, axis=1)
-    labels = crop(data.foreground, out_h, out_w).astype(np.int32)
-    pixel_weights = crop(np.stack([weight_map(i) for i in data.instances]), out_h, out_w)
+    labels = crop(data.foreground, *out).astype(np.int32)
+    pixel_weights = crop(np.stack([weight_map(i) for i in data.instances]), *out)
     return np.ascontiguousarray(images), labels, pixel_weights
 
 

@@ -74,7 +74,7 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
         "first_call_seconds_cached": p.first_cached,
     }
     if config.task == "tiled":
-        positions = tile_positions((config.image_size,) * 2, config.spec, config.size)
+        positions = tile_positions((config.image_size,) * config.spec.dims, config.spec, config.size)
         tiles = math.ceil(len(positions) / config.batch) * config.batch  # zero tiles fill the last batch
         gflop = tiles * flops.gflop_per_image(config.spec, config.size, "infer")
         info.update(image_size=config.image_size, tiles_per_image=tiles)
