@@ -60,17 +60,8 @@ def _specs() -> list[UNetSpec]:
 def _volumetric(
     padding: str, norm: str, upsample: str, conv_bias: bool, activation: str, depth: int
 ) -> UNetSpec:
-    return UNetSpec(
-        in_channels=1 + depth % 2,
-        width=4,
-        depth=depth,
-        padding=padding,
-        norm=norm,
-        upsample=upsample,
-        conv_bias=conv_bias,
-        activation=activation,
-        dims=3,
-    )
+    options = dict(padding=padding, norm=norm, upsample=upsample, conv_bias=conv_bias, activation=activation)
+    return UNetSpec(in_channels=1 + depth % 2, width=4, depth=depth, dims=3, **options)
 
 
 # Between them every padding, norm, upsample, conv_bias and activation (3D compiles cost more).
