@@ -220,8 +220,8 @@ class RunConfig:
     "weighted" trains on the paper's pixel-weighted cross-entropy.
     ``calibration_repeats``: how many slices of extra work a calibration path adds to each call
     ("auto": as many as make up its share of the call, timed by its first worker; see
-    torch_runner.CalibrationLoad). ``image_size``: the whole image of the "tiled" task. ``weights_file``: a
-    canonical safetensors file to start from; None for PyTorch's default
+    calibration_load.CalibrationLoad). ``image_size``: the whole image of the "tiled" task.
+    ``weights_file``: a canonical safetensors file to start from; None for PyTorch's default
     initialisation under the workload's seed.
     """
 

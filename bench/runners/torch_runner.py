@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from bench import memory
 from bench.run_config import ADAM_BETAS, ADAM_EPS, RunConfig, calibration_effect, freezing_applies
 from bench.runners import form_timing
+from bench.runners.calibration_load import CalibrationLoad
 from bench.runners.styles import SingleDevice, style
 from bench.runners.torch_precision import conv_fp32_precision, set_precision
 from bench.runners.workload import SEED, batch, workload
@@ -28,15 +28,11 @@ COMPILE_MODES = {
     "torch-compile-max-autotune": "max-autotune",
     "torch-compile-reduce-overhead": "reduce-overhead",
 }
-TORCH_MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-
-
-def torch_memory_format(name: str, dims: int) -> torch.memory_format:
-    """The memory format ``name`` ("channels_last", "contiguous") for maps of ``dims`` spatial axes:
-    channels_last is torch.channels_last_3d for volumes."""
-    if name == "channels_last" and dims == 3:
-        return torch.channels_last_3d
-    return TORCH_MEMORY_FORMATS[name]
+# Each memory format's torch layout, for maps of 2 and 3 spatial axes.
+TORCH_MEMORY_FORMATS = {
+    "channels_last": {2: torch.channels_last, 3: torch.channels_last_3d},
+    "contiguous": {2: torch.contiguous_format, 3: torch.contiguous_format},
+}
 
 
 MEMORY_FORMAT_TIMED = "eager whole step (train step or forward), on throw-away runners, formats interleaved"
@@ -92,7 +88,7 @@ class TorchRunner:
             # bench/sweep/cold.py): compiling them first would warm inductor and shorten that figure.
             upconv = "native"
         memory_format, memory_format_seconds = self._memory_format(upconv, len(images))
-        self.memory_format = torch_memory_format(memory_format, config.spec.dims)
+        self.memory_format = TORCH_MEMORY_FORMATS[memory_format][config.spec.dims]
 
         self.model = torch_unet.build(config.spec, dtype, upconv_matmul=upconv == "matmul")
         convert.to_torch(self.work.weights, self.model)
@@ -147,7 +143,7 @@ class TorchRunner:
         effect = calibration_effect(self.config.path)
         if effect is None:
             return None
-        layout = torch_memory_format(memory_format, 2)  # its load is a 2D conv
+        layout = TORCH_MEMORY_FORMATS[memory_format][2]  # its load is a 2D conv
         load = CalibrationLoad(self.config, batch, self.device, layout, self._autocast)
         repeats = self.config.calibration_repeats
         if repeats == "auto":
@@ -337,71 +333,6 @@ class TorchRunner:
         return True
 
 
-CALIBRATION_ROWS = 8  # a slice of extra work covers 1/8 of the input's rows: fine steps of work
-
-
-class CalibrationLoad:
-    """The extra work of a calibration path: ``repeats`` slices, each a 3x3 convolution at the first
-    level's width on 1/8 of the input's rows, as the case runs it (its memory format and autocast;
-    forward and backward where it trains), on a layer and tensors of its own: the model, its
-    gradients and its optimizer never see it. Real work on the same kernels and threads as the call,
-    never a sleep, so that it slows with the machine as the call does. Each call's extra seconds are
-    kept (``settings["calibration"]``), for the effect measured beside the nominal one."""
-
-    def __init__(
-        self,
-        config: RunConfig,
-        batch: int,
-        device: torch.device,
-        memory_format: torch.memory_format,
-        autocast: Callable[[], contextlib.AbstractContextManager],
-    ) -> None:
-        width, rows = config.spec.width, max(1, config.size // CALIBRATION_ROWS)
-        self.conv = torch.nn.Conv2d(width, width, 3, padding=1).to(device, memory_format=memory_format)
-        seeded = torch.Generator().manual_seed(0)  # the process's own generator stays untouched
-        self.input = torch.randn(batch, width, rows, config.size, generator=seeded).to(device)
-        self.input = self.input.to(memory_format=memory_format).requires_grad_(config.task == "train")
-        self.backward, self.device, self.autocast = config.task == "train", device, autocast
-        self.repeats = 0
-        self.timed: dict[str, float] | None = None
-        self.effect = calibration_effect(config.path)
-        self.extra_seconds: list[float] = []  # one per call, the first (untimed) call's too
-
-    def _slices(self, count: int) -> None:
-        for _ in range(count):
-            with self.autocast(), torch.set_grad_enabled(self.backward):
-                out = self.conv(self.input).float().sum()
-            if self.backward:
-                out.backward()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def repeats_for(self, effect: float, call: Callable[[], None]) -> tuple[int, dict[str, float]]:
-        """How many slices take ``effect`` of ``call``'s time, from both timed in turn here: a first
-        guess from one slice, then the guessed run of slices timed whole (a lone slice pays its
-        start-up each time; the pilot's first guesses added 60-75% of the nominal work)."""
-        seconds = form_timing.time_forms({"call": call, "slice": functools.partial(self._slices, 1)})
-        guess = max(1, round(effect * seconds["call"] / seconds["slice"]))
-        run = form_timing.time_forms({"call": call, "slices": functools.partial(self._slices, guess)})
-        repeats = round(effect * guess * run["call"] / run["slices"])
-        return repeats, {"call": run["call"], f"{guess} slices": run["slices"]}
-
-    def run(self) -> None:
-        start = time.perf_counter()
-        self._slices(self.repeats)
-        self.extra_seconds.append(time.perf_counter() - start)
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """As a runner's settings name them: the repeats (a form, pinned for the group's later
-        workers) and the seconds they were chosen from; the extra seconds, a list that grows."""
-        return {
-            "calibration_repeats": self.repeats,
-            "calibration_repeats_seconds": self.timed,
-            "calibration": {"effect": self.effect, "extra_seconds": self.extra_seconds},
-        }
-
-
 @dataclass(frozen=True)
 class UpconvTiming:
     """What the up-conv forms are timed for: the case's shape, its pass, and how its path runs."""
@@ -425,7 +356,7 @@ def time_upconv_forms(
         return {"native": 0.0}
     cin, cout, side = shape
     dims = timing.spec.dims
-    layout = torch_memory_format("channels_last", dims)
+    layout = TORCH_MEMORY_FORMATS["channels_last"][dims]
     x = torch.randn(timing.batch, cin, *(side,) * dims, device=device).to(memory_format=layout)
     x.requires_grad_(timing.backward)
 
