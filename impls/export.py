@@ -38,7 +38,7 @@ import numpy as np
 from impls import convert, footprint
 from impls.checks import err, whole
 from impls.files import atomic_output, check_named_output
-from impls.spec import LAYOUTS, UNetSpec
+from impls.spec import LAYOUTS, SPATIAL_AXES, UNetSpec
 
 if TYPE_CHECKING:
     import jax
@@ -53,8 +53,7 @@ TOLERANCE = 1e-5
 DEFAULT_SIDE = 256
 DEFAULT_SIDE_3D = 64
 SEED = 0
-# Each spatial axis's name, and its symbol in a dynamic export's shapes.
-AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
+# Each spatial axis's symbol in a dynamic export's shapes.
 _SYMBOLS = {"depth": "d", "height": "h", "width": "w"}
 
 
@@ -120,12 +119,14 @@ def _default_side(spec: UNetSpec) -> int:
 
 
 def _input_size(spec: UNetSpec, size: int | tuple[int, ...] | None, checkpoint: Path) -> tuple[int, ...]:
-    """The spatial sides, (h, w) or (d, h, w), from ``size`` (one side, one per axis or None for the
-    default), refused unless the spec takes them, with the nearest valid sides named."""
-    axes = AXES[spec.dims]
+    """The spatial sides, (h, w) or (d, h, w), from ``size`` (one side, alone or in a 1-tuple; one
+    per axis; or None for the default), refused unless the spec takes them, with the nearest valid
+    sides named."""
+    axes = SPATIAL_AXES[-spec.dims :]
     if size is None:
         return (_default_side(spec),) * spec.dims
-    sides = tuple(size) if isinstance(size, (tuple, list)) else (size,) * spec.dims
+    sides = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+    sides = sides * spec.dims if len(sides) == 1 else sides
     if len(sides) != spec.dims:
         raise ValueError(
             f"size {sides} for {checkpoint}: its {spec.dims}D U-Net takes one side or "
@@ -314,7 +315,7 @@ def _torch_dims(job: _Job, sides: _Sides, torch, *, derived: bool) -> dict:
     it can express (ONNX names the dimension after it). Else plain symbols, whose rule the
     model checks with torch._check, kept as runtime asserts (AOTInductor runs them)."""
     Dim = torch.export.Dim
-    axes = AXES[job.spec.dims]
+    axes = SPATIAL_AXES[-job.spec.dims :]
     dims = {0: Dim("batch", min=1)}
     for index, axis in enumerate(axes, start=2):
         if not derived or sides.period == 1:
@@ -403,7 +404,7 @@ def _name_dims(proto) -> None:
     the dynamic shapes named them (torch.onnx keeps the names only of symbols it makes itself)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     names = {}
-    axes = AXES[len(dims) - 2]
+    axes = SPATIAL_AXES[2 - len(dims) :]  # the input's last len(dims) - 2 axes
     for index, name in ((0, "batch"), *enumerate((_SYMBOLS[axis] for axis in axes), start=2)):
         symbols = re.findall(r"\bs\d+\b", dims[index].dim_param)
         if len(symbols) == 1:
@@ -508,7 +509,7 @@ def _aoti(job: _Job) -> Export:
                 for shape in shapes
             )
     if sides:
-        *first, last = axes = AXES[job.spec.dims]
+        *first, last = axes = SPATIAL_AXES[-job.spec.dims :]
         declared = (
             f"(batch, {job.spec.in_channels}, {', '.join(axes)}), {', '.join(first)} and {last} "
             f"{_sides_text(job.spec, job, sides)}"
@@ -541,7 +542,7 @@ def _flax_forward(job: _Job, *, upconv_matmul: bool = False):
 def _symbolic_input(job: _Job, sides: _Sides, jnp) -> jax.ShapeDtypeStruct:
     import jax
 
-    symbols = [_SYMBOLS[axis] for axis in AXES[job.spec.dims]]
+    symbols = [_SYMBOLS[axis] for axis in SPATIAL_AXES[-job.spec.dims :]]
     shape = jax.export.symbolic_shape(
         f"batch, {', '.join(sides.symbol(symbol) for symbol in symbols)}, {job.spec.in_channels}",
         constraints=[f"{symbol} >= {sides.least}" for symbol in symbols],
@@ -762,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             args.to,
             args.out,
             batch=args.batch,
-            size=None if args.size is None else args.size[0] if len(args.size) == 1 else tuple(args.size),
+            size=None if args.size is None else tuple(args.size),
             dynamic=args.dynamic,
             via=args.via,
             force=args.force,

@@ -21,6 +21,8 @@ DIMS = (2, 3)
 LEAKY_RELU_SLOPE = 0.01
 # Layouts of an input batch, per dims: channels first (PyTorch's) and last (Flax's).
 LAYOUTS = {2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
+# The spatial axes' names, the last ``dims`` of them in 2D or 3D.
+SPATIAL_AXES = ("depth", "height", "width")
 # Fields added after 2D specs were written to disk: left out of the serialised spec at their
 # defaults, so that every 2D spec, cache key and weights file stays byte-identical.
 _OMITTED_AT_DEFAULT = ("dims", "activation")
@@ -102,15 +104,8 @@ class UNetSpec:
     def __repr__(self) -> str:
         # As the dataclass's own, less the fields to_dict leaves out: messages that name a 2D spec
         # read as before 3D.
-        fields = ", ".join(f"{name}={value!r}" for name, value in self._fields_shown().items())
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.to_dict().items())
         return f"UNetSpec({fields})"
-
-    def _fields_shown(self) -> dict[str, object]:
-        return {
-            field.name: getattr(self, field.name)
-            for field in dataclasses.fields(self)
-            if field.name not in _OMITTED_AT_DEFAULT or getattr(self, field.name) != field.default
-        }
 
     # -- channels ----------------------------------------------------------
 
@@ -214,7 +209,7 @@ class UNetSpec:
     def output_size(self, *sides: int) -> tuple[int, ...]:
         """Output sides for an input's spatial sides, (h, w) in 2D and (d, h, w) in 3D; ValueError if
         invalid."""
-        axes = ("depth", "height", "width")[-self.dims :]
+        axes = SPATIAL_AXES[-self.dims :]
         if len(sides) != self.dims:
             raise ValueError(
                 f"UNetSpec(dims={self.dims}): expected {self.dims} sides ({', '.join(axes)}), got {sides}"
@@ -306,9 +301,13 @@ class UNetSpec:
     # -- serialisation ----------------------------------------------------
 
     def to_dict(self) -> dict[str, object]:
-        """The fields, less those added for 3D where they hold their defaults (old files stay
-        byte-identical)."""
-        return self._fields_shown()
+        """The fields in their order, less those added for 3D where they hold their defaults (old
+        files stay byte-identical)."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in _OMITTED_AT_DEFAULT or getattr(self, field.name) != field.default
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -29,14 +29,14 @@ def predictors() -> dict:
 
 
 def _one_pass_over_the_mirrored_image(predict, image: np.ndarray, spec: UNetSpec, tile: int) -> np.ndarray:
-    """What predict_tiled must equal: one pass over the image mirrored as it mirrors it."""
-    positions = tiling.tile_positions(image.shape[1:], spec, tile)
-    out = spec.output_size(tile, tile)[0]
+    """What predict_tiled must equal: one pass over the image (or volume) mirrored as it mirrors it."""
+    sides = image.shape[1:]
+    last = tiling.tile_positions(sides, spec, tile)[-1]
+    out = spec.check_side(tile)
     border = (tile - out) // 2
-    extra_h = positions[-1][0] + out - image.shape[1]
-    extra_w = positions[-1][1] + out - image.shape[2]
-    mirrored = np.pad(image, ((0, 0), (border, border + extra_h), (border, border + extra_w)), mode="reflect")
-    return predict(mirrored[None])[0][:, : image.shape[1], : image.shape[2]]
+    pads = [(border, border + start + out - n) for start, n in zip(last, sides, strict=True)]
+    mirrored = np.pad(image, ((0, 0), *pads), mode="reflect")
+    return predict(mirrored[None])[0][(slice(None), *(slice(0, n) for n in sides))]
 
 
 @pytest.mark.parametrize("framework", [0, 1], ids=["torch", "flax"])
@@ -159,14 +159,8 @@ def test_valid_tiling_of_a_volume_equals_one_pass(framework: int) -> None:
     volume = np.random.default_rng(5).normal(size=(1, 11, 15, 9)).astype(np.float32)
     tiled = tiling.predict_tiled(predict, volume, VALID_3D, tile=22, batch=4)
     assert tiled.shape == (VALID_3D.num_classes, 11, 15, 9)
-    positions = tiling.tile_positions(volume.shape[1:], VALID_3D, 22)
-    assert len(positions) == 2 * 3 * 2  # steps of 6 voxels
-    border, out = 8, 6
-    pads = [
-        (border, border + last + out - n) for last, n in zip(positions[-1], volume.shape[1:], strict=True)
-    ]
-    one_pass = predict(np.pad(volume, ((0, 0), *pads), mode="reflect")[None])[0][:, :11, :15, :9]
-    assert err(tiled, one_pass) <= 1e-5
+    assert len(tiling.tile_positions(volume.shape[1:], VALID_3D, 22)) == 2 * 3 * 2  # steps of 6 voxels
+    assert err(tiled, _one_pass_over_the_mirrored_image(predict, volume, VALID_3D, 22)) <= 1e-5
 
 
 def _position_dependent(batch: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from bench.runners import form_timing
 from bench.runners.styles import SingleDevice, style
 from bench.runners.workload import SEED, batch, workload
 from impls import convert, flax_unet
-from impls.spec import UNetSpec
+from impls.spec import LAYOUTS, UNetSpec
 
 
 def set_precision(tf32: bool) -> None:
@@ -102,7 +102,7 @@ class JaxRunner:
             "compute_dtype": "bfloat16" if compute_dtype else "float32",
             "param_dtype": np.dtype(param_dtype).name,
             "tf32": tf32,
-            "memory_format": ("NHWC" if config.spec.dims == 2 else "NDHWC") + " (XLA chooses layouts)",
+            "memory_format": f"{LAYOUTS[config.spec.dims][1]} (XLA chooses layouts)",
             "matmul_precision": "process-wide: " + jax.config.jax_default_matmul_precision,
             "optimizer": f"optax.adam({config.learning_rate})",
             "loss": config.loss,
