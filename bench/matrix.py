@@ -7,6 +7,7 @@ user sees; bench/plugin.py makes it pytest's usage error.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -16,21 +17,25 @@ from typing import Any
 
 from bench import environment, stats
 from bench.device_names import simulated_devices
-from bench.options import DEFAULT_SPEC, MAX_REPLICATES, SCALING_PATHS, defaults, flag
+from bench.options import DEFAULT_SPECS, MAX_REPLICATES, SCALING_PATHS, defaults, flag
 from bench.run_config import (
     CALIBRATION_REFERENCE,
     PATHS,
     PRECISIONS,
     SCALINGS,
     TASKS,
+    WHOLE_INPUT_TASKS,
     RunConfig,
     calibration_path,
     paths_problem,
+    whole_input_task,
 )
 from bench.sweep import WARM_UP_SECONDS, default_compile_cache, memory_problem, needed_bytes
 from impls.checks import known
 from impls.files import check_folder
 from impls.spec import PADDINGS, SEARCH_LIMIT, UNetSpec
+
+MIN_INSTANCE_NORM_SIDE = 2  # the largest degenerate bottleneck side for instance norm
 
 
 class OptionError(ValueError):
@@ -150,9 +155,11 @@ def _device(values: Any) -> str:
 
 def _spec(values: Any) -> UNetSpec:
     _check_known("padding", values.padding, PADDINGS)
-    spec = UNetSpec(
-        width=_positive(values, "width", DEFAULT_SPEC.width, "channels"),
-        depth=_positive(values, "depth", DEFAULT_SPEC.depth, "poolings"),
+    default = DEFAULT_SPECS[values.dims]
+    spec = dataclasses.replace(
+        default,
+        width=_positive(values, "width", default.width, "channels"),
+        depth=_positive(values, "depth", default.depth, "poolings"),
         padding=values.padding,
     )
     if spec.smallest_valid_size() is None:  # blamed on --depth, not on every size tried
@@ -169,18 +176,38 @@ def _check_sizes(values: Any, spec: UNetSpec, sizes: list[int]) -> None:
     for size in sizes:
         try:
             spec.check_side(size)
+            _check_instance_norm(spec, size)
         except ValueError as error:
             if values.sizes is not None:
                 raise OptionError(f"--sizes {size}: {error}") from None
             changed = " ".join(
                 f"{flag(name)} {getattr(spec, name)}"
                 for name in ("depth", "padding")
-                if getattr(spec, name) != getattr(DEFAULT_SPEC, name)
+                if getattr(spec, name) != getattr(DEFAULT_SPECS[spec.dims], name)
             )
             raise OptionError(
                 f"{changed}: the default sizes {','.join(map(str, sizes))} do not fit it: {error}; "
                 "give valid ones with --sizes"
             ) from None
+
+
+def _check_instance_norm(spec: UNetSpec, size: int) -> None:
+    """Refuse an instance-normalised network whose smallest feature map has a side of 2 or less: a
+    2x2x2 bottleneck normalises each channel over 8 voxels (1 leaves only the bias), which measures
+    a network nobody trains."""
+
+    def smallest_map(side: int) -> int:
+        return min(layer.side for layer in spec.conv_layers(side))
+
+    if spec.norm == "instance" and smallest_map(size) <= MIN_INSTANCE_NORM_SIDE:
+        takes = size
+        while smallest_map(takes) <= MIN_INSTANCE_NORM_SIDE:
+            takes = spec.nearest_valid_sizes(takes)[-1]  # the next valid side up
+        raise ValueError(
+            f"side {size} leaves a {smallest_map(size)}-voxel-wide bottleneck to instance-normalise at depth "
+            f"{spec.depth} (more than {MIN_INSTANCE_NORM_SIDE} needed); expected a side of {takes} or more, "
+            "or a smaller --depth"
+        )
 
 
 def _calibration(values: Any, paths: list[str]) -> list[str]:
@@ -207,9 +234,15 @@ def _matrix(values: Any, max_time: float | None, min_rounds: int) -> tuple[list[
     """The cases of the command line, and the options every case shares."""
     spec = _spec(values)
     device = _device(values)
-    default = defaults(device)
+    default = defaults(device, spec.dims)
     paths = _listed(values, "paths", default["paths"], PATHS)
     tasks = _listed(values, "tasks", default["tasks"], TASKS)
+    for task, dims in WHOLE_INPUT_TASKS.items():
+        if task in tasks and dims != spec.dims:
+            raise OptionError(
+                f"--tasks {task}: with --dims {spec.dims}, the whole-input task is "
+                f"{whole_input_task(spec.dims)}"
+            )
     precisions = _listed(values, "precisions", default["precisions"], PRECISIONS)
     sizes = _listed(values, "sizes", default["sizes"])
     batches = _listed(values, "batches", default["batches"])
@@ -251,13 +284,13 @@ def _matrix(values: Any, max_time: float | None, min_rounds: int) -> tuple[list[
             batch=batch,
             precision=precision,
             task=task,
-            image_size=image_size if task == "tiled" else None,
+            image_size=image_size if task in WHOLE_INPUT_TASKS else None,
             **shared,
         )
         for task, precision, size, batch, path in itertools.product(
             tasks, precisions, sizes, batches, paths + calibration
         )
-        if task != "tiled" or (size, batch) == (max(sizes), max(batches))
+        if task not in WHOLE_INPUT_TASKS or (size, batch) == (max(sizes), max(batches))
     ]
     return cases, {
         **shared,
@@ -280,6 +313,10 @@ def _matrix(values: Any, max_time: float | None, min_rounds: int) -> tuple[list[
 def _scaling_matrix(values: Any, cases: list[RunConfig]) -> list[RunConfig]:
     """Data-parallel training cases: weak scaling keeps the batch per device, strong the global batch."""
     device = cases[0].device if cases else "cpu"
+    if values.dims != 2:  # out of scope: data parallelism over volumes
+        if values.devices is not None:
+            raise OptionError(f"--devices: data-parallel runs take 2D U-Nets only, not --dims {values.dims}")
+        return []
     gpus = 0 if simulated_devices(device) else len(environment.gpus())
     counts = _listed(
         values, "devices", [2**k for k in range(gpus.bit_length()) if 2**k <= gpus] if gpus > 1 else []

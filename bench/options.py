@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import stats
-from bench.run_config import FREEZINGS, LOSSES, MEMORY_FORMATS, PATHS, PRECISIONS, TASKS
+from bench.run_config import FREEZINGS, LOSSES, MEMORY_FORMATS, PATHS, PRECISIONS
 from bench.sweep import WARM_UP_SECONDS, default_compile_cache
 from impls.spec import PADDINGS, UNetSpec
 
-DEFAULT_SPEC = UNetSpec()  # the network of --width, --depth and --padding's defaults
+# The network of --width, --depth and --padding's defaults, per --dims. In 3D, nnU-Net's and MLPerf's
+# choices (instance norm, leaky ReLU) on a network small enough for a CPU run.
+DEFAULT_SPECS = {
+    2: UNetSpec(),
+    3: UNetSpec(dims=3, width=16, depth=3, norm="instance", activation="leaky_relu"),
+}
 # The plain references are in no verdict. On a CPU the default run measures jax against jax-plain
 # (is the project's JAX at its best?); torch-plain, and on a GPU both, run when asked for with --paths:
 # their set-up and rounds would go to time that deciding the verdicts needs more.
@@ -44,7 +49,7 @@ DEFAULTS = {
     # sizes, one batch, and the default compile mode only (max-autotune and reduce-overhead when
     # asked for with --paths).
     "cuda": {
-        "tasks": list(TASKS),
+        "tasks": ["train", "infer", "tiled"],
         "sizes": [256, 1024],
         "batches": [8],
         "precisions": list(PRECISIONS),
@@ -56,13 +61,21 @@ DEFAULTS = {
         "group_budget": 60.0,
     },
 }
+# --dims 3: volumes. On a CPU, sides whose run ends within 15 minutes from cold caches; on a GPU,
+# MLPerf Training's 128^3 patches at batch 2 and a smaller 96^3. "window" is a whole volume by
+# sliding window (the side of its tiles: the largest size).
+DEFAULTS_3D = {
+    "cpu": {"tasks": ["train", "infer", "window"], "sizes": [32, 48], "batches": [2], "image_size": 96},
+    "cuda": {"tasks": ["train", "infer", "window"], "sizes": [96, 128], "batches": [2], "image_size": 256},
+}
 MAX_REPLICATES = 12  # workers per case at most, while a comparison is undecided and the budget allows
 SCALING_PATHS = ("torch-eager", "torch-compile", "jax")
 
 
-def defaults(device: str) -> dict[str, Any]:
-    """The defaults of the axes and budgets on ``device``'s kind."""
-    return DEFAULTS["cpu" if device == "cpu" else "cuda"]
+def defaults(device: str, dims: int = 2) -> dict[str, Any]:
+    """The defaults of the axes and budgets on ``device``'s kind, for U-Nets of ``dims``."""
+    kind = "cpu" if device == "cpu" else "cuda"
+    return DEFAULTS[kind] if dims == 2 else {**DEFAULTS[kind], **DEFAULTS_3D[kind]}
 
 
 def csv(kind: type = str) -> Callable[[str], list]:
@@ -83,7 +96,10 @@ def _shown_defaults(name: str) -> str:
     def shown(value) -> str:
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
-    return f"{shown(DEFAULTS['cpu'][name])} on a CPU, {shown(DEFAULTS['cuda'][name])} on a GPU"
+    text = f"{shown(DEFAULTS['cpu'][name])} on a CPU, {shown(DEFAULTS['cuda'][name])} on a GPU"
+    if name in DEFAULTS_3D["cpu"]:
+        text += f"; with --dims 3: {shown(DEFAULTS_3D['cpu'][name])} and {shown(DEFAULTS_3D['cuda'][name])}"
+    return text
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,7 @@ class Option:
     help: str
     type: Callable[[str], Any] | None = None
     default: Any = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
     action: str | None = None
     metavar: str | None = None
 
@@ -113,22 +129,37 @@ AXES = (
     Option("--paths", f"framework paths, of: {', '.join(PATHS)}", csv()),
     Option(
         "--tasks",
-        "train, infer, tiled (a whole image in tiles of the largest size and batch); default: "
-        "train,infer on a CPU, all on a GPU",
+        "train, infer, tiled (a whole image in tiles of the largest size and batch), window (its "
+        "counterpart for volumes: a whole volume by sliding window, Gaussian-blended); default: "
+        f"{_shown_defaults('tasks')}",
         csv(),
     ),
-    Option("--sizes", f"input sides in pixels (default: {_shown_defaults('sizes')})", csv(int)),
+    Option("--sizes", f"input sides in pixels or voxels (default: {_shown_defaults('sizes')})", csv(int)),
     Option("--batches", f"batch sizes (default: {_shown_defaults('batches')})", csv(int)),
     Option("--precisions", "fp32, bf16 (default: fp32 on CPU, both on GPU)", csv()),
     Option("--device", "cpu, cuda or cuda:N (default: cuda if there is one, else cpu)"),
 )
+
+
+def _shown_network_default(name: str) -> str:
+    """A network field's defaults as the help shows them: "64; 16 with --dims 3"."""
+    return f"{getattr(DEFAULT_SPECS[2], name)}; {getattr(DEFAULT_SPECS[3], name)} with --dims 3"
+
+
 NETWORK = (
-    Option("--width", f"channels of the first level (default {DEFAULT_SPEC.width})", int, DEFAULT_SPEC.width),
-    Option("--depth", f"number of poolings (default {DEFAULT_SPEC.depth})", int, DEFAULT_SPEC.depth),
+    Option(
+        "--dims",
+        "2: images; 3: volumes (3D U-Nets with instance norm and leaky ReLU, nnU-Net's; default 2)",
+        int,
+        2,
+        choices=(2, 3),
+    ),
+    Option("--width", f"channels of the first level (default {_shown_network_default('width')})", int),
+    Option("--depth", f"number of poolings (default {_shown_network_default('depth')})", int),
     Option(
         "--padding",
-        f"one of {', '.join(PADDINGS)} (default {DEFAULT_SPEC.padding})",
-        default=DEFAULT_SPEC.padding,
+        f"one of {', '.join(PADDINGS)} (default {DEFAULT_SPECS[2].padding})",
+        default=DEFAULT_SPECS[2].padding,
     ),
 )
 CASE_SETTINGS = (
@@ -160,7 +191,8 @@ CASE_SETTINGS = (
     ),
     Option(
         "--image-size",
-        f"side of the tiled task's whole image (default: {_shown_defaults('image_size')})",
+        "side of the tiled and window tasks' whole image or volume "
+        f"(default: {_shown_defaults('image_size')})",
         int,
     ),
 )

@@ -73,6 +73,7 @@ class Case:
     path: str
     task: str
     size: int
+    dims: int  # of the U-Net: 2, or 3 for volumes
     batch: int
     precision: str
     device_name: str
@@ -80,7 +81,7 @@ class Case:
     scaling: str | None
     gflop_per_image: float
     images_per_second: float
-    megapixels_per_second: float | None  # tiled cases only
+    megapixels_per_second: float | None  # tiled and window (megavoxels) cases only
     tflops: float
     utilization: float | None  # None where the device's peak is not measured
     peak_memory_bytes: int | None
@@ -101,7 +102,8 @@ class Case:
         sampling = info.get("sampling")  # written where the engine chose how many workers
         return cls(
             **{name: info[name] for name in _COPIED},
-            megapixels_per_second=info.get("megapixels_per_second"),  # tiled cases only
+            dims=info.get("dims", 2),  # written since volumes were measured
+            megapixels_per_second=info.get("megapixels_per_second"),  # tiled and window cases only
             compile_cold_reused=info.get("compile_cold_reused", False),  # where a cold compile was timed
             devices=info["devices"] or None,
             sampling=Sampling(*(sampling[k] for k in Sampling.__dataclass_fields__)) if sampling else None,

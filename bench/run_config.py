@@ -61,8 +61,22 @@ NO_REDUCED_PRECISION = {
     "not compute torch's autocast, which the other paths' bf16 is",
 }
 # "tiled": one whole image predicted in tiles (impls/tiling.py); size is the tile side,
-# batch the tiles per call.
-TASKS = ("train", "infer", "tiled")
+# batch the tiles per call. "window": its counterpart for a 3D spec, a whole volume by sliding window
+# (Gaussian-blended where the padding is "same", as impls/tiling.py does).
+TASKS = ("train", "infer", "tiled", "window")
+WHOLE_INPUT_TASKS = {"tiled": 2, "window": 3}  # each with the dimensionality it predicts
+
+
+def size_label(size: int, dims: int) -> str:
+    """An input side as ids, groups and reports name it: 128px, or 32vox for a volume of 32^3 voxels."""
+    return f"{size}px" if dims == 2 else f"{size}vox"
+
+
+def whole_input_task(dims: int) -> str:
+    """The task that predicts a whole input of ``dims`` spatial axes: "tiled", or "window" in 3D."""
+    return next(task for task, d in WHOLE_INPUT_TASKS.items() if d == dims)
+
+
 PRECISIONS = ("fp32", "bf16")
 LOSSES = ("ce", "weighted")  # softmax cross-entropy; the same weighted pixel by pixel
 UPCONVS = ("auto", "native", "matmul")
@@ -220,7 +234,8 @@ class RunConfig:
     "weighted" trains on the paper's pixel-weighted cross-entropy.
     ``calibration_repeats``: how many slices of extra work a calibration path adds to each call
     ("auto": as many as make up its share of the call, timed by its first worker; see
-    calibration_load.CalibrationLoad). ``image_size``: the whole image of the "tiled" task.
+    calibration_load.CalibrationLoad). ``image_size``: the side of the whole image of the "tiled"
+    task (the whole volume of "window").
     ``weights_file``: a canonical safetensors file to start from; None for PyTorch's default
     initialisation under the workload's seed.
     """
@@ -286,8 +301,15 @@ class RunConfig:
             raise ValueError(f"batch {self.batch} must split evenly over {self.devices} devices")
         if self.scaling is not None and self.scaling not in SCALINGS:
             raise ValueError(f"scaling {self.scaling!r}: expected one of {', '.join(SCALINGS)}")
-        if self.task == "tiled" and self.image_size is None:
-            raise ValueError("task 'tiled' needs image_size, the side of the whole image")
+        if self.task in WHOLE_INPUT_TASKS:
+            dims = WHOLE_INPUT_TASKS[self.task]
+            if self.spec.dims != dims:
+                raise ValueError(
+                    f"task {self.task!r} is for {dims}D U-Nets: expected "
+                    f"{whole_input_task(self.spec.dims)!r} for this one"
+                )
+            if self.image_size is None:
+                raise ValueError(f"task {self.task!r} needs image_size, the side of the whole input")
         self.spec.check_input(
             (self.batch // (self.devices or 1), self.spec.in_channels, *(self.size,) * self.spec.dims)
         )
@@ -310,8 +332,7 @@ class RunConfig:
 
     @property
     def size_label(self) -> str:
-        """The input side as ids and groups name it: 128px, or 32vox for a volume of 32^3 voxels."""
-        return f"{self.size}px" if self.spec.dims == 2 else f"{self.size}vox"
+        return size_label(self.size, self.spec.dims)
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

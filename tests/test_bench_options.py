@@ -155,7 +155,10 @@ BELOW_ONE = [
 
 UNKNOWN = [
     (("--paths", "jax,torch-eagr"), "--paths torch-eagr: expected some of torch-eager, "),
-    (("--tasks", "trian"), "--tasks trian: expected some of train, infer, tiled; nearest valid: train"),
+    (
+        ("--tasks", "trian"),
+        "--tasks trian: expected some of train, infer, tiled, window; nearest valid: train",
+    ),
     (("--padding", "vaild"), "--padding vaild: expected one of same, valid; nearest valid: valid"),
     (
         ("--scaling", "weak,stong"),
@@ -216,6 +219,22 @@ BAD = [
     (("--calibration", "101"), "expected distinct whole percentages from 0 to 100"),
     (("--paths", "jax", "--calibration", "10"), "--calibration: its paths are measured against torch-eager"),
     (("--paths", "torch-eager+10%"), "--paths torch-eager+10%: expected some of"),
+    (("--dims", "3", "--tasks", "tiled"), "--tasks tiled: with --dims 3, the whole-input task is window"),
+    (("--tasks", "window"), "--tasks window: with --dims 2, the whole-input task is tiled"),
+    (
+        ("--dims", "3", "--devices", "2", "--device", "cpu"),
+        "--devices: data-parallel runs take 2D U-Nets only, not --dims 3",
+    ),
+    # instance norm over a 2x2x2 bottleneck: 8 voxels per channel
+    (
+        ("--dims", "3", "--sizes", "16", "--device", "cpu"),
+        "--sizes 16: side 16 leaves a 2-voxel-wide bottleneck to instance-normalise at depth 3 (more than "
+        "2 needed); expected a side of 24 or more, or a smaller --depth",
+    ),
+    (
+        ("--dims", "3", "--depth", "4", "--device", "cpu"),
+        "--depth 4: the default sizes 32,48 do not fit it: side 32 leaves a 2-voxel-wide bottleneck",
+    ),
 ]
 
 
@@ -271,6 +290,31 @@ def test_an_unknown_value_is_refused_with_the_nearest_valid(args: tuple, message
     assert message in out
     if args[0] == "--paths":
         assert "; nearest valid: torch-eager" in out
+
+
+def test_dims_3_has_its_own_network_and_matrix() -> None:
+    """--dims 3 measures nnU-Net's kind of network (instance norm, leaky ReLU) on volumes, with the
+    window task at the largest size; --width and --depth still override it."""
+    volumes = _matrix("--dims", "3", "--device", "cpu")
+    spec = volumes.cases[0].spec
+    assert (spec.dims, spec.width, spec.depth, spec.norm, spec.activation) == (
+        3,
+        16,
+        3,
+        "instance",
+        "leaky_relu",
+    )
+    assert {c.task for c in volumes.cases} == {"train", "infer", "window"}
+    assert {c.size for c in volumes.cases if c.task != "window"} == {32, 48}
+    window = [c for c in volumes.cases if c.task == "window"]
+    assert {(c.size, c.batch, c.image_size) for c in window} == {(48, 2, 96)}
+    assert window[0].id == "window-torch-eager-48vox-b2-fp32" and not volumes.scaling
+    narrower = _matrix("--dims", "3", "--width", "8", "--depth", "2", "--sizes", "16", "--device", "cpu")
+    assert (narrower.cases[0].spec.width, narrower.cases[0].spec.depth) == (8, 2)
+    # a runtime asked to train is recorded as not applicable, not estimated (it once crashed here)
+    assert len(_matrix("--paths", "torch-eager,onnxruntime", "--tasks", "train", "--device", "cpu").cases) == 2
+    images = _matrix("--device", "cpu").cases[0].spec
+    assert (images.dims, images.width, images.norm) == (2, 64, "batch")
 
 
 def test_a_device_that_is_not_here_is_refused_naming_those_that_are() -> None:

@@ -18,7 +18,8 @@ CASE = ["size", "batch", "precision"]
 GROUP = ["task", *CASE, "devices", "scaling"]
 SPEEDUP = ["speedup", "speedup_low", "speedup_high"]
 FAILURE_COLUMNS = ("path", "task", "size", "batch", "precision", "device", "devices", "scaling")
-INTERNAL = ["round_seconds", "time_spread", "judgement"]  # what the intervals are made from: no CSV
+# What the intervals are made from, and the U-Net's dimensionality (for labels): no CSV
+INTERNAL = ["round_seconds", "time_spread", "judgement", "dims"]
 
 
 def path_order(paths) -> list[str]:
@@ -86,6 +87,7 @@ def case_row(benchmark: dict) -> dict:
         "group_budget_s": sampling.group_budget if sampling else math.nan,
         "calibration_extra_ms": _extra_ms(case),
         "round_seconds": (rounds.seconds, rounds.blocks, rounds.workers) if rounds else None,
+        "dims": case.dims,
     }
 
 
@@ -102,6 +104,11 @@ def failure_row(failure: dict) -> dict:
         "status": upgraded["status"],
         "message": failure.get("message", ""),
     }
+
+
+def counted(measured: pd.DataFrame) -> str:
+    """What a run's train and infer calls count: "images", or "volumes" for a 3D U-Net's."""
+    return "volumes" if not measured.empty and (measured.dims == 3).any() else "images"
 
 
 def single_device(measured: pd.DataFrame) -> pd.DataFrame:

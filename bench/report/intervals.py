@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench import stats
 from bench.report.cases import BASELINE, GROUP, SPEEDUP, path_order
-from bench.run_config import verdict_roles
+from bench.run_config import WHOLE_INPUT_TASKS, verdict_roles
 
 NAN = stats.Interval(math.nan, math.nan, math.nan)
 
@@ -92,8 +92,8 @@ def with_intervals(measured: pd.DataFrame, margin: float, run_spread: float) -> 
         for m, old in zip(medians, measured.median_ms, strict=True)
     ]
     # every rate from the one estimate: rescaled from the time it was computed from (a call is a
-    # batch, or a whole image for "tiled")
-    per_call = np.where(measured.task == "tiled", 1, measured.batch)
+    # batch, or a whole image for "tiled" and volume for "window")
+    per_call = np.where(measured.task.isin(list(WHOLE_INPUT_TASKS)), 1, measured.batch)
     rated_ms = per_call / measured.img_per_s.to_numpy(float) * 1e3
     scale = rated_ms / np.asarray(estimated, dtype=float)
     for column in ("img_per_s", "megapixels_per_s", "tflops", "utilization"):

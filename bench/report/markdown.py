@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench import records, stats
 from bench.device_names import simulated_devices
-from bench.report.cases import BASELINE, path_order, single_device
+from bench.report.cases import BASELINE, counted, path_order, single_device
 from bench.report.intervals import rule_of
 from bench.report.runs import load
 from bench.report.tables import (
@@ -39,9 +39,10 @@ from bench.report.verdicts import (
 from bench.run_config import CALIBRATION_REFERENCE
 
 RESULTS_TITLES = {
-    "train": "Training, images per second",
-    "infer": "Inference, images per second",
+    "train": "Training, {images} per second",
+    "infer": "Inference, {images} per second",
     "tiled": "Whole image in tiles, megapixels per second",
+    "window": "Whole volume by sliding window, megavoxels per second",
 }
 MAIN_TASK_LABELS = {"train": "training", "infer": "inference"}
 PLAIN_NOTE = (
@@ -225,8 +226,9 @@ def _calibration(measured: pd.DataFrame) -> list[Section]:
 
 
 def _throughput(measured: pd.DataFrame, task: str) -> Section:
-    heading = f"## {task}: {THROUGHPUT[task][1]} ({_against(measured)})"
-    label = f"**{RESULTS_TITLES[task]} ({_against(measured)}):**"
+    images = counted(measured)
+    heading = f"## {task}: {THROUGHPUT[task][1].format(images=images)} ({_against(measured)})"
+    label = f"**{RESULTS_TITLES[task].format(images=images)} ({_against(measured)}):**"
     return Section(heading, label, (markdown_table(throughput_table(measured, task)),))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.cases import path_order
+from bench.report.cases import counted, path_order
 from impls.files import atomic_output
 
 
@@ -61,7 +61,12 @@ def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
         for name in path_order(set(panel.path)):
             line = panel[panel.path == name].sort_values("size")
             ax.plot(line["size"], line["img_per_s"], marker="o", label=name)
-        ax.set(title=f"{task}, {precision}, batch {batch}", xlabel="image side (px)", ylabel="images / s")
+        volumes = counted(panel) == "volumes"
+        ax.set(
+            title=f"{task}, {precision}, batch {batch}",
+            xlabel="volume side (voxels)" if volumes else "image side (px)",
+            ylabel=f"{counted(panel)} / s",
+        )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(set(panel["size"])), [str(s) for s in sorted(set(panel["size"]))])
         ax.minorticks_off()

@@ -15,11 +15,13 @@ from bench.report.cases import BASELINE, CASE, path_order
 from bench.report.intervals import verdict_of
 from bench.run_config import competes
 
-# What a task's throughput is counted in: images, or for a tiled whole image its pixels.
+# What a task's throughput is counted in: images (volumes: cases.counted), or for a tiled whole
+# image its pixels, for a whole volume its voxels.
 THROUGHPUT = {
-    "train": ("img_per_s", "images per second"),
-    "infer": ("img_per_s", "images per second"),
+    "train": ("img_per_s", "{images} per second"),
+    "infer": ("img_per_s", "{images} per second"),
     "tiled": ("megapixels_per_s", "megapixels per second"),
+    "window": ("megapixels_per_s", "megavoxels per second"),
 }
 SUSPECT = 1.0  # of the device's measured peak: more is physically suspect, never explained away
 

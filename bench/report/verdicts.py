@@ -21,11 +21,17 @@ from bench.run_config import (
     calibration_effect,
     competes,
     compiles_nothing,
+    size_label,
 )
 
 NO_ROUNDS = "this run has no interleaved rounds (older engine)"
-UNITS = {"train": "train steps", "infer": "forward passes", "tiled": "whole images"}
-INFERENCE_TASKS = ("infer", "tiled")
+UNITS = {
+    "train": "train steps",
+    "infer": "forward passes",
+    "tiled": "whole images",
+    "window": "whole volumes",
+}
+INFERENCE_TASKS = ("infer", "tiled", "window")
 FRAMEWORK_DEPENDENCIES = {"torch": ("torch",), "jax": ("jax", "flax")}
 
 
@@ -56,10 +62,11 @@ def group_verdicts(measured: pd.DataFrame) -> pd.DataFrame:
                 "sampling_s": group.sampling_s.max(),
                 "group_budget_s": group.group_budget_s.max(),
                 "schedule": "; ".join(sequential),
+                "dims": group.dims.iloc[0],
             }
         )
     columns = ["task", *CASE, "judgement", "reason", "workers", "seconds_per_worker", "sampling_s"]
-    columns += ["group_budget_s", "schedule"]
+    columns += ["group_budget_s", "schedule", "dims"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -98,7 +105,7 @@ def _open_cost(row) -> str:
 
 
 def _group_line(row, break_even: pd.DataFrame, unit: str) -> str:
-    text = f"{row.size}px b{row.batch}: "
+    text = f"{size_label(row.size, row.dims)} b{row.batch}: "
     if row.judgement is None:
         return text + f"no verdict: {row.reason}"
     judgement = row.judgement
@@ -193,7 +200,8 @@ def deployment(measured: pd.DataFrame, versions: dict[str, str]) -> list[str]:
             continue
         best = frameworks.loc[frameworks.median_ms.idxmin()]
         lines.append(
-            f"- **{task} {size}px b{batch} {precision}**, against {best.path}, its fastest framework path:"
+            f"- **{task} {size_label(size, best.dims)} b{batch} {precision}**, against {best.path}, its "
+            "fastest framework path:"
         )
         for case in (row for _, row in competing.sort_values("median_ms").iterrows()):
             if case.path == best.path:
@@ -215,7 +223,8 @@ def plain_lines(measured: pd.DataFrame) -> list[str]:
         if judgement is None or not judgement.plain:
             continue
         compared = "; ".join(f"{c.describe()} against {c.against}" for c in judgement.plain)
-        lines.append(f"- **{task} {size}px b{batch} {precision}**: {compared}")
+        label = size_label(size, group.dims.iloc[0])
+        lines.append(f"- **{task} {label} b{batch} {precision}**: {compared}")
     return lines
 
 

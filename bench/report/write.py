@@ -15,6 +15,7 @@ from bench.report.markdown import report_markdown
 from bench.report.plots import plot, plot_scaling
 from bench.report.runs import is_run, others, read, tables
 from bench.report.tables import scaling_table, tasks
+from bench.run_config import WHOLE_INPUT_TASKS
 from impls.files import atomic_output, write_text
 
 
@@ -57,7 +58,7 @@ def write_run(run_dir: Path) -> str:
         simulated = simulated_devices(section.get("environment", {}).get("device", ""))
         title = "SIMULATED devices on one CPU" if simulated else ""
         plot_scaling(scaling, run_dir / "scaling.png", title)
-    for task in sorted(set(tasks(single_device(measured))) - {"tiled"}):
+    for task in sorted(set(tasks(single_device(measured))) - set(WHOLE_INPUT_TASKS)):
         plot(single_device(measured), run_dir / f"throughput-{task}.png", task)
     write_index(run_dir.parent)
     return files["report.md"]

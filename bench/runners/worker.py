@@ -35,7 +35,7 @@ from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
-from bench.run_config import RUNTIME_PACKAGES, RunConfig
+from bench.run_config import RUNTIME_PACKAGES, WHOLE_INPUT_TASKS, RunConfig
 from bench.runners.runtime_runner import EXPORT_DIR
 from bench.runners.workload import SEED
 
@@ -130,7 +130,8 @@ def _die_with_parent() -> None:
 
 
 def _tiled(runner: Any, seed: int) -> Any:
-    """The "tiled" task: the whole image drawn with ``seed``, predicted in tiles and stitched."""
+    """The "tiled" and "window" tasks: the whole image (volume) drawn with ``seed``, predicted in
+    tiles and stitched."""
     from bench.runners.workload import whole_image
     from impls.tiling import predict_tiled
 
@@ -140,7 +141,7 @@ def _tiled(runner: Any, seed: int) -> Any:
 
 
 def _outputs(runner: Any, task: str, seed: int) -> dict[str, Any]:
-    return {"logits": _tiled(runner, seed)} if task == "tiled" else runner.outputs(task, seed)
+    return {"logits": _tiled(runner, seed)} if task in WHOLE_INPUT_TASKS else runner.outputs(task, seed)
 
 
 class Service:
@@ -151,8 +152,8 @@ class Service:
         self._twins: dict[RunConfig, Any] = {}
 
     def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
-        """What the parity gate compares (``Runner.outputs``); for "tiled", the stitched logits of
-        the whole image drawn with ``seed``."""
+        """What the parity gate compares (``Runner.outputs``); for "tiled" and "window", the
+        stitched logits of the whole image (volume) drawn with ``seed``."""
         return _outputs(self.runner, task, seed)
 
     def outputs_in(
@@ -181,7 +182,7 @@ class Service:
         return _outputs(self._twins[twin], task, seed)
 
     def call(self) -> None:
-        """What one timed round runs: one train step, one forward, or one whole image in tiles."""
+        """What one timed round runs: one train step, one forward, or one whole image (volume) in tiles."""
         if self.config.task == "train":
             self.runner.train_step()
         elif self.config.task == "infer":

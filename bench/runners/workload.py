@@ -143,6 +143,7 @@ def workload(config: RunConfig) -> Workload:
 
 @functools.cache
 def whole_image(spec: UNetSpec, image_size: int, seed: int = SEED) -> np.ndarray:
-    """The "tiled" task's (C, H, W) image: synthetic cells, ``image_size`` on a side."""
-    image = cells.generate(1, image_size, seed=seed).images[0]
+    """The "tiled" task's (C, H, W) image, or the "window" task's (C, D, H, W) volume for a 3D spec:
+    synthetic cells, ``image_size`` on a side."""
+    image = cells.generate(1, image_size, seed=seed, dims=spec.dims).images[0]
     return np.repeat(image, spec.in_channels, axis=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import environment
-from bench.run_config import RunConfig, memory_kind
+from bench.run_config import RunConfig, memory_kind, unavailable
 from bench.sweep.case import Prepared
 from impls import footprint
 
@@ -25,7 +25,10 @@ def needed_bytes(config: RunConfig) -> int:
 
 def memory_problem(config: RunConfig) -> str | None:
     """Why the case cannot start here, by that estimate, against what its device has free (on a
-    CPU the smaller of the memory available and the cgroup's limit); None where it fits."""
+    CPU the smaller of the memory available and the cgroup's limit); None where it fits, or where
+    the case never starts (a runtime asked to train: recorded as not-applicable)."""
+    if unavailable(config):
+        return None
     return footprint.too_large(needed_bytes(config), environment.memory_bytes(config.device), config.id)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bench import environment, flops, stats
-from bench.run_config import RunConfig
+from bench.run_config import WHOLE_INPUT_TASKS, RunConfig
 from bench.sweep.case import Prepared
 from impls.tiling import tile_positions
 
@@ -65,6 +65,7 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
         "path": config.path,
         "task": config.task,
         "size": config.size,
+        "dims": config.spec.dims,
         "batch": config.batch,
         "precision": config.precision,
         "device": config.device,
@@ -73,7 +74,8 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
         "scaling": config.scaling,
         "first_call_seconds_cached": p.first_cached,
     }
-    if config.task == "tiled":
+    whole = config.task in WHOLE_INPUT_TASKS
+    if whole:
         positions = tile_positions((config.image_size,) * config.spec.dims, config.spec, config.size)
         tiles = math.ceil(len(positions) / config.batch) * config.batch  # zero tiles fill the last batch
         gflop = tiles * flops.gflop_per_image(config.spec, config.size, "infer")
@@ -86,9 +88,9 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
     # as benchmark.json has them, so that progress.jsonl alone rebuilds the report
     info["stats"] = round_stats(p.rounds, p.workers)
     median = info["stats"]["estimate"]  # the one estimate (bench/stats.py)
-    images_per_second = (1 if config.task == "tiled" else config.batch) / median
-    if config.task == "tiled":
-        info["megapixels_per_second"] = config.image_size**2 / 1e6 / median
+    images_per_second = (1 if whole else config.batch) / median
+    if whole:  # of a volume, its voxels: records and tables keep one column for both
+        info["megapixels_per_second"] = config.image_size**config.spec.dims / 1e6 / median
     tflops = gflop * images_per_second / 1e3
     peak = peaks.peak_tflops(config)
     info.update(
