@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -100,6 +102,8 @@ TINY = [
         (["--device", "cuda"], "--device cuda: no CUDA device on this machine; devices here: cpu"),
         (["--device", "gpu"], "--device gpu: expected cpu, cuda or cuda:N"),
         (["--batch", "64"], "--batch 64: more than the 32 held-out images"),
+        (["--dims", "3", "--batch", "9"], "--batch 9: more than the 8 held-out images"),
+        (["--dims", "4"], "--dims 4: expected 2 (images) or 3 (volumes)"),
         (["--results-dir", "{file}"], "--results-dir {file}: {file} is a file, not a folder"),
     ],
 )
@@ -133,6 +137,26 @@ def test_the_help_describes_every_option(capsys) -> None:
     ):
         assert option in text
     assert "(default 300)" in text and "Adam steps" in text
+
+
+def test_volumes_train_the_same_in_each_path(tmp_path) -> None:
+    """The smoke version of ``--dims 3`` (the full one, Dice above 0.9 within 10 minutes, is run by
+    hand: docs/testing.md): a 3D U-Net with instance norm and leaky ReLU, trained from the same
+    weights on the same volumes by torch eager and jax, whose losses agree from the first step."""
+    args = ["--dims", "3", "--paths", "torch-eager,jax", "--steps", "3", "--width", "4", "--depth", "2"]
+    assert train_cells.main([*args, "--size", "16", "--results-dir", str(tmp_path)]) == 0
+    (run,) = tmp_path.iterdir()
+    record = json.loads((run / "outcomes.json").read_text())
+    assert record["config"]["dims"] == 3 and record["config"]["size"] == 16
+    (eager, jax) = record["outcomes"]
+    assert {eager["weighting"], jax["weighting"]} == {"border weights"}
+    assert jax["losses"][0] == pytest.approx(eager["losses"][0], rel=1e-5)
+    assert [step for step, _, _ in eager["dice_curve"]] == [3]  # the last step is always evaluated
+    report = (run / "report.md").read_text()
+    assert (
+        report.startswith("# Learning to separate touching cells in volumes")
+        and "seconds to Dice 0.9" in report
+    )
 
 
 def test_runs_that_share_a_results_folder_get_their_own(tmp_path) -> None:
