@@ -293,8 +293,8 @@ def test_an_unknown_value_is_refused_with_the_nearest_valid(args: tuple, message
 
 
 def test_dims_3_has_its_own_network_and_matrix() -> None:
-    """--dims 3 measures nnU-Net's kind of network (instance norm, leaky ReLU) on volumes, with the
-    window task at the largest size; --width and --depth still override it."""
+    """--dims 3 measures nnU-Net's kind of network (instance norm, leaky ReLU) on volumes; the window
+    task, when asked for, at the largest size; --width and --depth still override it."""
     volumes = _matrix("--dims", "3", "--device", "cpu")
     spec = volumes.cases[0].spec
     assert (spec.dims, spec.width, spec.depth, spec.norm, spec.activation) == (
@@ -304,9 +304,9 @@ def test_dims_3_has_its_own_network_and_matrix() -> None:
         "instance",
         "leaky_relu",
     )
-    assert {c.task for c in volumes.cases} == {"train", "infer", "window"}
-    assert {c.size for c in volumes.cases if c.task != "window"} == {48}
-    window = [c for c in volumes.cases if c.task == "window"]
+    assert {c.task for c in volumes.cases} == {"train", "infer"} and {c.size for c in volumes.cases} == {48}
+    assert {c.path for c in volumes.cases} == {"torch-eager", "torch-compile", "jax"}
+    window = _matrix("--dims", "3", "--tasks", "window", "--device", "cpu").cases
     assert {(c.size, c.batch, c.image_size) for c in window} == {(48, 2, 96)}
     assert window[0].id == "window-torch-eager-48vox-b2-fp32" and not volumes.scaling
     narrower = _matrix("--dims", "3", "--width", "8", "--depth", "2", "--sizes", "16", "--device", "cpu")

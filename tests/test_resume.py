@@ -97,15 +97,16 @@ def test_resume_names_a_run_folder(tmp_path) -> None:
     assert result.returncode == 4 and "not a run folder" in result.stderr, result.stderr
 
 
-def test_make_bench_gpu_writes_one_run_of_both_sessions(tmp_path) -> None:
-    """The recipe as on a GPU, on a CPU and a small U-Net: bf16 train and infer, then fp32 infer
-    into the same folder."""
+@pytest.mark.parametrize("dims", [2, 3])
+def test_make_bench_gpu_writes_one_run_of_both_sessions(tmp_path, dims) -> None:
+    """The recipe as on a GPU, on a CPU and a small U-Net (in 3D too, as GPU_MATRIX="--dims 3 ..."
+    asks for volumes): bf16 train and infer, then fp32 infer into the same folder."""
     # What is proved is where the sessions' cases go, not how they compare: one worker per case
     # (--max-replicates 1: no extra workers while torch-eager and jax are undecided, as they are on
     # a CPU), the forms pinned (no throw-away runners timing them) and the smallest U-Net.
     matrix = "--sizes 16 --batches 2 --width 4 --depth 2 --benchmark-max-time 0.05 --warm-up 0 "
     matrix += "--replicates 1 --max-replicates 1 --upconv native --memory-format contiguous "
-    matrix += f"--compile-cache {tmp_path / 'cache'}"
+    matrix += f"--compile-cache {tmp_path / 'cache'} --dims {dims}"
     variables = [
         f"GPU_PYTHON={sys.executable}",
         "GPU_DEVICE=cpu",
@@ -126,6 +127,7 @@ def test_make_bench_gpu_writes_one_run_of_both_sessions(tmp_path) -> None:
     found = sorted(
         (b["extra_info"]["task"], b["extra_info"]["precision"], b["extra_info"]["path"]) for b in benchmarks
     )
+    assert {b["extra_info"]["dims"] for b in benchmarks} == {dims}
     assert found == sorted(
         (task, precision, path)
         for task, precision in (("train", "bf16"), ("infer", "bf16"), ("infer", "fp32"))

@@ -167,6 +167,22 @@ def test_a_runtime_predicts_a_whole_image_in_tiles_untimed(sweep) -> None:
     assert records[1]["parity"]["errors"]["logits"] < 1e-5
 
 
+def test_runtimes_predict_a_whole_volume_by_sliding_window_untimed(sweep) -> None:
+    """The window task (a 3D U-Net, instance norm, leaky ReLU) through the CPU runtimes that take
+    volumes: each one's predict over the patches, its forward through the gate."""
+    volume = UNetSpec(width=4, depth=2, dims=3, norm="instance", activation="leaky_relu")
+    sweep.timing = False
+    sweep.cases = [
+        RunConfig(path, volume, SIZE, BATCH, task="window", image_size=24)
+        for path in ("torch-eager", "onnxruntime", "openvino")
+    ]
+    records = [sweep.run(case, FakeBenchmark()) for case in sweep.cases]
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"], records
+    assert {r["tiles_per_image"] for r in records} == {8}  # 2 patches of 16 per axis over 24
+    for record in records[1:]:
+        assert record["parity"]["errors"]["logits"] < 1e-5
+
+
 # -- torch-compile's freezing ------------------------------------------------------------------
 
 
