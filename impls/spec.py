@@ -196,14 +196,17 @@ class UNetSpec:
             )
         return f"{axis} {side} is not a valid input size ({rule}); nearest valid: {nearest}"
 
+    def _shape_fields(self) -> str:
+        """The fields that decide the valid sizes, as a shape error names them."""
+        dims = f", dims={self.dims}" if self.dims != 2 else ""
+        return f"UNetSpec(depth={self.depth}, padding={self.padding!r}{dims})"
+
     def check_side(self, side: int) -> int:
         """The output side for a square input of ``side``; ValueError, naming the nearest valid sides,
         if the network cannot take it."""
         out = self._side_out(side)
         if out is None:
-            raise ValueError(
-                f"UNetSpec(depth={self.depth}, padding={self.padding!r}): " + self._side_error("side", side)
-            )
+            raise ValueError(f"{self._shape_fields()}: " + self._side_error("side", side))
         return out
 
     def output_size(self, *sides: int) -> tuple[int, ...]:
@@ -217,7 +220,7 @@ class UNetSpec:
         out = tuple(self._side_out(side) for side in sides)
         errors = [self._side_error(a, side) for a, side, o in zip(axes, sides, out, strict=True) if o is None]
         if errors:
-            raise ValueError(f"UNetSpec(depth={self.depth}, padding={self.padding!r}): " + "; ".join(errors))
+            raise ValueError(f"{self._shape_fields()}: " + "; ".join(errors))
         return out  # type: ignore[return-value]
 
     def check_input(self, shape: tuple[int, ...], *, layout: str | None = None) -> tuple[int, ...]:

@@ -233,7 +233,7 @@ BAD = [
     ),
     (
         ("--dims", "3", "--depth", "5", "--device", "cpu"),
-        "--depth 5: the default sizes 48 do not fit it: UNetSpec(depth=5, padding='same'): side 48 is not",
+        "--depth 5: the default sizes 48 do not fit it: UNetSpec(depth=5, padding='same', dims=3): side 48",
     ),
 ]
 
