@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import cells, environment
+from bench.options import DEFAULT_SPECS
 from bench.run_config import paths_problem
 from bench.runners import PATHS, RUNTIME_PATHS, make_runner
 from bench.runners.workload import from_scratch_weights
@@ -75,10 +76,9 @@ class TrainingSettings:
 
     @property
     def spec(self) -> UNetSpec:
-        """The 2D paper's U-Net, or in 3D nnU-Net's kind (instance norm, leaky ReLU)."""
-        if self.dims == 2:
-            return UNetSpec(width=self.width, depth=self.depth)
-        return UNetSpec(width=self.width, depth=self.depth, dims=3, norm="instance", activation="leaky_relu")
+        """The benchmarks' network of ``dims`` (in 3D nnU-Net's kind: instance norm, leaky ReLU) at
+        this width and depth."""
+        return dataclasses.replace(DEFAULT_SPECS[self.dims], width=self.width, depth=self.depth)
 
     @property
     def weightings(self) -> tuple[str, ...]:
@@ -183,20 +183,21 @@ def train(settings: TrainingSettings, path: str, weighting: str, data) -> Outcom
         )
 
     # The clock runs while training (the first step's compilation included) and stops for evaluation.
+    # The last step is always evaluated: its predictions are the final ones.
     losses, curve, seconds = [], [], 0.0
     for step, idx in enumerate(order, 1):
         start = time.perf_counter()
         losses.append(runner.fit(train_set.images[idx], train_set.foreground[idx], weights[weighting][idx]))
         seconds += time.perf_counter() - start
         if step % EVAL_EVERY == 0 or step == len(order):
-            curve.append((step, seconds, cells.dice(predicted(), test_set.foreground)))
-    final = predicted()
+            final = predicted()
+            curve.append((step, seconds, cells.dice(final, test_set.foreground)))
     separated = [cells.separated_fraction(p, t) for p, t in zip(final, test_set.instances, strict=True)]
     return Outcome(
         path=path,
         weighting=weighting,
         losses=losses,
-        dice=cells.dice(final, test_set.foreground),
+        dice=curve[-1][2],
         separated=sum(s for s, _ in separated),
         touching=sum(t for _, t in separated),
         seconds=seconds,

@@ -61,11 +61,11 @@ def plot(measured: pd.DataFrame, file: Path, task: str) -> None:
         for name in path_order(set(panel.path)):
             line = panel[panel.path == name].sort_values("size")
             ax.plot(line["size"], line["img_per_s"], marker="o", label=name)
-        volumes = counted(panel) == "volumes"
+        noun = counted(panel)
         ax.set(
             title=f"{task}, {precision}, batch {batch}",
-            xlabel="volume side (voxels)" if volumes else "image side (px)",
-            ylabel=f"{counted(panel)} / s",
+            xlabel="volume side (voxels)" if noun == "volumes" else "image side (px)",
+            ylabel=f"{noun} / s",
         )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(set(panel["size"])), [str(s) for s in sorted(set(panel["size"]))])
