@@ -85,6 +85,10 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # torch's; "auto": the
 SCALINGS = ("weak", "strong")
 LEARNING_RATE = 1e-4  # Adam's, default betas and eps, in every framework
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # those defaults (torch's and optax's), for the gate's own Adam
+POLY_POWER = 0.9  # nnU-Net's "poly" learning-rate decay, lr * (1 - step / steps) ** 0.9
+# Fields added after keys and records were first written: left out at their defaults (None), so
+# that every key (bench/keys.py) and record stays as it was.
+LATER_FIELDS = ("learning_rate_decay_steps",)
 
 
 class NotApplicable(ValueError):
@@ -237,7 +241,10 @@ class RunConfig:
     calibration_load.CalibrationLoad). ``image_size``: the side of the whole image of the "tiled"
     task (the whole volume of "window").
     ``weights_file``: a canonical safetensors file to start from; None for PyTorch's default
-    initialisation under the workload's seed.
+    initialisation under the workload's seed. ``learning_rate_decay_steps``: Adam's learning rate
+    decays to 0 over that many steps by nnU-Net's poly schedule, ``learning_rate * (1 - k /
+    steps) ** POLY_POWER`` at the (k+1)-th step, in every framework; None keeps it constant (the
+    benchmarks').
     """
 
     path: str
@@ -259,6 +266,7 @@ class RunConfig:
     calibration_repeats: int | str = "auto"
     image_size: int | None = None
     weights_file: str | None = None
+    learning_rate_decay_steps: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.spec, dict):  # from JSON
@@ -291,7 +299,7 @@ class RunConfig:
             raise ValueError(
                 f"path {self.path!r} needs a CUDA device (it relies on CUDA graphs or Triton autotuning)"
             )
-        for name in ("size", "batch", "devices", "image_size"):
+        for name in ("size", "batch", "devices", "image_size", "learning_rate_decay_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} {value!r}: expected a whole number >= 1")
@@ -331,6 +339,12 @@ class RunConfig:
         return f"{self.task} {self.size_label} b{self.batch} {self.precision} {self.device}{parallel}"
 
     @property
+    def decay_description(self) -> str:
+        """The learning rate's decay, as the runners record it after their optimizer: "" if constant."""
+        steps = self.learning_rate_decay_steps
+        return f", poly decay to 0 over {steps} steps (power {POLY_POWER})" if steps else ""
+
+    @property
     def size_label(self) -> str:
         return size_label(self.size, self.spec.dims)
 
@@ -338,7 +352,8 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "spec": self.spec.to_dict()}
+        fields = {**dataclasses.asdict(self), "spec": self.spec.to_dict()}
+        return {k: v for k, v in fields.items() if not (k in LATER_FIELDS and v is None)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -102,7 +102,8 @@ TINY = [
         (["--device", "cuda"], "--device cuda: no CUDA device on this machine; devices here: cpu"),
         (["--device", "gpu"], "--device gpu: expected cpu, cuda or cuda:N"),
         (["--batch", "64"], "--batch 64: more than the 32 held-out images"),
-        (["--dims", "3", "--batch", "9"], "--batch 9: more than the 8 held-out images"),
+        (["--dims", "3", "--batch", "33"], "--batch 33: more than the 32 held-out images"),
+        (["--seed", "-1"], "--seed -1: expected a whole number >= 0"),
         (["--dims", "4"], "--dims 4: expected 2 (images) or 3 (volumes)"),
         (["--results-dir", "{file}"], "--results-dir {file}: {file} is a file, not a folder"),
     ],
@@ -132,6 +133,7 @@ def test_the_help_describes_every_option(capsys) -> None:
         "--depth",
         "--size",
         "--batch",
+        "--seed",
         "--device",
         "--results-dir",
     ):
@@ -148,6 +150,7 @@ def test_volumes_train_the_same_in_each_path(tmp_path) -> None:
     (run,) = tmp_path.iterdir()
     record = json.loads((run / "outcomes.json").read_text())
     assert record["config"]["dims"] == 3 and record["config"]["size"] == 16
+    assert record["config"]["poly_decay"] and record["config"]["test_images"] == 32
     (eager, jax) = record["outcomes"]
     assert {eager["weighting"], jax["weighting"]} == {"border weights"}
     assert jax["losses"][0] == pytest.approx(eager["losses"][0], rel=1e-5)

@@ -218,6 +218,45 @@ def test_run_config_round_trips_through_json() -> None:
         config.replace(batch=3)
 
 
+def test_a_decaying_rate_is_recorded_only_where_it_is_asked_for() -> None:
+    """Left out of the record at its default: every key and record written before it stays as it was."""
+    config = RunConfig("jax", SPEC, SIZE, BATCH)
+    assert "learning_rate_decay_steps" not in config.to_dict()
+    decaying = config.replace(learning_rate_decay_steps=300)
+    assert decaying.to_dict()["learning_rate_decay_steps"] == 300
+    assert RunConfig.from_json(decaying.to_json()) == decaying
+    with pytest.raises(ValueError, match="learning_rate_decay_steps 0: expected a whole number >= 1"):
+        config.replace(learning_rate_decay_steps=0)
+
+
+def test_the_learning_rate_decays_alike_in_every_framework() -> None:
+    """nnU-Net's poly decay over 3 steps, then 0: the same losses in each path, none after the
+    third step moves the weights (and none turns them to NaN), compiled without recompiling, and
+    reset_state starts the decay over."""
+    images = np.random.default_rng(0).normal(size=(BATCH, 1, SIZE, SIZE)).astype(np.float32)
+    labels = (images[:, 0] > 0).astype(np.int64)
+    options = dict(batch=BATCH, size=SIZE, precision="fp32", device="cpu", learning_rate=1e-2)
+    constant = make_runner("torch-eager", SPEC, **options)
+    constant_losses = [constant.fit(images, labels) for _ in range(3)]
+    losses = {}
+    for path in ("torch-eager", "torch-compile", "jax"):
+        runner = make_runner(path, SPEC, **options, learning_rate_decay_steps=3)
+        losses[path] = [runner.fit(images, labels) for _ in range(6)]
+        if path == "torch-compile":
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        runner.reset_state()
+        assert [runner.fit(images, labels) for _ in range(3)] == pytest.approx(losses[path][:3], rel=1e-6)
+        if path == "torch-compile":
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        assert "poly decay to 0 over 3 steps (power 0.9)" in runner.settings["optimizer"]
+    eager = losses["torch-eager"]
+    assert eager[:2] == pytest.approx(constant_losses[:2], rel=1e-6)  # the first steps at the full rate
+    assert eager[2] > constant_losses[2] * (1 + 1e-3)  # the third at a decayed one
+    assert np.isfinite(eager).all() and eager[3:] == pytest.approx([eager[3]] * 3, rel=1e-6)
+    for path in ("torch-compile", "jax"):
+        assert losses[path] == pytest.approx(eager, rel=1e-5), path
+
+
 # -- the calibration paths ----------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 from bench import memory
 from bench.device_names import cuda_index
-from bench.run_config import ADAM_BETAS, ADAM_EPS, RunConfig
+from bench.run_config import ADAM_BETAS, ADAM_EPS, POLY_POWER, RunConfig
 from bench.runners import form_timing
 from bench.runners.styles import SingleDevice, style
 from bench.runners.workload import SEED, batch, workload
@@ -80,7 +80,10 @@ class JaxRunner:
         )
         self._eval_def = nnx.graphdef(forward.eval())
         self._initial = jax.device_put((params, stats), self.placement.replicated)  # never donated
-        self._optimizer = optax.adam(config.learning_rate, *ADAM_BETAS, ADAM_EPS)
+        rate = config.learning_rate
+        if config.learning_rate_decay_steps:  # counted in the optimizer's state: the same at every step
+            rate = poly_decay(rate, config.learning_rate_decay_steps)
+        self._optimizer = optax.adam(rate, *ADAM_BETAS, ADAM_EPS)
         self.images, self.labels, self.pixel_weights = self._device_batch(
             self.work.images, self.work.labels, self.work.pixel_weights
         )
@@ -104,7 +107,7 @@ class JaxRunner:
             "tf32": tf32,
             "memory_format": f"{LAYOUTS[config.spec.dims][1]} (XLA chooses layouts)",
             "matmul_precision": "process-wide: " + jax.config.jax_default_matmul_precision,
-            "optimizer": f"optax.adam({config.learning_rate})",
+            "optimizer": f"optax.adam({config.learning_rate})" + config.decay_description,
             "loss": config.loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
@@ -247,6 +250,18 @@ def gradients(train_def, params, stats, images, labels, pixel_weights, *, axis_n
         first = jax.lax.axis_index(axis_name) == 0  # device 0's statistics, to every device:
         stats = jax.tree.map(lambda s: jax.lax.psum(jnp.where(first, s, 0), axis_name), stats)
     return loss, logits, grads, stats
+
+
+def poly_decay(rate: float, steps: int):
+    """nnU-Net's poly schedule of Adam's rate, as PyTorch's PolynomialLR: ``rate * (1 - count /
+    steps) ** POLY_POWER``, 0 from ``steps`` on. Not optax.polynomial_schedule: jitted, its ``1 -
+    count / steps`` comes out a hair below 0 at ``count == steps`` (XLA divides by multiplying by
+    the reciprocal), and the power of that is NaN, which the next step writes into every weight."""
+
+    def schedule(count):
+        return rate * jnp.maximum(1.0 - count / steps, 0.0) ** POLY_POWER
+
+    return schedule
 
 
 def train_step(

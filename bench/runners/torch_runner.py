@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from bench import memory
-from bench.run_config import ADAM_BETAS, ADAM_EPS, RunConfig, calibration_effect, freezing_applies
+from bench.run_config import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    POLY_POWER,
+    RunConfig,
+    calibration_effect,
+    freezing_applies,
+)
 from bench.runners import form_timing
 from bench.runners.calibration_load import CalibrationLoad
 from bench.runners.styles import SingleDevice, style
@@ -127,7 +134,8 @@ class TorchRunner:
             "memory_format_timed": MEMORY_FORMAT_TIMED if memory_format_seconds else None,
             "optimizer": f"torch.optim.Adam(lr={config.learning_rate}"
             + "".join(f", {k}={v}" for k, v in self.adam.items())
-            + ")",
+            + ")"
+            + config.decay_description,
             "loss": config.loss,
             "upconv": upconv,
             "upconv_seconds": upconv_seconds,
@@ -200,9 +208,27 @@ class TorchRunner:
         """The case's Adam, made at first use on an eager path that infers: torch.optim's first
         Adam imports torch._dynamo, 1.6 s of such a worker's start here, for a step it never takes."""
         config = self.config
-        return torch.optim.Adam(
-            self.model.parameters(), lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, **self.adam
-        )
+        # A decaying rate is a tensor, so that compiled steps take each step's rate without recompiling.
+        rate = config.learning_rate
+        if config.learning_rate_decay_steps:
+            rate = torch.tensor(rate)
+        return torch.optim.Adam(self.model.parameters(), lr=rate, betas=ADAM_BETAS, eps=ADAM_EPS, **self.adam)
+
+    @functools.cached_property
+    def lr_decay(self) -> torch.optim.lr_scheduler.PolynomialLR | None:
+        """The learning rate's poly decay, stepped after each train step; None where it is constant."""
+        steps = self.config.learning_rate_decay_steps
+        if steps is None:
+            return None
+        return torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=steps, power=POLY_POWER)
+
+    def _step(self, images, labels, pixel_weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """One train step (compiled where the path compiles), then the learning rate's decay."""
+        decay = self.lr_decay  # made before the step it follows: it wraps the optimizer's step to count it
+        result = self._train(images, labels, pixel_weights)
+        if decay is not None:
+            decay.step()
+        return result
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -258,7 +284,7 @@ class TorchRunner:
 
     def _train_once(self) -> None:
         self._mode(True)
-        self._train(self.images, self.labels, self.pixel_weights)
+        self._step(self.images, self.labels, self.pixel_weights)
         self._sync()
 
     def train_step(self) -> None:
@@ -274,7 +300,7 @@ class TorchRunner:
         self._mode(True)
         weights = None if pixel_weights is None else self._to_device(pixel_weights)
         images = self._to_device(images.astype(self._input_dtype))
-        loss, _ = self._train(images, self._to_device(labels.astype(np.int64)), weights)
+        loss, _ = self._step(images, self._to_device(labels.astype(np.int64)), weights)
         return loss.item()
 
     def outputs(self, task: str, seed: int = SEED) -> dict[str, Any]:
@@ -291,7 +317,7 @@ class TorchRunner:
         self._mode(True)
         steps = []
         for _ in range(2):
-            loss, logits = self._train(images, labels, pixel_weights)
+            loss, logits = self._step(images, labels, pixel_weights)
             # copied at once: CUDA graphs reuse output buffers; the step's own backward, compiled
             # where the path compiles
             gradients = {
@@ -315,6 +341,9 @@ class TorchRunner:
             for state in self.optimizer.state.values():
                 for value in state.values():
                     value.zero_()
+        if self.__dict__.pop("lr_decay", None) is not None:  # made afresh at the next step, from here
+            for group in self.optimizer.param_groups:
+                group["lr"].fill_(group["initial_lr"])
 
     def weights(self) -> dict[str, np.ndarray]:
         """Canonical weights and running statistics now."""
