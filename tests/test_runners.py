@@ -257,6 +257,18 @@ def test_the_learning_rate_decays_alike_in_every_framework() -> None:
         assert losses[path] == pytest.approx(eager, rel=1e-5), path
 
 
+def test_a_whole_input_tasks_first_call_is_its_tile_forwards_compile() -> None:
+    """A whole image's call varies by more than a compile takes: its first call is timed on the
+    tile forward, the first less the second, so that a compile reads as one and a compiled one as
+    none (the "window" run that read a cold JAX compile of 0 s and a cached one of 0.2 s)."""
+    runner = make_runner(
+        "jax", SPEC, batch=BATCH, size=SIZE, precision="fp32", device="cpu", task="tiled", image_size=64
+    )
+    service = Service(runner.config, runner)
+    compiling, compiled = service.first_call(), service.first_call()
+    assert compiling > 0.02 and abs(compiled) < compiling / 10, (compiling, compiled)
+
+
 # -- the calibration paths ----------------------------------------------------
 
 
