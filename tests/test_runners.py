@@ -232,22 +232,21 @@ def test_a_decaying_rate_is_recorded_only_where_it_is_asked_for() -> None:
 def test_the_learning_rate_decays_alike_in_every_framework() -> None:
     """nnU-Net's poly decay over 3 steps, then 0: the same losses in each path, none after the
     third step moves the weights (and none turns them to NaN), compiled without recompiling, and
-    reset_state starts the decay over."""
-    images = np.random.default_rng(0).normal(size=(BATCH, 1, SIZE, SIZE)).astype(np.float32)
+    reset_state starts the decay over. (test_gate's network and forms: its compiled forward and
+    backward come from inductor's cache.)"""
+    images = np.random.default_rng(0).normal(size=(GATE_BATCH, 1, GATE_SIZE, GATE_SIZE)).astype(np.float32)
     labels = (images[:, 0] > 0).astype(np.int64)
-    options = dict(batch=BATCH, size=SIZE, precision="fp32", device="cpu", learning_rate=1e-2)
-    constant = make_runner("torch-eager", SPEC, **options)
+    forms = dict(upconv="native", memory_format="contiguous", learning_rate=1e-2)
+    constant = gate_runner("torch-eager", GATE_SPEC, GATE_BATCH, GATE_SIZE, **forms)
     constant_losses = [constant.fit(images, labels) for _ in range(3)]
     losses = {}
     for path in ("torch-eager", "torch-compile", "jax"):
-        runner = make_runner(path, SPEC, **options, learning_rate_decay_steps=3)
+        runner = gate_runner(path, GATE_SPEC, GATE_BATCH, GATE_SIZE, **forms, learning_rate_decay_steps=3)
         losses[path] = [runner.fit(images, labels) for _ in range(6)]
-        if path == "torch-compile":
-            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         runner.reset_state()
         assert [runner.fit(images, labels) for _ in range(3)] == pytest.approx(losses[path][:3], rel=1e-6)
-        if path == "torch-compile":
-            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
         assert "poly decay to 0 over 3 steps (power 0.9)" in runner.settings["optimizer"]
     eager = losses["torch-eager"]
     assert eager[:2] == pytest.approx(constant_losses[:2], rel=1e-6)  # the first steps at the full rate
