@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,12 @@ def _outputs(runner: Any, task: str, seed: int) -> dict[str, Any]:
     return {"logits": _tiled(runner, seed)} if task in WHOLE_INPUT_TASKS else runner.outputs(task, seed)
 
 
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 class Service:
     """The commands a worker answers, over its runner."""
 
@@ -196,25 +203,15 @@ class Service:
         For a whole-input task, the compilation alone: its tile forward's first call less its second.
         (A whole image's call, many forwards and the blending, varies by more than a compile takes.)
         The first whole call follows, untimed."""
-        whole = self.config.task in WHOLE_INPUT_TASKS
-        start = time.perf_counter()
-        self.runner.infer() if whole else self.call()
-        seconds = time.perf_counter() - start
-        if whole:
-            start = time.perf_counter()
-            self.runner.infer()
-            seconds -= time.perf_counter() - start
-            self.call()
-        return seconds
+        if self.config.task not in WHOLE_INPUT_TASKS:
+            return _seconds(self.call)
+        compiling = _seconds(self.runner.infer) - _seconds(self.runner.infer)
+        self.call()
+        return compiling
 
     def time_calls(self, count: int) -> list[float]:
         """A plain perf_counter loop in this process: what the timer check compares with."""
-        seconds = []
-        for _ in range(count):
-            start = time.perf_counter()
-            self.call()
-            seconds.append(time.perf_counter() - start)
-        return seconds
+        return [_seconds(self.call) for _ in range(count)]
 
     def write_initial_weights(self, file: str) -> None:
         """The canonical weights every worker of the sweep loads (torch workers only: it imports torch)."""

@@ -89,6 +89,7 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
     info["stats"] = round_stats(p.rounds, p.workers)
     median = info["stats"]["estimate"]  # the one estimate (bench/stats.py)
     images_per_second = (1 if whole else config.batch) / median
+    one_call = 0.0 if whole else median  # in a first call's seconds; a whole-input task's has none
     if whole:  # of a volume, its voxels: records and tables keep one column for both
         info["megapixels_per_second"] = config.image_size**config.spec.dims / 1e6 / median
     tflops = gflop * images_per_second / 1e3
@@ -98,7 +99,7 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
         tflops=tflops,
         device_peak_tflops=None if isinstance(peak, str) else peak,
         utilization=None if isinstance(peak, str) else tflops / peak,
-        compile_seconds_cached=max(p.first_cached - (0.0 if whole else median), 0.0),
+        compile_seconds_cached=max(p.first_cached - one_call, 0.0),
     )
     if isinstance(peak, str):
         info["device_peak_problem"] = peak
@@ -107,6 +108,6 @@ def extra_info(p: Prepared, timing: bool, peaks: DevicePeaks) -> dict[str, Any]:
         if cold["reused"]:
             info["compile_seconds_cold"] = cold["compile_seconds"]
         else:
-            info["compile_seconds_cold"] = max(cold["first_call_seconds"] - (0.0 if whole else median), 0.0)
+            info["compile_seconds_cold"] = max(cold["first_call_seconds"] - one_call, 0.0)
         info["compile_cold_reused"] = cold["reused"]
     return info
